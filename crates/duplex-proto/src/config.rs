@@ -1,0 +1,124 @@
+//! Connection limits and options. Every field is documented with its default
+//! and the reason for it in `docs/defaults.md`.
+
+use std::time::Duration;
+
+/// Limits and behaviour of one [`Connection`](crate::Connection).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Largest payload a single frame may declare. A larger declaration closes
+    /// the connection with 1009 at once, before any payload is buffered.
+    /// Default: 64 MiB.
+    pub max_frame_size: usize,
+    /// Largest message, after reassembly and after inflation. Exceeding it
+    /// closes with 1009 as soon as the excess is seen. Default: 64 MiB.
+    pub max_message_size: usize,
+    /// Most frames one fragmented message may use. Exceeding it closes with
+    /// 1008. Default: 131 072.
+    pub max_fragments: usize,
+    /// Largest opening-handshake head (request or response line and headers).
+    /// Default: 16 KiB.
+    pub max_handshake_bytes: usize,
+    /// Most header fields in the opening handshake. Default: 64.
+    pub max_headers: usize,
+    /// How long to wait for the peer's close frame after sending ours.
+    /// Default: 5 s.
+    pub close_timeout: Duration,
+    /// Send a ping after this long without receiving anything. `None`
+    /// disables keepalive. Default: `None`.
+    pub ping_interval: Option<Duration>,
+    /// Fail the connection when a keepalive ping gets no pong in this time.
+    /// Default: 20 s.
+    pub pong_timeout: Duration,
+    /// permessage-deflate offer (client) or acceptance policy (server);
+    /// `None` disables compression. Default: enabled, see [`DeflateConfig`].
+    pub deflate: Option<DeflateConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_frame_size: 64 << 20,
+            max_message_size: 64 << 20,
+            max_fragments: 131_072,
+            max_handshake_bytes: 16 << 10,
+            max_headers: 64,
+            close_timeout: Duration::from_secs(5),
+            ping_interval: None,
+            pong_timeout: Duration::from_secs(20),
+            deflate: Some(DeflateConfig::default()),
+        }
+    }
+}
+
+impl Config {
+    /// Sets `max_message_size`, and `max_frame_size` to the same value.
+    pub fn with_max_message_size(mut self, n: usize) -> Self {
+        self.max_message_size = n;
+        self.max_frame_size = n;
+        self
+    }
+
+    /// Sets `max_frame_size`.
+    pub fn with_max_frame_size(mut self, n: usize) -> Self {
+        self.max_frame_size = n;
+        self
+    }
+
+    /// Sets `max_fragments`.
+    pub fn with_max_fragments(mut self, n: usize) -> Self {
+        self.max_fragments = n;
+        self
+    }
+
+    /// Sets or disables permessage-deflate.
+    pub fn with_deflate(mut self, d: Option<DeflateConfig>) -> Self {
+        self.deflate = d;
+        self
+    }
+
+    /// Sets the keepalive ping interval.
+    pub fn with_ping_interval(mut self, d: Option<Duration>) -> Self {
+        self.ping_interval = d;
+        self
+    }
+
+    /// Sets the close timeout.
+    pub fn with_close_timeout(mut self, d: Duration) -> Self {
+        self.close_timeout = d;
+        self
+    }
+}
+
+/// permessage-deflate (RFC 7692) settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeflateConfig {
+    /// Compression level 0–9. Default: 1 (fast; most of the gain on text).
+    pub level: u32,
+    /// Largest LZ77 window (bits, 9–15) this endpoint compresses with.
+    /// Default: 15.
+    pub max_window_bits: u8,
+    /// Reset our compressor after every message (less memory, a little worse
+    /// ratio, and a message compressed once can go to many receivers).
+    /// Default: false.
+    pub no_context_takeover: bool,
+    /// Ask the peer to reset its compressor after every message, which lets
+    /// us drop the inflate window between messages. Default: false.
+    pub request_peer_no_context_takeover: bool,
+    /// Messages shorter than this are sent uncompressed. Default: 0.
+    pub min_compress_size: usize,
+}
+
+impl Default for DeflateConfig {
+    fn default() -> Self {
+        DeflateConfig {
+            level: 1,
+            max_window_bits: 15,
+            no_context_takeover: false,
+            request_peer_no_context_takeover: false,
+            min_compress_size: 0,
+        }
+    }
+}

@@ -1,0 +1,691 @@
+//! The WebSocket connection state machine, sans-IO.
+//!
+//! ```text
+//!            send close                      peer's close arrives
+//!   Open ─────────────────► CloseSent ──────────────────────────────┐
+//!    │                                                               ▼
+//!    │ peer's close arrives: echo queued            ┌──────────► Closed
+//!    └───────────────────────► CloseReceived ───────┘ echo written
+//!
+//!   Any state ── protocol error ──► close frame with the RFC's code queued,
+//!                                   input ignored, Closed once written.
+//!   CloseSent ── close_timeout without the peer's close ──► Closed.
+//! ```
+//!
+//! Bytes in: [`Connection::receive`] parses frames out of the caller's read
+//! buffer, unmasks in place, validates, and queues [`Event`]s. An
+//! unfragmented, uncompressed message is handed out as a slice of that buffer
+//! (no copy). Bytes out: every send appends frames to an internal queue that
+//! the caller drains with [`Connection::outbound_slices`] and
+//! [`Connection::consume_outbound`]. Time comes in through
+//! [`Connection::handle_timeout`]; [`Connection::poll_timeout`] says when to
+//! call it next.
+
+use crate::close::{CloseCode, CloseFrame};
+use crate::config::Config;
+use crate::deflate::{DeflateParams, Deflater, Inflater, Side};
+use crate::error::Error;
+use crate::frame::{FrameHeader, OpCode};
+use crate::mask::apply_mask;
+use crate::message::{Event, Message};
+use crate::outbound::Outbound;
+use crate::utf8::{Utf8Bytes, Utf8Validator};
+use bytes::{Buf, Bytes, BytesMut};
+use rand::RngCore;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::time::Instant;
+
+/// Which end of the connection this is. Clients mask what they send and
+/// expect unmasked frames; servers the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The end that sent the opening handshake request.
+    Client,
+    /// The end that accepted it.
+    Server,
+}
+
+/// Where the closing handshake stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Messages flow both ways.
+    Open,
+    /// We sent a close frame and await the peer's.
+    CloseSent,
+    /// The peer's close arrived; our answer is queued but not yet written.
+    CloseReceived,
+    /// Nothing more will be sent or received; close the transport.
+    Closed,
+}
+
+/// The frame whose payload is being received.
+#[derive(Debug)]
+struct InFrame {
+    header: FrameHeader,
+    /// Payload bytes already unmasked (and, for streamed frames, consumed).
+    done: usize,
+}
+
+/// The message being received.
+#[derive(Debug)]
+struct InMessage {
+    text: bool,
+    compressed: bool,
+    /// One unfragmented, uncompressed frame: kept in the read buffer and
+    /// handed out without a copy.
+    whole: bool,
+    /// Assembled payload (fragmented or compressed messages).
+    buf: Vec<u8>,
+    fragments: usize,
+}
+
+/// One WebSocket connection after the opening handshake.
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    config: Config,
+    state: State,
+    frame: Option<InFrame>,
+    message: Option<InMessage>,
+    utf8: Utf8Validator,
+    events: VecDeque<Event>,
+    out: Outbound,
+    deflater: Option<Deflater>,
+    inflater: Option<Inflater>,
+    min_compress_size: usize,
+    error: Option<Error>,
+    sent_close: Option<CloseFrame>,
+    received_close: Option<Option<CloseFrame>>,
+    // timers
+    close_deadline: Option<Instant>,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    activity: bool,
+}
+
+impl Connection {
+    /// A connection in the `Open` state. `deflate` is what the opening
+    /// handshake agreed (`None`: no compression).
+    pub fn new(role: Role, config: Config, deflate: Option<DeflateParams>) -> Self {
+        let side = match role {
+            Role::Client => Side::Client,
+            Role::Server => Side::Server,
+        };
+        let dcfg = config.deflate.clone().unwrap_or_default();
+        let (deflater, inflater) = match &deflate {
+            Some(p) => (Some(Deflater::new(side, p, &dcfg)), Some(Inflater::new(side, p))),
+            None => (None, None),
+        };
+        Connection {
+            role,
+            state: State::Open,
+            frame: None,
+            message: None,
+            utf8: Utf8Validator::new(),
+            events: VecDeque::new(),
+            out: Outbound::default(),
+            deflater,
+            inflater,
+            min_compress_size: dcfg.min_compress_size,
+            error: None,
+            sent_close: None,
+            received_close: None,
+            close_deadline: None,
+            next_ping: None,
+            pong_deadline: None,
+            activity: false,
+            config,
+        }
+    }
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The closing-handshake state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// True once nothing more will be sent or received.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether permessage-deflate is in use.
+    pub fn is_compressed(&self) -> bool {
+        self.deflater.is_some()
+    }
+
+    /// The error that failed the connection, if one did.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// The close frame we sent, if any.
+    pub fn sent_close(&self) -> Option<&CloseFrame> {
+        self.sent_close.as_ref()
+    }
+
+    /// The peer's close frame: `None` if none arrived, `Some(None)` if it
+    /// carried no status code.
+    pub fn received_close(&self) -> Option<Option<&CloseFrame>> {
+        self.received_close.as_ref().map(|c| c.as_ref())
+    }
+
+    /// True when both close frames were exchanged and no error occurred.
+    pub fn was_clean(&self) -> bool {
+        self.error.is_none() && self.sent_close.is_some() && self.received_close.is_some()
+    }
+
+    /// How many payload bytes the frame being received still needs; a reader
+    /// may use it to size its next read (grow gradually: it is what the peer
+    /// *declared*).
+    pub fn pending_frame_bytes(&self) -> usize {
+        self.frame.as_ref().map_or(0, |f| f.header.payload_len as usize - f.done)
+    }
+
+    fn input_closed(&self) -> bool {
+        self.received_close.is_some() || self.error.is_some() || self.state == State::Closed
+    }
+
+    // ------------------------------------------------------------------ input
+
+    /// Consumes complete frames (and, where it can, partial payloads) from the
+    /// front of `buf`, leaving any incomplete remainder. Produces events.
+    /// On a protocol error the connection is failed — a close frame with the
+    /// code RFC 6455 names is queued — and the error is returned; later input
+    /// is discarded.
+    pub fn receive(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
+        if !buf.is_empty() {
+            self.activity = true;
+        }
+        if self.input_closed() {
+            buf.clear();
+            return Ok(());
+        }
+        match self.receive_frames(buf) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                buf.clear();
+                self.fail(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies `data` in and processes it; for callers without a `BytesMut`.
+    pub fn receive_slice(&mut self, data: &[u8], scratch: &mut BytesMut) -> Result<(), Error> {
+        scratch.extend_from_slice(data);
+        self.receive(scratch)
+    }
+
+    fn receive_frames(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
+        loop {
+            if self.input_closed() {
+                buf.clear();
+                return Ok(());
+            }
+            let mut frame = match self.frame.take() {
+                Some(f) => f,
+                None => {
+                    let Some((header, n)) = FrameHeader::parse(buf)? else {
+                        return Ok(());
+                    };
+                    self.check_header(&header)?;
+                    buf.advance(n);
+                    InFrame { header, done: 0 }
+                }
+            };
+            let len = frame.header.payload_len as usize;
+            let key = frame.header.mask;
+
+            if frame.header.opcode.is_control() {
+                if buf.len() < len {
+                    self.frame = Some(frame);
+                    return Ok(());
+                }
+                let mut payload = buf.split_to(len);
+                if let Some(k) = key {
+                    apply_mask(&mut payload, k, 0);
+                }
+                self.on_control(frame.header.opcode, payload.freeze())?;
+                continue;
+            }
+
+            let whole = self.message.as_ref().is_some_and(|m| m.whole);
+            if whole {
+                let end = buf.len().min(len);
+                if end > frame.done {
+                    let new = &mut buf[frame.done..end];
+                    if let Some(k) = key {
+                        apply_mask(new, k, frame.done);
+                    }
+                    if self.message.as_ref().is_some_and(|m| m.text) {
+                        self.utf8.feed(new)?;
+                    }
+                    frame.done = end;
+                }
+                if frame.done < len {
+                    self.frame = Some(frame);
+                    return Ok(());
+                }
+                let payload = buf.split_to(len).freeze();
+                let msg = self.message.take().expect("message in progress");
+                let m = if msg.text {
+                    self.utf8.finish()?;
+                    Message::Text(Utf8Bytes::from_validated(payload))
+                } else {
+                    Message::Binary(payload)
+                };
+                self.events.push_back(Event::Message(m));
+                continue;
+            }
+
+            // Streamed payload: fragmented or compressed.
+            let n = buf.len().min(len - frame.done);
+            if n > 0 {
+                let chunk = &mut buf[..n];
+                if let Some(k) = key {
+                    apply_mask(chunk, k, frame.done);
+                }
+                let limit = self.config.max_message_size;
+                let msg = self.message.as_mut().expect("message in progress");
+                let before = msg.buf.len();
+                if msg.compressed {
+                    let inflater = self.inflater.as_mut().ok_or(Error::ReservedBitsSet)?;
+                    inflater.inflate(chunk, &mut msg.buf, limit)?;
+                } else {
+                    msg.buf.extend_from_slice(chunk);
+                }
+                if msg.text {
+                    self.utf8.feed(&msg.buf[before..])?;
+                }
+                buf.advance(n);
+                frame.done += n;
+            }
+            if frame.done < len {
+                self.frame = Some(frame);
+                return Ok(());
+            }
+            if frame.header.fin {
+                let mut msg = self.message.take().expect("message in progress");
+                if msg.compressed {
+                    let before = msg.buf.len();
+                    let limit = self.config.max_message_size;
+                    let inflater = self.inflater.as_mut().ok_or(Error::ReservedBitsSet)?;
+                    inflater.finish_message(&mut msg.buf, limit)?;
+                    if msg.text {
+                        self.utf8.feed(&msg.buf[before..])?;
+                    }
+                }
+                let payload = Bytes::from(msg.buf);
+                let m = if msg.text {
+                    self.utf8.finish()?;
+                    Message::Text(Utf8Bytes::from_validated(payload))
+                } else {
+                    Message::Binary(payload)
+                };
+                self.events.push_back(Event::Message(m));
+            }
+        }
+    }
+
+    /// Role, reserved-bit, sequencing and size rules for a new frame header.
+    fn check_header(&mut self, h: &FrameHeader) -> Result<(), Error> {
+        match (self.role, h.mask.is_some()) {
+            (Role::Server, false) => return Err(Error::UnmaskedFrame),
+            (Role::Client, true) => return Err(Error::MaskedFrame),
+            _ => {}
+        }
+        if h.rsv2 || h.rsv3 {
+            return Err(Error::ReservedBitsSet);
+        }
+        if h.opcode.is_control() {
+            if h.rsv1 {
+                return Err(Error::ReservedBitsSet);
+            }
+            return Ok(());
+        }
+        let limit = self.config.max_frame_size;
+        if h.payload_len > limit as u64 {
+            return Err(Error::FrameTooLarge { declared: h.payload_len, limit });
+        }
+        let max_msg = self.config.max_message_size;
+        match h.opcode {
+            OpCode::Continuation => {
+                let max_frags = self.config.max_fragments;
+                let msg = self.message.as_mut().ok_or(Error::UnexpectedContinuation)?;
+                if h.rsv1 {
+                    return Err(Error::ReservedBitsSet);
+                }
+                msg.fragments += 1;
+                if msg.fragments > max_frags {
+                    return Err(Error::TooManyFragments { limit: max_frags });
+                }
+                if !msg.compressed && msg.buf.len() as u64 + h.payload_len > max_msg as u64 {
+                    return Err(Error::MessageTooLarge { limit: max_msg });
+                }
+            }
+            _ => {
+                if self.message.is_some() {
+                    return Err(Error::ExpectedContinuation);
+                }
+                if h.rsv1 && self.inflater.is_none() {
+                    return Err(Error::ReservedBitsSet);
+                }
+                if !h.rsv1 && h.payload_len > max_msg as u64 {
+                    return Err(Error::MessageTooLarge { limit: max_msg });
+                }
+                self.utf8 = Utf8Validator::new();
+                self.message = Some(InMessage {
+                    text: h.opcode == OpCode::Text,
+                    compressed: h.rsv1,
+                    whole: h.fin && !h.rsv1,
+                    buf: Vec::new(),
+                    fragments: 1,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, op: OpCode, payload: Bytes) -> Result<(), Error> {
+        match op {
+            OpCode::Ping => {
+                if self.state == State::Open {
+                    self.write_frame(OpCode::Pong, false, &payload);
+                }
+                self.events.push_back(Event::Ping(payload));
+            }
+            OpCode::Pong => {
+                self.pong_deadline = None;
+                self.events.push_back(Event::Pong(payload));
+            }
+            OpCode::Close => {
+                let frame = CloseFrame::parse(payload)?;
+                self.received_close = Some(frame.clone());
+                match self.state {
+                    State::Open => {
+                        // Echo the status code (RFC 6455 §5.5.1).
+                        let echo = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
+                        self.queue_close(echo.as_ref());
+                        self.sent_close = Some(echo.unwrap_or(CloseFrame::new(CloseCode::NO_STATUS, "")));
+                        self.finish_closing();
+                    }
+                    State::CloseSent => self.finish_closing(),
+                    _ => {}
+                }
+                self.events.push_back(Event::Close(frame));
+            }
+            _ => unreachable!("not a control opcode"),
+        }
+        Ok(())
+    }
+
+    /// Both sides are done: Closed once our queued bytes are written.
+    fn finish_closing(&mut self) {
+        self.close_deadline = None;
+        self.state = if self.out.len() == 0 { State::Closed } else { State::CloseReceived };
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7): queue a close frame with the
+    /// error's code if we have not sent one, then stop.
+    fn fail(&mut self, e: Error) {
+        if self.state == State::Open {
+            if let Some(code) = e.close_code() {
+                let mut reason = e.to_string();
+                while reason.len() > 123 {
+                    reason.pop();
+                }
+                let f = CloseFrame::new(code, reason);
+                self.queue_close(Some(&f));
+                self.sent_close = Some(f);
+            }
+        }
+        self.error = Some(e);
+        self.message = None;
+        self.frame = None;
+        self.finish_closing();
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ----------------------------------------------------------------- output
+
+    /// Queues a data message (compressed if permessage-deflate is on).
+    pub fn send(&mut self, msg: Message) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(Error::Closed);
+        }
+        let (op, payload) = match msg {
+            Message::Text(t) => (OpCode::Text, t.into_bytes()),
+            Message::Binary(b) => (OpCode::Binary, b),
+        };
+        if let Some(d) = self.deflater.as_mut().filter(|_| payload.len() >= self.min_compress_size) {
+            let compressed = d.compress(&payload)?;
+            self.write_frame_bytes(op, true, Bytes::from(compressed));
+        } else {
+            self.write_frame_bytes(op, false, payload);
+        }
+        Ok(())
+    }
+
+    /// Queues a message as several frames of at most `frame_size` payload
+    /// bytes each (uncompressed). Mostly for tests and for streaming peers.
+    pub fn send_fragmented(&mut self, msg: Message, frame_size: usize) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(Error::Closed);
+        }
+        let frame_size = frame_size.max(1);
+        let (op, payload) = match msg {
+            Message::Text(t) => (OpCode::Text, t.into_bytes()),
+            Message::Binary(b) => (OpCode::Binary, b),
+        };
+        let mut off = 0;
+        loop {
+            let end = (off + frame_size).min(payload.len());
+            let fin = end == payload.len();
+            let opcode = if off == 0 { op } else { OpCode::Continuation };
+            self.write_raw(fin, opcode, false, payload.slice(off..end));
+            off = end;
+            if fin {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Queues a ping (payload at most 125 bytes).
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), Error> {
+        self.control(OpCode::Ping, payload)
+    }
+
+    /// Queues an unsolicited pong (payload at most 125 bytes).
+    pub fn pong(&mut self, payload: &[u8]) -> Result<(), Error> {
+        self.control(OpCode::Pong, payload)
+    }
+
+    fn control(&mut self, op: OpCode, payload: &[u8]) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(Error::Closed);
+        }
+        if payload.len() > 125 {
+            return Err(Error::ControlPayloadTooLong(payload.len()));
+        }
+        self.write_frame(op, false, payload);
+        Ok(())
+    }
+
+    /// Starts the closing handshake with `frame` (`None`: no status code).
+    /// Idempotent once closing has started.
+    pub fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Ok(());
+        }
+        if let Some(f) = &frame {
+            if !f.code.is_valid_on_wire() || f.reason.len() > 123 {
+                return Err(Error::InvalidCloseToSend);
+            }
+        }
+        self.queue_close(frame.as_ref());
+        self.sent_close = Some(frame.unwrap_or(CloseFrame::new(CloseCode::NO_STATUS, "")));
+        self.state = State::CloseSent;
+        Ok(())
+    }
+
+    fn queue_close(&mut self, frame: Option<&CloseFrame>) {
+        let mut payload = BytesMut::new();
+        if let Some(f) = frame {
+            // Validated by the callers; an invalid frame becomes an empty close.
+            if f.encode(&mut payload).is_err() {
+                payload.clear();
+            }
+        }
+        self.write_frame(OpCode::Close, false, &payload);
+    }
+
+    fn write_frame(&mut self, op: OpCode, rsv1: bool, payload: &[u8]) {
+        self.write_raw_slice(true, op, rsv1, payload);
+    }
+
+    fn write_frame_bytes(&mut self, op: OpCode, rsv1: bool, payload: Bytes) {
+        self.write_raw(true, op, rsv1, payload);
+    }
+
+    fn mask_key(&self) -> Option<[u8; 4]> {
+        match self.role {
+            Role::Server => None,
+            Role::Client => {
+                let mut k = [0u8; 4];
+                rand::rng().fill_bytes(&mut k);
+                Some(k)
+            }
+        }
+    }
+
+    fn header(&self, fin: bool, opcode: OpCode, rsv1: bool, len: usize) -> FrameHeader {
+        FrameHeader {
+            fin,
+            rsv1,
+            rsv2: false,
+            rsv3: false,
+            opcode,
+            mask: self.mask_key(),
+            payload_len: len as u64,
+        }
+    }
+
+    fn write_raw(&mut self, fin: bool, opcode: OpCode, rsv1: bool, payload: Bytes) {
+        if self.role == Role::Client {
+            return self.write_raw_slice(fin, opcode, rsv1, &payload);
+        }
+        let h = self.header(fin, opcode, rsv1, payload.len());
+        h.encode(self.out.tail());
+        self.out.added(h.encoded_len());
+        self.out.push_bytes(payload);
+    }
+
+    fn write_raw_slice(&mut self, fin: bool, opcode: OpCode, rsv1: bool, payload: &[u8]) {
+        let h = self.header(fin, opcode, rsv1, payload.len());
+        let tail = self.out.tail();
+        h.encode(tail);
+        let start = tail.len();
+        tail.extend_from_slice(payload);
+        if let Some(k) = h.mask {
+            apply_mask(&mut tail[start..], k, 0);
+        }
+        self.out.added(h.encoded_len() + payload.len());
+    }
+
+    /// Bytes queued and not yet written (the browser's `bufferedAmount`).
+    pub fn outbound_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Fills `dst` with the queued bytes, in order, for a vectored write;
+    /// returns how many slices were filled.
+    pub fn outbound_slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        self.out.slices(dst)
+    }
+
+    /// The first contiguous run of queued bytes (for a plain write).
+    pub fn outbound(&self) -> &[u8] {
+        self.out.first()
+    }
+
+    /// Marks `n` queued bytes as written.
+    pub fn consume_outbound(&mut self, n: usize) {
+        self.out.consume(n);
+        if self.state == State::CloseReceived && self.out.len() == 0 {
+            self.state = State::Closed;
+        }
+    }
+
+    // ----------------------------------------------------------------- timers
+
+    /// Advances the connection's clock: arms timers that started since the
+    /// last call, fires those that expired (close timeout, keepalive ping,
+    /// pong timeout). Call it after every other call, then ask
+    /// [`poll_timeout`](Self::poll_timeout) when to call it again.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::CloseSent => match self.close_deadline {
+                None => self.close_deadline = Some(now + self.config.close_timeout),
+                Some(d) if now >= d => {
+                    self.close_deadline = None;
+                    self.state = State::Closed;
+                }
+                _ => {}
+            },
+            State::Open => {
+                let Some(interval) = self.config.ping_interval else { return };
+                if std::mem::take(&mut self.activity) {
+                    self.pong_deadline = None;
+                    self.next_ping = Some(now + interval);
+                }
+                if let Some(d) = self.pong_deadline {
+                    if now >= d {
+                        self.pong_deadline = None;
+                        self.error = Some(Error::KeepaliveTimeout);
+                        self.state = State::Closed;
+                        return;
+                    }
+                }
+                match self.next_ping {
+                    None => self.next_ping = Some(now + interval),
+                    Some(t) if now >= t => {
+                        self.write_frame(OpCode::Ping, false, b"keepalive");
+                        self.next_ping = Some(now + interval);
+                        if self.pong_deadline.is_none() {
+                            self.pong_deadline = Some(now + self.config.pong_timeout);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::CloseSent => self.close_deadline,
+            State::Open => match (self.next_ping, self.pong_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            _ => None,
+        }
+    }
+}

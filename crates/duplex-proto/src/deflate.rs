@@ -1,0 +1,570 @@
+//! permessage-deflate (RFC 7692): negotiation and the per-message codec.
+//!
+//! Negotiation parses `Sec-WebSocket-Extensions` (several offers, quoted
+//! values, all four parameters) and settles on [`DeflateParams`]. The codec
+//! compresses a message with a sync flush and strips the trailing
+//! `00 00 ff ff`; it inflates piece by piece, enforcing the message size
+//! limit on the *inflated* bytes while inflating, so a small compressed
+//! message cannot make us allocate more than the limit.
+//!
+//! Window bits: zlib cannot deflate with an 8-bit window and maps 8 to 9; its
+//! encoder never emits a distance beyond `window - 262` (250 for 9 bits), so
+//! its output still decodes with a 256-byte window. Inflation always uses a
+//! window at least as large as the peer's, which decodes anything it sends.
+
+use crate::config::DeflateConfig;
+use crate::error::Error;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+/// The extension token.
+pub const EXTENSION_NAME: &str = "permessage-deflate";
+
+/// One extension in a `Sec-WebSocket-Extensions` header: a name and its
+/// parameters (values unquoted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionOffer {
+    /// Extension token, e.g. `permessage-deflate`.
+    pub name: String,
+    /// Parameters in order; `None` for a parameter without a value.
+    pub params: Vec<(String, Option<String>)>,
+}
+
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(is_tchar)
+}
+
+/// Splits on `sep` outside quoted strings.
+fn split_unquoted(s: &str, sep: char) -> Result<Vec<&str>, Error> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if in_quotes && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            in_quotes = !in_quotes;
+        } else if c == sep && !in_quotes {
+            parts.push(&s[start..i]);
+            start = i + 1;
+        }
+    }
+    if in_quotes {
+        return Err(Error::BadExtension("unterminated quoted string".into()));
+    }
+    parts.push(&s[start..]);
+    Ok(parts)
+}
+
+fn unquote(v: &str) -> Result<String, Error> {
+    if let Some(inner) = v.strip_prefix('"') {
+        let inner = inner
+            .strip_suffix('"')
+            .ok_or_else(|| Error::BadExtension(format!("bad quoted value {v:?}")))?;
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                out.extend(chars.next());
+            } else {
+                out.push(c);
+            }
+        }
+        if !is_token(&out) {
+            return Err(Error::BadExtension(format!("quoted value {v:?} is not a token")));
+        }
+        Ok(out)
+    } else if is_token(v) {
+        Ok(v.to_string())
+    } else {
+        Err(Error::BadExtension(format!("bad value {v:?}")))
+    }
+}
+
+/// Parses the value(s) of `Sec-WebSocket-Extensions` (several header lines
+/// may be joined with commas). Empty list elements are skipped.
+pub fn parse_extensions(value: &str) -> Result<Vec<ExtensionOffer>, Error> {
+    let mut out = Vec::new();
+    for ext in split_unquoted(value, ',')? {
+        let ext = ext.trim();
+        if ext.is_empty() {
+            continue;
+        }
+        let mut parts = split_unquoted(ext, ';')?.into_iter();
+        let name = parts.next().unwrap_or_default().trim();
+        if !is_token(name) {
+            return Err(Error::BadExtension(format!("bad extension name {name:?}")));
+        }
+        let mut params = Vec::new();
+        for p in parts {
+            let p = p.trim();
+            let (k, v) = match p.split_once('=') {
+                Some((k, v)) => (k.trim(), Some(unquote(v.trim())?)),
+                None => (p, None),
+            };
+            if !is_token(k) {
+                return Err(Error::BadExtension(format!("bad parameter name {k:?}")));
+            }
+            params.push((k.to_ascii_lowercase(), v));
+        }
+        out.push(ExtensionOffer { name: name.to_ascii_lowercase(), params });
+    }
+    Ok(out)
+}
+
+/// The parameters of one permessage-deflate offer or response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeflateParams {
+    /// The server resets its compressor after each message.
+    pub server_no_context_takeover: bool,
+    /// The client resets its compressor after each message.
+    pub client_no_context_takeover: bool,
+    /// Largest window the server compresses with.
+    pub server_max_window_bits: Option<u8>,
+    /// In an offer: `Some(None)` means "present without a value" (the client
+    /// accepts a limit). In a response: the client's largest window.
+    pub client_max_window_bits: Option<Option<u8>>,
+}
+
+fn window_bits(v: &Option<String>, name: &str) -> Result<u8, Error> {
+    let v = v.as_deref().ok_or_else(|| Error::BadExtension(format!("{name} needs a value")))?;
+    if v.len() > 2 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::BadExtension(format!("{name}={v}")));
+    }
+    match v.parse::<u8>() {
+        Ok(n @ 8..=15) => Ok(n),
+        _ => Err(Error::BadExtension(format!("{name}={v} not in 8..=15"))),
+    }
+}
+
+impl DeflateParams {
+    /// Validates the parameters of one `permessage-deflate` element: known
+    /// names only, each at most once, window bits 8–15.
+    pub fn from_params(params: &[(String, Option<String>)]) -> Result<Self, Error> {
+        let mut p = DeflateParams::default();
+        let mut seen = [false; 4];
+        for (k, v) in params {
+            let idx = match k.as_str() {
+                "server_no_context_takeover" => 0,
+                "client_no_context_takeover" => 1,
+                "server_max_window_bits" => 2,
+                "client_max_window_bits" => 3,
+                other => return Err(Error::BadExtension(format!("unknown parameter {other}"))),
+            };
+            if std::mem::replace(&mut seen[idx], true) {
+                return Err(Error::BadExtension(format!("duplicate parameter {k}")));
+            }
+            match idx {
+                0 | 1 if v.is_some() => {
+                    return Err(Error::BadExtension(format!("{k} takes no value")))
+                }
+                0 => p.server_no_context_takeover = true,
+                1 => p.client_no_context_takeover = true,
+                2 => p.server_max_window_bits = Some(window_bits(v, k)?),
+                _ => {
+                    p.client_max_window_bits =
+                        Some(if v.is_some() { Some(window_bits(v, k)?) } else { None })
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// Formats as a header element, e.g. `permessage-deflate; server_no_context_takeover`.
+    pub fn to_header(&self) -> String {
+        let mut s = String::from(EXTENSION_NAME);
+        if self.server_no_context_takeover {
+            s.push_str("; server_no_context_takeover");
+        }
+        if self.client_no_context_takeover {
+            s.push_str("; client_no_context_takeover");
+        }
+        if let Some(n) = self.server_max_window_bits {
+            s.push_str(&format!("; server_max_window_bits={n}"));
+        }
+        match self.client_max_window_bits {
+            Some(Some(n)) => s.push_str(&format!("; client_max_window_bits={n}")),
+            Some(None) => s.push_str("; client_max_window_bits"),
+            None => {}
+        }
+        s
+    }
+}
+
+/// Which side of the connection a codec serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client side.
+    Client,
+    /// The server side.
+    Server,
+}
+
+/// Server side: picks the first acceptable permessage-deflate offer and
+/// returns the agreed parameters (also the response to send). Invalid offers
+/// are declined, not fatal; `None` means compression is off.
+pub fn negotiate_server(offers: &[ExtensionOffer], cfg: &DeflateConfig) -> Option<DeflateParams> {
+    for offer in offers.iter().filter(|o| o.name == EXTENSION_NAME) {
+        let Ok(o) = DeflateParams::from_params(&offer.params) else {
+            continue;
+        };
+        let our_bits = cfg.max_window_bits.clamp(8, 15);
+        return Some(DeflateParams {
+            server_no_context_takeover: o.server_no_context_takeover || cfg.no_context_takeover,
+            client_no_context_takeover: o.client_no_context_takeover
+                || cfg.request_peer_no_context_takeover,
+            server_max_window_bits: match o.server_max_window_bits {
+                Some(n) => Some(n.min(our_bits)),
+                None if our_bits < 15 => Some(our_bits),
+                None => None,
+            },
+            client_max_window_bits: match o.client_max_window_bits {
+                Some(Some(n)) => Some(Some(n)),
+                _ => None,
+            },
+        });
+    }
+    None
+}
+
+/// Client side: the offer to send.
+pub fn client_offer(cfg: &DeflateConfig) -> DeflateParams {
+    DeflateParams {
+        server_no_context_takeover: cfg.request_peer_no_context_takeover,
+        client_no_context_takeover: cfg.no_context_takeover,
+        server_max_window_bits: None,
+        client_max_window_bits: Some(None),
+    }
+}
+
+/// Client side: validates the server's response against what we offered.
+pub fn accept_response(
+    value: &str,
+    offered: &DeflateParams,
+) -> Result<Option<DeflateParams>, Error> {
+    let exts = parse_extensions(value)?;
+    match exts.as_slice() {
+        [] => Ok(None),
+        [one] if one.name == EXTENSION_NAME => {
+            let p = DeflateParams::from_params(&one.params)?;
+            match p.client_max_window_bits {
+                Some(None) => {
+                    return Err(Error::BadExtension("client_max_window_bits needs a value".into()))
+                }
+                Some(Some(_)) if offered.client_max_window_bits.is_none() => {
+                    return Err(Error::UnofferedExtension("client_max_window_bits".into()))
+                }
+                _ => {}
+            }
+            if offered.server_no_context_takeover && !p.server_no_context_takeover {
+                return Err(Error::BadExtension("server_no_context_takeover was requested".into()));
+            }
+            if let (Some(asked), Some(got)) =
+                (offered.server_max_window_bits, p.server_max_window_bits)
+            {
+                if got > asked {
+                    return Err(Error::BadExtension("server_max_window_bits above the offer".into()));
+                }
+            }
+            Ok(Some(p))
+        }
+        [one] => Err(Error::UnofferedExtension(one.name.clone())),
+        _ => Err(Error::UnofferedExtension("more than one extension".into())),
+    }
+}
+
+/// Compresses outgoing messages.
+pub struct Deflater {
+    inner: Option<Compress>,
+    level: u32,
+    window_bits: u8,
+    reset_each_message: bool,
+}
+
+impl std::fmt::Debug for Deflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deflater")
+            .field("window_bits", &self.window_bits)
+            .field("reset_each_message", &self.reset_each_message)
+            .finish()
+    }
+}
+
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+impl Deflater {
+    /// A compressor for `side` under the agreed parameters. The zlib state is
+    /// allocated on first use and, without context takeover, freed after each
+    /// message.
+    pub fn new(side: Side, params: &DeflateParams, cfg: &DeflateConfig) -> Self {
+        let (limit, reset) = match side {
+            Side::Server => (params.server_max_window_bits, params.server_no_context_takeover),
+            Side::Client => (params.client_max_window_bits.flatten(), params.client_no_context_takeover),
+        };
+        let bits = limit.unwrap_or(15).min(cfg.max_window_bits).clamp(9, 15);
+        Deflater {
+            inner: None,
+            level: cfg.level.min(9),
+            window_bits: bits,
+            reset_each_message: reset || cfg.no_context_takeover,
+        }
+    }
+
+    /// Compresses one whole message; the result is the frame payload (sync
+    /// flushed, trailing `00 00 ff ff` removed).
+    pub fn compress(&mut self, input: &[u8]) -> Result<Vec<u8>, Error> {
+        let (level, bits) = (self.level, self.window_bits);
+        let c = self
+            .inner
+            .get_or_insert_with(|| Compress::new_with_window_bits(Compression::new(level), false, bits));
+        let mut out = Vec::with_capacity(input.len() / 2 + 64);
+        let mut consumed = 0;
+        loop {
+            if out.capacity() - out.len() < 64 {
+                out.reserve(out.capacity().max(256));
+            }
+            let before = c.total_in();
+            c.compress_vec(&input[consumed..], &mut out, FlushCompress::Sync)
+                .map_err(|e| Error::InflateFailed(format!("deflate: {e}")))?;
+            consumed += (c.total_in() - before) as usize;
+            if consumed == input.len() && out.len() < out.capacity() {
+                break;
+            }
+        }
+        if out.ends_with(&TAIL) {
+            out.truncate(out.len() - 4);
+        }
+        if self.reset_each_message {
+            self.inner = None;
+        }
+        Ok(out)
+    }
+}
+
+/// Inflates incoming messages with a cap on the output.
+pub struct Inflater {
+    inner: Option<Decompress>,
+    reset_each_message: bool,
+    stream_ended: bool,
+}
+
+impl std::fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflater").field("reset_each_message", &self.reset_each_message).finish()
+    }
+}
+
+impl Inflater {
+    /// An inflater for messages the peer of `side` sends.
+    pub fn new(side: Side, params: &DeflateParams) -> Self {
+        let peer_resets = match side {
+            Side::Server => params.client_no_context_takeover,
+            Side::Client => params.server_no_context_takeover,
+        };
+        Inflater { inner: None, reset_each_message: peer_resets, stream_ended: false }
+    }
+
+    /// Inflates a piece of a compressed message onto `out`, failing with
+    /// [`Error::MessageTooLarge`] as soon as `out` would exceed `limit` bytes.
+    pub fn inflate(&mut self, mut input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), Error> {
+        if self.stream_ended {
+            if input.is_empty() {
+                return Ok(());
+            }
+            return Err(Error::InflateFailed("data after the final deflate block".into()));
+        }
+        let d = self.inner.get_or_insert_with(|| Decompress::new_with_window_bits(false, 15));
+        loop {
+            if out.len() == out.capacity() {
+                let room = (limit + 1).saturating_sub(out.len());
+                if room == 0 {
+                    return Err(Error::MessageTooLarge { limit });
+                }
+                out.reserve_exact(out.len().max(4096).min(room));
+            }
+            let (bi, bo) = (d.total_in(), d.total_out());
+            let status = d
+                .decompress_vec(input, out, FlushDecompress::None)
+                .map_err(|e| Error::InflateFailed(e.to_string()))?;
+            let used = (d.total_in() - bi) as usize;
+            let produced = d.total_out() - bo;
+            input = &input[used..];
+            if out.len() > limit {
+                return Err(Error::MessageTooLarge { limit });
+            }
+            if status == Status::StreamEnd {
+                self.stream_ended = true;
+                if !input.is_empty() {
+                    return Err(Error::InflateFailed("data after the final deflate block".into()));
+                }
+                return Ok(());
+            }
+            if input.is_empty() && out.len() < out.capacity() {
+                return Ok(());
+            }
+            if used == 0 && produced == 0 && out.len() < out.capacity() {
+                return Err(Error::InflateFailed("inflate made no progress".into()));
+            }
+        }
+    }
+
+    /// Ends a message: feeds the `00 00 ff ff` tail RFC 7692 §7.2.2 removes.
+    pub fn finish_message(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<(), Error> {
+        if !self.stream_ended {
+            self.inflate(&TAIL, out, limit)?;
+        }
+        if self.reset_each_message || self.stream_ended {
+            self.inner = None;
+            self.stream_ended = false;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(s: &str) -> Vec<ExtensionOffer> {
+        parse_extensions(s).unwrap()
+    }
+
+    #[test]
+    fn parses_several_offers_and_quotes() {
+        let o = offer(
+            "permessage-deflate; client_max_window_bits=\"10\"; server_no_context_takeover, \
+             permessage-deflate, x-foo",
+        );
+        assert_eq!(o.len(), 3);
+        assert_eq!(o[0].params[0], ("client_max_window_bits".into(), Some("10".into())));
+        assert_eq!(o[1].params, vec![]);
+        assert_eq!(o[2].name, "x-foo");
+        assert!(parse_extensions("permessage-deflate; a=\"x").is_err());
+        assert!(parse_extensions("bad name").is_err());
+    }
+
+    #[test]
+    fn server_declines_bad_offer_and_takes_the_next() {
+        let cfg = DeflateConfig::default();
+        for bad in [
+            "permessage-deflate; server_max_window_bits=7",
+            "permessage-deflate; server_max_window_bits=16",
+            "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; client_max_window_bits=08x",
+            "permessage-deflate; unknown_param",
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; client_no_context_takeover=1",
+        ] {
+            assert_eq!(negotiate_server(&offer(bad), &cfg), None, "{bad}");
+        }
+        let p = negotiate_server(
+            &offer("permessage-deflate; server_max_window_bits=7, permessage-deflate; client_max_window_bits"),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(p, DeflateParams::default());
+        assert_eq!(p.to_header(), "permessage-deflate");
+    }
+
+    #[test]
+    fn server_honours_all_four_parameters() {
+        let cfg = DeflateConfig::default();
+        let p = negotiate_server(
+            &offer(
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+                 server_max_window_bits=10; client_max_window_bits=12",
+            ),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(
+            p.to_header(),
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+             server_max_window_bits=10; client_max_window_bits=12"
+        );
+    }
+
+    #[test]
+    fn client_validates_response() {
+        let offered = client_offer(&DeflateConfig::default());
+        assert_eq!(accept_response("", &offered), Ok(None));
+        assert!(accept_response("permessage-deflate", &offered).unwrap().is_some());
+        assert!(accept_response("x-unknown", &offered).is_err());
+        assert!(accept_response("permessage-deflate, permessage-deflate", &offered).is_err());
+        assert!(accept_response("permessage-deflate; client_max_window_bits", &offered).is_err());
+        assert!(accept_response("permessage-deflate; foo", &offered).is_err());
+        let p = accept_response("permessage-deflate; client_max_window_bits=9", &offered).unwrap();
+        assert_eq!(p.unwrap().client_max_window_bits, Some(Some(9)));
+    }
+
+    fn round_trip(params: DeflateParams, msgs: &[&[u8]]) {
+        let cfg = DeflateConfig::default();
+        let mut d = Deflater::new(Side::Client, &params, &cfg);
+        let mut i = Inflater::new(Side::Server, &params);
+        for m in msgs {
+            let c = d.compress(m).unwrap();
+            let mut out = Vec::new();
+            // feed in two pieces to exercise streaming
+            let mid = c.len() / 2;
+            i.inflate(&c[..mid], &mut out, 1 << 20).unwrap();
+            i.inflate(&c[mid..], &mut out, 1 << 20).unwrap();
+            i.finish_message(&mut out, 1 << 20).unwrap();
+            assert_eq!(&out[..], *m);
+        }
+    }
+
+    #[test]
+    fn round_trips_with_and_without_context_takeover() {
+        let text = b"Hello, hello, hello, WebSocket compression! ".repeat(50);
+        let msgs: Vec<&[u8]> = vec![b"", &text, &text, b"x", &text];
+        round_trip(DeflateParams::default(), &msgs);
+        round_trip(
+            DeflateParams { client_no_context_takeover: true, ..Default::default() },
+            &msgs,
+        );
+        round_trip(
+            DeflateParams { client_max_window_bits: Some(Some(8)), ..Default::default() },
+            &msgs,
+        );
+    }
+
+    #[test]
+    fn context_takeover_makes_repeats_smaller() {
+        let cfg = DeflateConfig::default();
+        let text = b"The quick brown fox jumps over the lazy dog, twice over. ".repeat(4);
+        let mut keep = Deflater::new(Side::Server, &DeflateParams::default(), &cfg);
+        let first = keep.compress(&text).unwrap().len();
+        let second = keep.compress(&text).unwrap().len();
+        assert!(second < first / 2, "{second} vs {first}");
+        let p = DeflateParams { server_no_context_takeover: true, ..Default::default() };
+        let mut reset = Deflater::new(Side::Server, &p, &cfg);
+        assert_eq!(reset.compress(&text).unwrap(), reset.compress(&text).unwrap());
+    }
+
+    #[test]
+    fn inflation_is_capped_while_inflating() {
+        let cfg = DeflateConfig::default();
+        let mut d = Deflater::new(Side::Client, &DeflateParams::default(), &cfg);
+        let bomb = d.compress(&vec![0u8; 10 << 20]).unwrap();
+        assert!(bomb.len() < 200_000, "{}", bomb.len());
+        let mut i = Inflater::new(Side::Server, &DeflateParams::default());
+        let mut out = Vec::new();
+        let err = i.inflate(&bomb, &mut out, 100_000).unwrap_err();
+        assert_eq!(err, Error::MessageTooLarge { limit: 100_000 });
+        assert!(out.capacity() <= 100_001, "capacity {}", out.capacity());
+    }
+
+    #[test]
+    fn garbage_is_an_inflate_error() {
+        let mut i = Inflater::new(Side::Server, &DeflateParams::default());
+        let mut out = Vec::new();
+        let r = i.inflate(&[0xff; 32], &mut out, 1000);
+        assert!(matches!(r, Err(Error::InflateFailed(_))), "{r:?}");
+    }
+}

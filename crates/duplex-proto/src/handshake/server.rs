@@ -1,0 +1,327 @@
+//! Server side of the opening handshake.
+
+use super::{accept_key, collect_headers, map_httparse, split_list, Headers};
+use crate::config::Config;
+use crate::deflate::{self, DeflateParams, ExtensionOffer};
+use crate::error::Error;
+use base64::Engine;
+
+/// A parsed HTTP/1.x request head (not yet known to be a WebSocket upgrade).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Method, e.g. `GET`.
+    pub method: String,
+    /// Request target, e.g. `/echo?x=1`.
+    pub target: String,
+    /// HTTP minor version (1 for HTTP/1.1).
+    pub minor_version: u8,
+    /// Header fields.
+    pub headers: Headers,
+}
+
+impl Request {
+    /// The path part of the target (before `?`).
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// Whether the request asks for a WebSocket upgrade at all (has
+    /// `Upgrade: websocket`); such requests are validated further by
+    /// [`UpgradeRequest::validate`].
+    pub fn is_upgrade(&self) -> bool {
+        self.headers.has_token("upgrade", "websocket")
+    }
+}
+
+/// Parses a request head from the start of `buf`. `Ok(None)`: incomplete,
+/// read more. The size and header-count limits apply to incomplete input too.
+pub fn parse_request(buf: &[u8], cfg: &Config) -> Result<Option<(Request, usize)>, Error> {
+    let mut raw = vec![httparse::EMPTY_HEADER; cfg.max_headers];
+    let mut req = httparse::Request::new(&mut raw);
+    let scan = &buf[..buf.len().min(cfg.max_handshake_bytes)];
+    match req.parse(scan) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some((
+            Request {
+                method: req.method.unwrap_or_default().to_string(),
+                target: req.path.unwrap_or_default().to_string(),
+                minor_version: req.version.unwrap_or(0),
+                headers: collect_headers(req.headers),
+            },
+            n,
+        ))),
+        Ok(httparse::Status::Partial) if buf.len() >= cfg.max_handshake_bytes => {
+            Err(Error::HandshakeTooLarge { limit: cfg.max_handshake_bytes })
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(map_httparse(e, cfg.max_headers)),
+    }
+}
+
+/// A request that passed every check of RFC 6455 §4.2.1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeRequest {
+    /// The whole request.
+    pub request: Request,
+    /// `Sec-WebSocket-Key`.
+    pub key: String,
+    /// `Host`.
+    pub host: String,
+    /// `Origin`, if sent (browsers always send it).
+    pub origin: Option<String>,
+    /// Offered subprotocols, in the client's order of preference.
+    pub protocols: Vec<String>,
+    /// Offered extensions (a malformed header counts as no offer).
+    pub extensions: Vec<ExtensionOffer>,
+}
+
+impl UpgradeRequest {
+    /// Checks method, version, `Host`, `Upgrade`, `Connection`,
+    /// `Sec-WebSocket-Version` and `Sec-WebSocket-Key`.
+    pub fn validate(request: Request) -> Result<UpgradeRequest, Error> {
+        if request.method != "GET" {
+            return Err(Error::MethodNotGet);
+        }
+        if request.minor_version < 1 {
+            return Err(Error::HttpVersion);
+        }
+        let h = &request.headers;
+        let host = h.get("host").filter(|v| !v.trim().is_empty()).ok_or(Error::BadHeader("Host"))?;
+        if !h.has_token("upgrade", "websocket") {
+            return Err(Error::BadHeader("Upgrade: websocket"));
+        }
+        if !h.has_token("connection", "upgrade") {
+            return Err(Error::BadHeader("Connection: Upgrade"));
+        }
+        if h.get("sec-websocket-version").map(str::trim) != Some("13") {
+            return Err(Error::UnsupportedVersion);
+        }
+        let key = h.get("sec-websocket-key").map(str::trim).ok_or(Error::BadKey)?;
+        match base64::engine::general_purpose::STANDARD.decode(key) {
+            Ok(k) if k.len() == 16 => {}
+            _ => return Err(Error::BadKey),
+        }
+        let protocols = h
+            .get_joined("sec-websocket-protocol")
+            .map(|v| split_list(&v).map(str::to_string).collect())
+            .unwrap_or_default();
+        let extensions = h
+            .get_joined("sec-websocket-extensions")
+            .and_then(|v| deflate::parse_extensions(&v).ok())
+            .unwrap_or_default();
+        Ok(UpgradeRequest {
+            key: key.to_string(),
+            host: host.trim().to_string(),
+            origin: h.get("origin").map(|o| o.trim().to_string()),
+            protocols,
+            extensions,
+            request,
+        })
+    }
+
+    /// The request path (before `?`).
+    pub fn path(&self) -> &str {
+        self.request.path()
+    }
+}
+
+/// The outcome of accepting an upgrade: the 101 response and what was agreed.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Bytes of the `101 Switching Protocols` response.
+    pub response: Vec<u8>,
+    /// The chosen subprotocol.
+    pub protocol: Option<String>,
+    /// Agreed permessage-deflate parameters, if compression is on.
+    pub deflate: Option<DeflateParams>,
+}
+
+/// Accepts `req`: negotiates permessage-deflate under `cfg`, echoes
+/// `protocol` (which must be one the client offered; others are dropped) and
+/// adds `extra_headers`.
+pub fn accept(
+    req: &UpgradeRequest,
+    cfg: &Config,
+    protocol: Option<&str>,
+    extra_headers: &[(String, String)],
+) -> Accepted {
+    let deflate = cfg.deflate.as_ref().and_then(|d| deflate::negotiate_server(&req.extensions, d));
+    let protocol = protocol.filter(|p| req.protocols.iter().any(|o| o == p)).map(str::to_string);
+    let mut r = String::with_capacity(256);
+    r.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
+    r.push_str("Sec-WebSocket-Accept: ");
+    r.push_str(&accept_key(req.key.as_bytes()));
+    r.push_str("\r\n");
+    if let Some(p) = &protocol {
+        r.push_str("Sec-WebSocket-Protocol: ");
+        r.push_str(p);
+        r.push_str("\r\n");
+    }
+    if let Some(d) = &deflate {
+        r.push_str("Sec-WebSocket-Extensions: ");
+        r.push_str(&d.to_header());
+        r.push_str("\r\n");
+    }
+    for (k, v) in extra_headers {
+        if is_safe_header(k, v) {
+            r.push_str(k);
+            r.push_str(": ");
+            r.push_str(v);
+            r.push_str("\r\n");
+        }
+    }
+    r.push_str("\r\n");
+    Accepted { response: r.into_bytes(), protocol, deflate }
+}
+
+fn is_safe_header(k: &str, v: &str) -> bool {
+    !k.is_empty()
+        && k.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        && !v.bytes().any(|b| b == b'\r' || b == b'\n')
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// A complete refusal: `status`, a one-line plain-text `reason` as the body,
+/// `Connection: close`, and for 426 the `Sec-WebSocket-Version: 13` and
+/// `Upgrade: websocket` headers RFC 6455 §4.4 asks for.
+pub fn reject(status: u16, reason: &str, extra_headers: &[(String, String)]) -> Vec<u8> {
+    let body: String = reason.chars().filter(|c| *c != '\r' && *c != '\n').collect::<String>() + "\n";
+    let mut r = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    if status == 426 {
+        r.push_str("Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n");
+    }
+    if status == 405 {
+        r.push_str("Allow: GET\r\n");
+    }
+    for (k, v) in extra_headers {
+        if is_safe_header(k, v) {
+            r.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    r.push_str(&format!(
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    r.into_bytes()
+}
+
+/// The refusal for a handshake error: its status and its message.
+pub fn reject_error(err: &Error) -> Vec<u8> {
+    reject(err.http_status(), &err.to_string(), &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Origin: http://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    fn validate(s: &str) -> Result<UpgradeRequest, Error> {
+        let (req, n) = parse_request(s.as_bytes(), &Config::default())?.expect("complete");
+        assert_eq!(n, s.len());
+        UpgradeRequest::validate(req)
+    }
+
+    #[test]
+    fn rfc_example_request() {
+        let u = validate(GOOD).unwrap();
+        assert_eq!(u.path(), "/chat");
+        assert_eq!(u.protocols, vec!["chat", "superchat"]);
+        assert_eq!(u.origin.as_deref(), Some("http://example.com"));
+        let a = accept(&u, &Config::default(), Some("chat"), &[]);
+        let text = String::from_utf8(a.response).unwrap();
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(text.contains("Sec-WebSocket-Protocol: chat\r\n"));
+        assert!(!text.contains("Sec-WebSocket-Extensions"));
+    }
+
+    #[test]
+    fn unoffered_protocol_is_not_echoed() {
+        let u = validate(GOOD).unwrap();
+        let a = accept(&u, &Config::default(), Some("other"), &[]);
+        assert_eq!(a.protocol, None);
+    }
+
+    #[test]
+    fn tokens_are_case_insensitive_lists() {
+        let s = GOOD
+            .replace("Upgrade: websocket", "upgrade: WebSocket")
+            .replace("Connection: Upgrade", "connection: keep-alive, UPGRADE");
+        assert!(validate(&s).is_ok());
+    }
+
+    #[test]
+    fn each_missing_requirement_is_refused_with_its_status() {
+        let cases: Vec<(String, u16)> = vec![
+            (GOOD.replace("GET", "POST"), 405),
+            (GOOD.replace("HTTP/1.1", "HTTP/1.0"), 400),
+            (GOOD.replace("Host: server.example.com\r\n", ""), 400),
+            (GOOD.replace("Upgrade: websocket\r\n", ""), 400),
+            (GOOD.replace("Connection: Upgrade\r\n", "Connection: keep-alive\r\n"), 400),
+            (GOOD.replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"), 426),
+            (GOOD.replace("Sec-WebSocket-Version: 13\r\n", ""), 426),
+            (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ=="), 400),
+            (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "not base64!"), 400),
+        ];
+        for (req, status) in cases {
+            let err = validate(&req).unwrap_err();
+            assert_eq!(err.http_status(), status, "{err} for {req:?}");
+        }
+    }
+
+    #[test]
+    fn version_refusal_says_which_version() {
+        let r = String::from_utf8(reject_error(&Error::UnsupportedVersion)).unwrap();
+        assert!(r.starts_with("HTTP/1.1 426 "));
+        assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
+        assert!(r.ends_with("Sec-WebSocket-Version must be 13\n"));
+    }
+
+    #[test]
+    fn head_size_and_header_count_limits() {
+        let cfg = Config::default();
+        let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(cfg.max_handshake_bytes));
+        assert_eq!(
+            parse_request(huge.as_bytes(), &cfg),
+            Err(Error::HandshakeTooLarge { limit: cfg.max_handshake_bytes })
+        );
+        let many: String = (0..cfg.max_headers + 1).map(|i| format!("X-{i}: v\r\n")).collect();
+        let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(
+            parse_request(req.as_bytes(), &cfg),
+            Err(Error::TooManyHeaders { limit: cfg.max_headers })
+        );
+        // An incomplete head below the limit asks for more.
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", &cfg), Ok(None));
+    }
+
+    #[test]
+    fn deflate_is_negotiated_when_offered() {
+        let s = GOOD.replace(
+            "Sec-WebSocket-Version",
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nSec-WebSocket-Version",
+        );
+        let u = validate(&s).unwrap();
+        let a = accept(&u, &Config::default(), None, &[]);
+        assert!(a.deflate.is_some());
+        assert!(String::from_utf8(a.response).unwrap().contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
+        let a = accept(&u, &Config::default().with_deflate(None), None, &[]);
+        assert!(a.deflate.is_none());
+    }
+}

@@ -1,0 +1,94 @@
+//! The outbound byte queue: frames waiting to be written.
+//!
+//! Small frames are appended to one contiguous buffer so that many of them
+//! leave in a single write; large payloads that need no masking are queued
+//! as their own `Bytes` chunk without copying. Writers drain it with
+//! vectored I/O (`slices`) and report progress with `consume`.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+/// Payloads at least this long are queued by reference instead of copied.
+const ZERO_COPY_MIN: usize = 4096;
+
+#[derive(Debug, Default)]
+pub(crate) struct Outbound {
+    chunks: VecDeque<Bytes>,
+    tail: BytesMut,
+    len: usize,
+}
+
+impl Outbound {
+    /// The buffer to append small data to. Callers must call `added` after.
+    pub(crate) fn tail(&mut self) -> &mut BytesMut {
+        &mut self.tail
+    }
+
+    pub(crate) fn added(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    /// Queues a payload, by reference if it is large.
+    pub(crate) fn push_bytes(&mut self, b: Bytes) {
+        self.len += b.len();
+        if b.len() < ZERO_COPY_MIN {
+            self.tail.extend_from_slice(&b);
+        } else {
+            if !self.tail.is_empty() {
+                self.chunks.push_back(self.tail.split().freeze());
+            }
+            self.chunks.push_back(b);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for c in self.chunks.iter().map(|c| &c[..]).chain(std::iter::once(&self.tail[..])) {
+            if n == dst.len() {
+                break;
+            }
+            if !c.is_empty() {
+                dst[n] = IoSlice::new(c);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub(crate) fn first(&self) -> &[u8] {
+        match self.chunks.front() {
+            Some(c) => c,
+            None => &self.tail,
+        }
+    }
+
+    pub(crate) fn consume(&mut self, mut n: usize) {
+        n = n.min(self.len);
+        self.len -= n;
+        while n > 0 {
+            match self.chunks.front_mut() {
+                Some(c) if c.len() <= n => {
+                    n -= c.len();
+                    self.chunks.pop_front();
+                }
+                Some(c) => {
+                    c.advance(n);
+                    return;
+                }
+                None => {
+                    self.tail.advance(n);
+                    return;
+                }
+            }
+        }
+        if self.len == 0 && self.tail.capacity() > 64 << 10 {
+            // A burst grew the buffer; give the memory back once drained.
+            self.tail = BytesMut::new();
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! UTF-8: an immutable UTF-8 byte string and an incremental validator.
+//!
+//! Text messages arrive in pieces (partial reads, fragments, inflated
+//! chunks). [`Utf8Validator`] checks each piece as it arrives, so invalid
+//! input is rejected as soon as the first bad byte is seen ("fail fast",
+//! RFC 6455 §8.1), and a code point split across pieces is carried over in
+//! at most three bytes of state. Validation itself is `simdutf8`.
+
+use crate::error::Error;
+use bytes::Bytes;
+use std::fmt;
+
+/// Bytes that are known to be valid UTF-8. Cloning is cheap (reference counted).
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Utf8Bytes(Bytes);
+
+impl Utf8Bytes {
+    /// Wraps bytes after validating them.
+    pub fn try_from_bytes(bytes: Bytes) -> Result<Self, Error> {
+        simdutf8::basic::from_utf8(&bytes).map_err(|_| Error::InvalidUtf8)?;
+        Ok(Utf8Bytes(bytes))
+    }
+
+    /// Wraps bytes the caller has already validated.
+    pub(crate) fn from_validated(bytes: Bytes) -> Self {
+        debug_assert!(std::str::from_utf8(&bytes).is_ok());
+        Utf8Bytes(bytes)
+    }
+
+    /// A `'static` string, without copying.
+    pub const fn from_static(s: &'static str) -> Self {
+        Utf8Bytes(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // The constructor validated the bytes; a failure here would be a bug,
+        // and is reported as an empty string rather than a panic.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The underlying bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Utf8Bytes {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for Utf8Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Utf8Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<String> for Utf8Bytes {
+    fn from(s: String) -> Self {
+        Utf8Bytes(Bytes::from(s))
+    }
+}
+
+impl From<&str> for Utf8Bytes {
+    fn from(s: &str) -> Self {
+        Utf8Bytes(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<&String> for Utf8Bytes {
+    fn from(s: &String) -> Self {
+        Utf8Bytes(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+/// Validates UTF-8 fed in arbitrary pieces, failing at the first piece that
+/// cannot be the prefix of valid UTF-8.
+#[derive(Debug, Default, Clone)]
+pub struct Utf8Validator {
+    /// Bytes of a code point that straddles the previous piece's end.
+    pending: [u8; 4],
+    pending_len: u8,
+}
+
+fn sequence_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => 0,
+    }
+}
+
+/// Checks `bytes`; `Ok(n)` means all is valid except an incomplete (but so
+/// far valid) code point in the last `n` bytes.
+fn check(bytes: &[u8]) -> Result<usize, Error> {
+    match simdutf8::compat::from_utf8(bytes) {
+        Ok(_) => Ok(0),
+        Err(e) if e.error_len().is_none() => Ok(bytes.len() - e.valid_up_to()),
+        Err(_) => Err(Error::InvalidUtf8),
+    }
+}
+
+impl Utf8Validator {
+    /// A validator at the start of a message.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next piece. Errors as soon as the input cannot be valid.
+    pub fn feed(&mut self, mut input: &[u8]) -> Result<(), Error> {
+        if self.pending_len > 0 {
+            let have = self.pending_len as usize;
+            let need = sequence_len(self.pending[0]);
+            let take = (need - have).min(input.len());
+            self.pending[have..have + take].copy_from_slice(&input[..take]);
+            let now = have + take;
+            input = &input[take..];
+            if check(&self.pending[..now])? != 0 {
+                // still incomplete, and input is exhausted
+                self.pending_len = now as u8;
+                return Ok(());
+            }
+            self.pending_len = 0;
+        }
+        let tail = check(input)?;
+        if tail > 0 {
+            let start = input.len() - tail;
+            self.pending[..tail].copy_from_slice(&input[start..]);
+            self.pending_len = tail as u8;
+        }
+        Ok(())
+    }
+
+    /// Ends the message: an incomplete trailing code point is an error.
+    pub fn finish(&mut self) -> Result<(), Error> {
+        let incomplete = self.pending_len != 0;
+        self.pending_len = 0;
+        if incomplete {
+            Err(Error::InvalidUtf8)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn split_valid(data: &[u8], cuts: &[usize]) -> Result<(), Error> {
+        let mut v = Utf8Validator::new();
+        let mut prev = 0;
+        for &c in cuts {
+            let c = c.min(data.len()).max(prev);
+            v.feed(&data[prev..c])?;
+            prev = c;
+        }
+        v.feed(&data[prev..])?;
+        v.finish()
+    }
+
+    #[test]
+    fn fails_fast_on_impossible_prefix() {
+        let mut v = Utf8Validator::new();
+        // 0xF4 0x90 would encode above U+10FFFF: invalid before the sequence ends.
+        v.feed(&[0xf4]).unwrap();
+        assert_eq!(v.feed(&[0x90]), Err(Error::InvalidUtf8));
+        let mut v = Utf8Validator::new();
+        assert_eq!(v.feed(b"ok\xc0"), Err(Error::InvalidUtf8));
+    }
+
+    #[test]
+    fn incomplete_at_end_is_an_error() {
+        let mut v = Utf8Validator::new();
+        v.feed("κ".as_bytes().get(..1).unwrap()).unwrap();
+        assert_eq!(v.finish(), Err(Error::InvalidUtf8));
+    }
+
+    #[test]
+    fn code_point_split_byte_by_byte() {
+        let s = "a€𝄞z".as_bytes();
+        let cuts: Vec<usize> = (0..=s.len()).collect();
+        split_valid(s, &cuts).unwrap();
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_std_for_any_split(data in proptest::collection::vec(any::<u8>(), 0..64),
+                                          cuts in proptest::collection::vec(0usize..64, 0..6)) {
+            let mut cuts = cuts;
+            cuts.sort();
+            let expected = std::str::from_utf8(&data).is_ok();
+            prop_assert_eq!(split_valid(&data, &cuts).is_ok(), expected);
+        }
+
+        #[test]
+        fn valid_strings_pass_any_split(s in "\\PC{0,40}", cuts in proptest::collection::vec(0usize..160, 0..6)) {
+            let mut cuts = cuts;
+            cuts.sort();
+            prop_assert!(split_valid(s.as_bytes(), &cuts).is_ok());
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! RFC 6455 / RFC 7692 behaviour of `Connection`, driven in memory.
+
+use bytes::{Bytes, BytesMut};
+use duplex_proto::frame::{FrameHeader, OpCode};
+use duplex_proto::mask::apply_mask;
+use duplex_proto::pair::Pair;
+use duplex_proto::{CloseCode, CloseFrame, Config, Connection, Error, Event, Message, Role, State};
+use proptest::prelude::*;
+use std::time::Duration;
+
+/// Encodes a raw frame, masked when `mask` is given.
+fn raw(fin: bool, rsv: u8, op: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(fin as u8) << 7 | (rsv & 7) << 4 | (op & 0xf)];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => out.push(m | n as u8),
+        n @ 126..=65535 => {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mut p = payload.to_vec();
+    if let Some(k) = mask {
+        out.extend_from_slice(&k);
+        apply_mask(&mut p, k, 0);
+    }
+    out.extend_from_slice(&p);
+    out
+}
+
+const K: Option<[u8; 4]> = Some([0x11, 0x22, 0x33, 0x44]);
+
+fn server() -> Connection {
+    Connection::new(Role::Server, Config::default(), None)
+}
+
+/// Feeds bytes to `conn` and returns the error, if any.
+fn feed(conn: &mut Connection, bytes: &[u8]) -> Result<(), Error> {
+    let mut b = BytesMut::from(bytes);
+    conn.receive(&mut b)
+}
+
+/// The close code `conn` has queued as its last frame, if it queued a close.
+fn queued_close_code(conn: &Connection) -> Option<u16> {
+    let mut out = Vec::new();
+    let mut slices = [std::io::IoSlice::new(&[]); 64];
+    let n = conn.outbound_slices(&mut slices);
+    for s in &slices[..n] {
+        out.extend_from_slice(s);
+    }
+    let mut pos = 0;
+    let mut last = None;
+    while pos < out.len() {
+        let (h, n) = FrameHeader::parse(&out[pos..]).unwrap().unwrap();
+        let mut payload = out[pos + n..pos + n + h.payload_len as usize].to_vec();
+        if let Some(k) = h.mask {
+            apply_mask(&mut payload, k, 0);
+        }
+        if h.opcode == OpCode::Close {
+            last = Some(if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 });
+        }
+        pos += n + h.payload_len as usize;
+    }
+    last
+}
+
+fn assert_fails_with(bytes: &[u8], code: u16) {
+    let mut s = server();
+    let err = feed(&mut s, bytes).expect_err("must fail");
+    assert_eq!(err.close_code(), Some(CloseCode(code)), "{err}");
+    assert_eq!(queued_close_code(&s), Some(code));
+    assert_ne!(s.state(), State::Open);
+    // Later input is ignored, nothing panics.
+    feed(&mut s, &raw(true, 0, 1, K, b"after")).unwrap();
+    assert_eq!(s.poll_event(), None);
+}
+
+#[test]
+fn echo_text_and_binary_both_ways() {
+    for deflate in [true, false] {
+        let cfg = if deflate { Config::default() } else { Config::default().with_deflate(None) };
+        let mut p = Pair::new(cfg.clone(), cfg);
+        assert_eq!(p.client.is_compressed(), deflate);
+        p.client.send(Message::text("héllo 🌍")).unwrap();
+        p.client.send(Message::binary(vec![0u8, 1, 2, 255])).unwrap();
+        p.client.send(Message::text("")).unwrap();
+        p.transfer();
+        let ev = p.server_events();
+        assert_eq!(
+            ev,
+            vec![
+                Event::Message(Message::text("héllo 🌍")),
+                Event::Message(Message::binary(vec![0u8, 1, 2, 255])),
+                Event::Message(Message::text("")),
+            ]
+        );
+        p.server.send(Message::binary(vec![7u8; 100_000])).unwrap();
+        p.transfer_chunked(1000);
+        assert_eq!(p.client_events(), vec![Event::Message(Message::binary(vec![7u8; 100_000]))]);
+    }
+}
+
+#[test]
+fn unfragmented_message_is_a_slice_of_the_read_buffer() {
+    let mut s = server();
+    let mut buf = BytesMut::with_capacity(4096);
+    buf.extend_from_slice(&raw(true, 0, 2, K, &[5u8; 1000]));
+    let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.capacity();
+    s.receive(&mut buf).unwrap();
+    let Some(Event::Message(Message::Binary(b))) = s.poll_event() else { panic!() };
+    assert!(range.contains(&(b.as_ptr() as usize)), "payload was copied");
+    assert_eq!(&b[..], &[5u8; 1000][..]);
+}
+
+#[test]
+fn server_closes_1002_on_unmasked_client_frame() {
+    assert_fails_with(&raw(true, 0, 1, None, b"hi"), 1002);
+}
+
+#[test]
+fn client_closes_1002_on_masked_server_frame() {
+    let mut c = Connection::new(Role::Client, Config::default(), None);
+    let err = feed(&mut c, &raw(true, 0, 1, K, b"hi")).unwrap_err();
+    assert_eq!(err, Error::MaskedFrame);
+    assert_eq!(queued_close_code(&c), Some(1002));
+}
+
+#[test]
+fn reserved_bits_and_opcodes_close_1002() {
+    for rsv in 1..8 {
+        assert_fails_with(&raw(true, rsv, 1, K, b"x"), 1002);
+    }
+    for op in [3u8, 4, 5, 6, 7, 0xb, 0xc, 0xd, 0xe, 0xf] {
+        assert_fails_with(&raw(true, 0, op, K, b""), 1002);
+    }
+}
+
+#[test]
+fn control_frame_rules_close_1002() {
+    assert_fails_with(&raw(true, 0, 9, K, &[0u8; 126]), 1002);
+    assert_fails_with(&raw(false, 0, 9, K, b"x"), 1002);
+    assert_fails_with(&raw(true, 4, 9, K, b"x"), 1002);
+}
+
+#[test]
+fn ping_gets_pong_with_the_same_payload() {
+    let mut p = Pair::new(Config::default(), Config::default());
+    p.client.ping(b"abc").unwrap();
+    p.transfer();
+    assert_eq!(p.server_events(), vec![Event::Ping(Bytes::from_static(b"abc"))]);
+    assert_eq!(p.client_events(), vec![Event::Pong(Bytes::from_static(b"abc"))]);
+    assert!(p.client.ping(&[0u8; 126]).is_err());
+}
+
+#[test]
+fn control_frames_interleave_with_fragments() {
+    let mut s = server();
+    let mut bytes = raw(false, 0, 1, K, b"Hel");
+    bytes.extend(raw(true, 0, 9, K, b"p"));
+    bytes.extend(raw(false, 0, 0, K, b"lo, "));
+    bytes.extend(raw(true, 0, 10, K, b"q"));
+    bytes.extend(raw(true, 0, 0, K, b"world"));
+    feed(&mut s, &bytes).unwrap();
+    let ev: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert_eq!(
+        ev,
+        vec![
+            Event::Ping(Bytes::from_static(b"p")),
+            Event::Pong(Bytes::from_static(b"q")),
+            Event::Message(Message::text("Hello, world")),
+        ]
+    );
+}
+
+#[test]
+fn continuation_sequencing_errors_close_1002() {
+    assert_fails_with(&raw(true, 0, 0, K, b"x"), 1002);
+    let mut b = raw(false, 0, 1, K, b"a");
+    b.extend(raw(true, 0, 1, K, b"b"));
+    assert_fails_with(&b, 1002);
+}
+
+#[test]
+fn invalid_utf8_closes_1007_and_fails_fast() {
+    assert_fails_with(&raw(true, 0, 1, K, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited"), 1007);
+    // The first fragment is already invalid: fail before the message ends.
+    let mut s = server();
+    let err = feed(&mut s, &raw(false, 0, 1, K, b"ok\xf4\x90")).unwrap_err();
+    assert_eq!(err, Error::InvalidUtf8);
+    // Also inside a single frame whose rest has not arrived.
+    let mut s = server();
+    let frame = raw(true, 0, 1, K, &[b"ab\xc0".as_slice(), &[b'x'; 1000]].concat());
+    let err = feed(&mut s, &frame[..20]).unwrap_err();
+    assert_eq!(err, Error::InvalidUtf8);
+    // A code point split across fragments is fine.
+    let mut s = server();
+    let mut b = raw(false, 0, 1, K, &"€".as_bytes()[..1]);
+    b.extend(raw(true, 0, 0, K, &"€".as_bytes()[1..]));
+    feed(&mut s, &b).unwrap();
+    assert_eq!(s.poll_event(), Some(Event::Message(Message::text("€"))));
+}
+
+#[test]
+fn huge_declared_length_closes_1009_without_allocating() {
+    let mut s = server();
+    let mut b = vec![0x82, 0xff];
+    b.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    b.extend_from_slice(&[1, 2, 3, 4]);
+    let err = feed(&mut s, &b).unwrap_err();
+    assert!(matches!(err, Error::FrameTooLarge { declared, .. } if declared == 1 << 62));
+    assert_eq!(queued_close_code(&s), Some(1009));
+}
+
+#[test]
+fn fragment_flood_closes_at_the_fragment_limit() {
+    let cfg = Config::default().with_max_fragments(100);
+    let mut s = Connection::new(Role::Server, cfg, None);
+    let mut b = raw(false, 0, 2, K, b"x");
+    for _ in 0..99 {
+        b.extend(raw(false, 0, 0, K, b"x"));
+    }
+    feed(&mut s, &b).unwrap();
+    let err = feed(&mut s, &raw(false, 0, 0, K, b"x")).unwrap_err();
+    assert_eq!(err, Error::TooManyFragments { limit: 100 });
+    assert_eq!(queued_close_code(&s), Some(1008));
+}
+
+#[test]
+fn reassembled_message_limit_closes_1009() {
+    let mut s = Connection::new(Role::Server, Config::default().with_max_message_size(1000), None);
+    feed(&mut s, &raw(false, 0, 2, K, &[0; 600])).unwrap();
+    let err = feed(&mut s, &raw(true, 0, 0, K, &[0; 600])).unwrap_err();
+    assert_eq!(err, Error::MessageTooLarge { limit: 1000 });
+    assert_eq!(queued_close_code(&s), Some(1009));
+}
+
+#[test]
+fn compression_bomb_closes_1009_while_inflating() {
+    let mut strong = duplex_proto::DeflateConfig::default();
+    strong.level = 9;
+    let client = Config::default().with_deflate(Some(strong));
+    let mut p = Pair::new(client, Config::default().with_max_message_size(1 << 20));
+    p.client.send(Message::binary(vec![0u8; 32 << 20])).unwrap();
+    let wire = p.client.outbound_len();
+    assert!(wire < 100_000, "compressed to {wire}");
+    p.transfer();
+    assert!(matches!(p.errors.1.as_slice(), [Error::MessageTooLarge { limit }] if *limit == 1 << 20));
+    assert_eq!(p.client.received_close().flatten().map(|f| f.code), Some(CloseCode::MESSAGE_TOO_BIG));
+}
+
+#[test]
+fn rsv1_without_deflate_closes_1002() {
+    assert_fails_with(&raw(true, 4, 1, K, b"x"), 1002);
+}
+
+#[test]
+fn clean_close_initiated_by_client() {
+    let mut p = Pair::new(Config::default(), Config::default());
+    p.client.close(Some(CloseFrame::new(CloseCode::NORMAL, "bye"))).unwrap();
+    assert_eq!(p.client.state(), State::CloseSent);
+    assert_eq!(p.client.send(Message::text("late")), Err(Error::Closed));
+    p.transfer();
+    assert_eq!(p.server.state(), State::Closed);
+    assert_eq!(p.client.state(), State::Closed);
+    assert!(p.client.was_clean() && p.server.was_clean());
+    let ev = p.server_events();
+    assert_eq!(ev, vec![Event::Close(Some(CloseFrame::new(CloseCode::NORMAL, "bye")))]);
+    // The server echoed the code.
+    assert_eq!(p.client.received_close().flatten().map(|f| f.code), Some(CloseCode::NORMAL));
+}
+
+#[test]
+fn close_without_code_never_puts_1005_on_the_wire() {
+    let mut p = Pair::new(Config::default(), Config::default());
+    p.server.close(None).unwrap();
+    p.transfer();
+    assert_eq!(p.client_events(), vec![Event::Close(None)]);
+    assert_eq!(p.server.received_close(), Some(None));
+    assert!(p.client.close(Some(CloseFrame::new(CloseCode::NO_STATUS, ""))).is_ok()); // already closing
+    let mut c = Connection::new(Role::Client, Config::default(), None);
+    assert_eq!(c.close(Some(CloseFrame::new(CloseCode::ABNORMAL, ""))), Err(Error::InvalidCloseToSend));
+}
+
+#[test]
+fn bad_close_payloads() {
+    assert_fails_with(&raw(true, 0, 8, K, &[0x03]), 1002);
+    assert_fails_with(&raw(true, 0, 8, K, &[0x03, 0xed]), 1002); // 1005
+    assert_fails_with(&raw(true, 0, 8, K, &[0x03, 0xe7]), 1002); // 999
+    assert_fails_with(&raw(true, 0, 8, K, &[0x03, 0xe8, 0xff, 0xfe]), 1007);
+}
+
+#[test]
+fn close_timeout_ends_a_closing_handshake_the_peer_ignores() {
+    let mut p = Pair::new(Config::default(), Config::default());
+    p.client.close(Some(CloseFrame::new(CloseCode::NORMAL, ""))).unwrap();
+    p.client.handle_timeout(p.now);
+    let deadline = p.client.poll_timeout().expect("close timer armed");
+    assert_eq!(deadline - p.now, Duration::from_secs(5));
+    p.advance(Duration::from_secs(4));
+    assert_eq!(p.client.state(), State::CloseSent);
+    p.advance(Duration::from_secs(1));
+    assert_eq!(p.client.state(), State::Closed);
+    assert!(!p.client.was_clean());
+}
+
+#[test]
+fn keepalive_pings_and_times_out() {
+    let cfg = Config::default().with_ping_interval(Some(Duration::from_secs(10)));
+    let mut p = Pair::new(cfg.clone(), Config::default());
+    p.advance(Duration::ZERO);
+    p.advance(Duration::from_secs(10));
+    p.transfer();
+    // The server answered the ping; the client is still open.
+    assert!(matches!(p.client_events().as_slice(), [Event::Pong(_)]));
+    assert_eq!(p.client.state(), State::Open);
+    // Now the peer goes silent: ping goes unanswered.
+    p.advance(Duration::from_secs(10));
+    assert!(p.client.outbound_len() > 0, "ping queued");
+    p.advance(Duration::from_secs(20));
+    assert_eq!(p.client.state(), State::Closed);
+    assert_eq!(p.client.error(), Some(&Error::KeepaliveTimeout));
+}
+
+fn msg_strategy() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        "\\PC{0,300}".prop_map(Message::text),
+        proptest::collection::vec(any::<u8>(), 0..3000).prop_map(Message::binary),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn any_messages_survive_any_chunking(msgs in proptest::collection::vec(msg_strategy(), 1..8),
+                                         chunk in 1usize..300, deflate in any::<bool>(),
+                                         frag in 0usize..50) {
+        let cfg = if deflate { Config::default() } else { Config::default().with_deflate(None) };
+        let mut p = Pair::new(cfg.clone(), cfg);
+        for m in &msgs {
+            if frag > 0 {
+                p.client.send_fragmented(m.clone(), frag).unwrap();
+            } else {
+                p.client.send(m.clone()).unwrap();
+            }
+            p.server.send(m.clone()).unwrap();
+        }
+        p.transfer_chunked(chunk);
+        let expect: Vec<Event> = msgs.iter().cloned().map(Event::Message).collect();
+        prop_assert_eq!(p.server_events(), expect.clone());
+        prop_assert_eq!(p.client_events(), expect);
+        prop_assert!(p.errors.0.is_empty() && p.errors.1.is_empty());
+    }
+}

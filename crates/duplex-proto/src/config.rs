@@ -22,6 +22,12 @@ pub struct Config {
     pub max_handshake_bytes: usize,
     /// Most header fields in the opening handshake. Default: 64.
     pub max_headers: usize,
+    /// How long a peer may take to complete the opening handshake (enforced
+    /// by the I/O driver). Default: 10 s.
+    pub handshake_timeout: Duration,
+    /// Queued outbound bytes past which a sender waits for the socket to
+    /// drain (backpressure; enforced by the I/O driver). Default: 128 KiB.
+    pub write_buffer_size: usize,
     /// How long to wait for the peer's close frame after sending ours.
     /// Default: 5 s.
     pub close_timeout: Duration,
@@ -44,6 +50,8 @@ impl Default for Config {
             max_fragments: 131_072,
             max_handshake_bytes: 16 << 10,
             max_headers: 64,
+            handshake_timeout: Duration::from_secs(10),
+            write_buffer_size: 128 << 10,
             close_timeout: Duration::from_secs(5),
             ping_interval: None,
             pong_timeout: Duration::from_secs(20),

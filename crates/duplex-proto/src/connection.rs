@@ -95,6 +95,9 @@ pub struct Connection {
     inflater: Option<Inflater>,
     min_compress_size: usize,
     error: Option<Error>,
+    /// An error found after complete messages in the same input: those are
+    /// delivered (and may be answered) first, then the connection fails.
+    deferred_error: Option<Error>,
     sent_close: Option<CloseFrame>,
     received_close: Option<Option<CloseFrame>>,
     // timers
@@ -129,6 +132,7 @@ impl Connection {
             inflater,
             min_compress_size: dcfg.min_compress_size,
             error: None,
+            deferred_error: None,
             sent_close: None,
             received_close: None,
             close_deadline: None,
@@ -193,7 +197,10 @@ impl Connection {
     }
 
     fn input_closed(&self) -> bool {
-        self.received_close.is_some() || self.error.is_some() || self.state == State::Closed
+        self.received_close.is_some()
+            || self.error.is_some()
+            || self.deferred_error.is_some()
+            || self.state == State::Closed
     }
 
     // ------------------------------------------------------------------ input
@@ -213,6 +220,13 @@ impl Connection {
         }
         match self.receive_frames(buf) {
             Ok(()) => Ok(()),
+            Err(e) if !self.events.is_empty() => {
+                // Messages that arrived intact before the bad frame are
+                // delivered first; the failure follows once they are polled.
+                buf.clear();
+                self.deferred_error = Some(e);
+                Ok(())
+            }
             Err(e) => {
                 buf.clear();
                 self.fail(e.clone());
@@ -457,8 +471,16 @@ impl Connection {
     }
 
     /// The next event, if any.
+    /// After the last event of an input that ended in a protocol error, the
+    /// next call fails the connection (queues the close frame).
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let ev = self.events.pop_front();
+        if ev.is_none() {
+            if let Some(e) = self.deferred_error.take() {
+                self.fail(e);
+            }
+        }
+        ev
     }
 
     // ----------------------------------------------------------------- output

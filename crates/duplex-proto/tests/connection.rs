@@ -177,6 +177,19 @@ fn control_frames_interleave_with_fragments() {
 }
 
 #[test]
+fn messages_before_a_bad_frame_are_delivered_and_answerable_first() {
+    let mut s = server();
+    let mut b = raw(true, 0, 1, K, b"Hello");
+    b.extend(raw(true, 2, 1, K, b"bad rsv"));
+    feed(&mut s, &b).unwrap();
+    assert_eq!(s.poll_event(), Some(Event::Message(Message::text("Hello"))));
+    s.send(Message::text("Hello")).unwrap();
+    assert_eq!(s.poll_event(), None);
+    assert_eq!(s.error(), Some(&Error::ReservedBitsSet));
+    assert_eq!(queued_close_code(&s), Some(1002));
+}
+
+#[test]
 fn continuation_sequencing_errors_close_1002() {
     assert_fails_with(&raw(true, 0, 0, K, b"x"), 1002);
     let mut b = raw(false, 0, 1, K, b"a");

@@ -1,0 +1,126 @@
+//! The accept loop and per-connection routing.
+//!
+//! Each accepted TCP connection gets its own task. The number of live
+//! connections is bounded by a semaphore (`max_connections`); a connection
+//! over the limit is answered 503 at once instead of being queued, so a
+//! flood cannot grow memory. Shutdown: stop accepting, tell every connection
+//! through a watch channel (each sends close 1001), and wait at most
+//! `shutdown_grace` for them to finish.
+
+use crate::config::ServerConfig;
+use crate::echo;
+use duplex::{Decision, Handshake};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+/// A bound server, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    config: ServerConfig,
+}
+
+impl Server {
+    /// Binds the listening socket.
+    pub async fn bind(config: ServerConfig) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Server { listener, config })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then closes connections gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let config = Arc::new(self.config);
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // Out of descriptors and similar: back off briefly.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let permit = limit.clone().try_acquire_owned().ok();
+                    let config = config.clone();
+                    let stop = stop_rx.clone();
+                    tasks.spawn(async move {
+                        handle(tcp, peer, config, stop, permit.is_some()).await;
+                        drop(permit);
+                    });
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        info!(connections = tasks.len(), "shutting down");
+        let _ = stop_tx.send(true);
+        let grace = config.shutdown_grace;
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+            tasks.abort_all();
+        }
+        Ok(())
+    }
+}
+
+async fn handle(tcp: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>, stop: watch::Receiver<bool>, admitted: bool) {
+    let started = Instant::now();
+    let _ = tcp.set_nodelay(true);
+    let hs = match Handshake::read(tcp, config.ws.clone()).await {
+        Ok(h) => h,
+        Err(e) => {
+            info!(%peer, error = %e, "bad request");
+            return;
+        }
+    };
+    let path = hs.request().path().to_string();
+    if !admitted {
+        let _ = hs.respond(503, "server is at its connection limit").await;
+        warn!(%peer, %path, status = 503, "refused: connection limit");
+        return;
+    }
+    match path.as_str() {
+        "/echo" => {
+            let mut ws = match hs.upgrade(|_| Decision::accept()).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    info!(%peer, %path, error = %e, "upgrade refused");
+                    return;
+                }
+            };
+            let ext = ws.extensions().to_string();
+            let stats = echo::run(&mut ws, stop).await;
+            info!(
+                %peer,
+                %path,
+                extensions = %ext,
+                messages = stats.messages,
+                bytes = stats.bytes,
+                close_code = ws.close_code().map(|c| c.0),
+                clean = ws.was_clean(),
+                error = stats.error.as_deref().unwrap_or(""),
+                ms = started.elapsed().as_millis() as u64,
+                "connection closed"
+            );
+        }
+        _ => {
+            let _ = hs.respond(404, "not found").await;
+            info!(%peer, %path, status = 404, "not found");
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Client side: connect to a `ws://` URL, or run the client handshake over
+//! any stream.
+
+use crate::error::{Error, Result};
+use crate::url::WsUrl;
+use crate::ws::WebSocket;
+use bytes::BytesMut;
+use duplex_proto::handshake::client::{ClientHandshake, ClientRequest};
+use duplex_proto::{Config, Connection, Role};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Options for [`connect_with`].
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Limits, compression offer and timeouts.
+    pub config: Config,
+    /// Subprotocols to offer, in order of preference.
+    pub protocols: Vec<String>,
+    /// `Origin` header to send.
+    pub origin: Option<String>,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Connects to `url` with default options (permessage-deflate offered).
+pub async fn connect(url: &str) -> Result<WebSocket<TcpStream>> {
+    connect_with(url, ClientOptions::default()).await
+}
+
+/// Connects to `url`: TCP, then the opening handshake, both within
+/// `handshake_timeout`.
+pub async fn connect_with(url: &str, opts: ClientOptions) -> Result<WebSocket<TcpStream>> {
+    let u = WsUrl::parse(url)?;
+    if u.secure {
+        return Err(Error::Url(format!("{url}: wss:// is not supported by this build")));
+    }
+    let timeout = opts.config.handshake_timeout;
+    let stream = tokio::time::timeout(timeout, TcpStream::connect((u.host.as_str(), u.port)))
+        .await
+        .map_err(|_| Error::HandshakeTimeout)??;
+    stream.set_nodelay(true)?;
+    client_handshake(stream, url, opts).await
+}
+
+/// Runs the client opening handshake over an established stream.
+pub async fn client_handshake<S>(mut stream: S, url: &str, opts: ClientOptions) -> Result<WebSocket<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let u = WsUrl::parse(url)?;
+    let req = ClientRequest {
+        host: u.host_header(),
+        target: u.target.clone(),
+        protocols: opts.protocols.clone(),
+        origin: opts.origin.clone(),
+        headers: opts.headers.clone(),
+    };
+    let config = opts.config;
+    let (hs, request) = ClientHandshake::new(&req, &config);
+    let timeout = config.handshake_timeout;
+    let (resp, leftover) = tokio::time::timeout(timeout, async {
+        stream.write_all(&request).await?;
+        stream.flush().await?;
+        let mut buf = BytesMut::with_capacity(1024);
+        loop {
+            if let Some((resp, n)) = hs.parse_response(&buf)? {
+                let _ = buf.split_to(n);
+                return Ok::<_, Error>((resp, buf));
+            }
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(1024);
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    })
+    .await
+    .map_err(|_| Error::HandshakeTimeout)??;
+    let extensions = resp.deflate.map(|d| d.to_header());
+    let conn = Connection::new(Role::Client, config, resp.deflate);
+    Ok(WebSocket::from_parts(stream, conn, leftover, resp.protocol, extensions, Some(url.to_string())))
+}

@@ -1,0 +1,309 @@
+//! `WebSocket<S>`: one connection over any async byte stream.
+
+use crate::error::{Error, Result};
+use bytes::BytesMut;
+use duplex_proto::{CloseCode, CloseFrame, Connection, Event, Message, State};
+use std::io::IoSlice;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// The browser's `readyState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyState {
+    /// The opening handshake is in progress (never observed on a `WebSocket`
+    /// value, which exists only after it).
+    Connecting,
+    /// Messages can be sent and received.
+    Open,
+    /// The closing handshake has started.
+    Closing,
+    /// The connection is closed.
+    Closed,
+}
+
+/// Smallest read buffer reservation.
+const READ_MIN: usize = 8 << 10;
+/// A read buffer larger than this is released when it empties.
+const READ_KEEP: usize = 64 << 10;
+/// Most slices handed to one vectored write.
+const MAX_IOV: usize = 64;
+
+/// A WebSocket over the stream `S` (a `TcpStream`, a TLS stream, …), after
+/// the opening handshake. Pings are answered and close frames echoed
+/// automatically; [`recv`](Self::recv) returns data messages only.
+#[derive(Debug)]
+pub struct WebSocket<S> {
+    stream: S,
+    conn: Connection,
+    rbuf: BytesMut,
+    protocol: Option<String>,
+    extensions: Option<String>,
+    url: Option<String>,
+    transport_closed: bool,
+    reported_error: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// Wraps a stream whose opening handshake has completed. `leftover` are
+    /// bytes read past the handshake (the first frames).
+    pub fn from_parts(
+        stream: S,
+        conn: Connection,
+        leftover: BytesMut,
+        protocol: Option<String>,
+        extensions: Option<String>,
+        url: Option<String>,
+    ) -> Self {
+        WebSocket {
+            stream,
+            conn,
+            rbuf: leftover,
+            protocol,
+            extensions,
+            url,
+            transport_closed: false,
+            reported_error: false,
+        }
+    }
+
+    /// The subprotocol the handshake agreed on.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    /// The negotiated `Sec-WebSocket-Extensions` value (e.g.
+    /// `permessage-deflate`), as the browser's `extensions`.
+    pub fn extensions(&self) -> &str {
+        self.extensions.as_deref().unwrap_or("")
+    }
+
+    /// The URL this client connected to (`None` on the server side).
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+
+    /// Bytes queued and not yet handed to the transport.
+    pub fn buffered_amount(&self) -> usize {
+        self.conn.outbound_len()
+    }
+
+    /// The browser's `readyState`.
+    pub fn ready_state(&self) -> ReadyState {
+        match self.conn.state() {
+            State::Open => ReadyState::Open,
+            State::CloseSent | State::CloseReceived => ReadyState::Closing,
+            State::Closed => ReadyState::Closed,
+        }
+    }
+
+    /// The protocol state machine (read-only).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The peer's close frame: `None` if none arrived yet.
+    pub fn close_frame(&self) -> Option<Option<&CloseFrame>> {
+        self.conn.received_close()
+    }
+
+    /// The browser's `CloseEvent.code`: the peer's code, 1005 if its close
+    /// frame had none, 1006 if the connection ended without one.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        match self.conn.received_close() {
+            Some(Some(f)) => Some(f.code),
+            Some(None) => Some(CloseCode::NO_STATUS),
+            None if self.transport_closed || self.conn.is_closed() => Some(CloseCode::ABNORMAL),
+            None => None,
+        }
+    }
+
+    /// The browser's `CloseEvent.wasClean`.
+    pub fn was_clean(&self) -> bool {
+        self.conn.was_clean()
+    }
+
+    /// Sends a message and waits until it has been handed to the transport.
+    pub async fn send(&mut self, msg: Message) -> Result<()> {
+        self.conn.send(msg)?;
+        self.flush().await
+    }
+
+    /// Queues a message; waits only when the queue is over
+    /// `write_buffer_size` (backpressure). Queued messages leave together on
+    /// the next [`flush`](Self::flush), [`send`](Self::send) or when
+    /// [`recv`](Self::recv) waits for input.
+    pub async fn feed(&mut self, msg: Message) -> Result<()> {
+        self.conn.send(msg)?;
+        if self.conn.outbound_len() >= self.conn.config().write_buffer_size {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a ping.
+    pub async fn ping(&mut self, payload: &[u8]) -> Result<()> {
+        self.conn.ping(payload)?;
+        self.flush().await
+    }
+
+    /// Writes everything queued, coalescing frames into vectored writes.
+    pub async fn flush(&mut self) -> Result<()> {
+        while self.conn.outbound_len() > 0 {
+            let n = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let count = self.conn.outbound_slices(&mut slices);
+                if count == 1 {
+                    self.stream.write(&slices[0]).await?
+                } else {
+                    self.stream.write_vectored(&slices[..count]).await?
+                }
+            };
+            if n == 0 {
+                return Err(Error::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.conn.consume_outbound(n);
+        }
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// The next data message. `None` once the connection has closed cleanly
+    /// (see [`close_code`](Self::close_code)); `Some(Err(_))` once if it was
+    /// failed or dropped, then `None`.
+    pub async fn recv(&mut self) -> Option<Result<Message>> {
+        loop {
+            while let Some(ev) = self.conn.poll_event() {
+                if let Event::Message(m) = ev {
+                    return Some(Ok(m));
+                }
+            }
+            if self.conn.outbound_len() > 0 {
+                if let Err(e) = self.flush().await {
+                    return self.abort(e).await;
+                }
+                continue;
+            }
+            if self.conn.is_closed() {
+                self.finish().await;
+                return self.take_error();
+            }
+            if self.transport_closed {
+                return self.take_error();
+            }
+            let now = Instant::now();
+            self.conn.handle_timeout(now.into_std());
+            if self.conn.outbound_len() > 0 || self.conn.is_closed() {
+                continue;
+            }
+            let deadline = self.conn.poll_timeout().map(Instant::from_std);
+            self.reserve_read();
+            let read = self.stream.read_buf(&mut self.rbuf);
+            let res = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, read).await {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                },
+                None => read.await,
+            };
+            match res {
+                Ok(0) => {
+                    self.transport_closed = true;
+                    if self.conn.received_close().is_none() && self.conn.error().is_none() {
+                        return self.report(Error::AbnormalClosure);
+                    }
+                }
+                Ok(_) => {
+                    // A protocol error queues the close frame; it is reported
+                    // after the close is written (next iterations).
+                    let _ = self.conn.receive(&mut self.rbuf);
+                    if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEEP {
+                        self.rbuf = BytesMut::new();
+                    }
+                }
+                Err(e) => return self.abort(Error::Io(e)).await,
+            }
+        }
+    }
+
+    fn reserve_read(&mut self) {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_MIN / 2 {
+            // Grow with what has arrived, not with what the peer declared.
+            let pending = self.conn.pending_frame_bytes();
+            let want = pending.min(self.rbuf.len().max(READ_KEEP)).max(READ_MIN);
+            self.rbuf.reserve(want);
+        }
+    }
+
+    fn report(&mut self, e: Error) -> Option<Result<Message>> {
+        if self.reported_error {
+            None
+        } else {
+            self.reported_error = true;
+            Some(Err(e))
+        }
+    }
+
+    fn take_error(&mut self) -> Option<Result<Message>> {
+        match self.conn.error().cloned() {
+            Some(e) => self.report(e.into()),
+            None if !self.conn.is_closed() => self.report(Error::AbnormalClosure),
+            None => None,
+        }
+    }
+
+    async fn abort(&mut self, e: Error) -> Option<Result<Message>> {
+        self.transport_closed = true;
+        let _ = self.stream.shutdown().await;
+        self.report(e)
+    }
+
+    /// After the closing handshake: send FIN, then wait (bounded by
+    /// `close_timeout`) for the peer's FIN so that nothing in flight is
+    /// reset, and release the buffers.
+    async fn finish(&mut self) {
+        if self.transport_closed {
+            return;
+        }
+        self.transport_closed = true;
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+        let linger = self.conn.config().close_timeout;
+        let mut scratch = [0u8; 1024];
+        let drain = async {
+            loop {
+                match self.stream.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(linger, drain).await;
+        self.rbuf = BytesMut::new();
+    }
+
+    /// Starts the closing handshake and waits until it completes (or
+    /// `close_timeout` passes). Data messages that arrive meanwhile are
+    /// discarded.
+    pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
+        self.conn.close(Some(CloseFrame::new(code, reason)))?;
+        self.close_inner().await
+    }
+
+    /// Like [`close`](Self::close) without a status code.
+    pub async fn close_without_code(&mut self) -> Result<()> {
+        self.conn.close(None)?;
+        self.close_inner().await
+    }
+
+    async fn close_inner(&mut self) -> Result<()> {
+        let timeout: Duration = self.conn.config().close_timeout;
+        let _ = tokio::time::timeout(timeout * 2, async { while self.recv().await.is_some() {} }).await;
+        Ok(())
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+}

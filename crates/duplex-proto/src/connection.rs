@@ -98,6 +98,9 @@ pub struct Connection {
     /// An error found after complete messages in the same input: those are
     /// delivered (and may be answered) first, then the connection fails.
     deferred_error: Option<Error>,
+    /// The peer's close arrived after messages not yet polled: its echo is
+    /// queued once they are, so that answers to them still go out first.
+    deferred_close_reply: bool,
     sent_close: Option<CloseFrame>,
     received_close: Option<Option<CloseFrame>>,
     // timers
@@ -133,6 +136,7 @@ impl Connection {
             min_compress_size: dcfg.min_compress_size,
             error: None,
             deferred_error: None,
+            deferred_close_reply: false,
             sent_close: None,
             received_close: None,
             close_deadline: None,
@@ -427,13 +431,8 @@ impl Connection {
                 let frame = CloseFrame::parse(payload)?;
                 self.received_close = Some(frame.clone());
                 match self.state {
-                    State::Open => {
-                        // Echo the status code (RFC 6455 §5.5.1).
-                        let echo = frame.as_ref().map(|f| CloseFrame::new(f.code, ""));
-                        self.queue_close(echo.as_ref());
-                        self.sent_close = Some(echo.unwrap_or(CloseFrame::new(CloseCode::NO_STATUS, "")));
-                        self.finish_closing();
-                    }
+                    State::Open if !self.events.is_empty() => self.deferred_close_reply = true,
+                    State::Open => self.reply_to_close(),
                     State::CloseSent => self.finish_closing(),
                     _ => {}
                 }
@@ -442,6 +441,18 @@ impl Connection {
             _ => unreachable!("not a control opcode"),
         }
         Ok(())
+    }
+
+    /// Echoes the peer's status code (RFC 6455 §5.5.1) and concludes.
+    fn reply_to_close(&mut self) {
+        if self.state != State::Open {
+            return;
+        }
+        let code = self.received_close.as_ref().and_then(|f| f.as_ref()).map(|f| f.code);
+        let echo = code.map(|c| CloseFrame::new(c, ""));
+        self.queue_close(echo.as_ref());
+        self.sent_close = Some(echo.unwrap_or(CloseFrame::new(CloseCode::NO_STATUS, "")));
+        self.finish_closing();
     }
 
     /// Both sides are done: Closed once our queued bytes are written.
@@ -472,12 +483,17 @@ impl Connection {
 
     /// The next event, if any.
     /// After the last event of an input that ended in a protocol error, the
-    /// next call fails the connection (queues the close frame).
+    /// next call fails the connection (queues the close frame). Likewise the
+    /// echo of a peer's close that followed messages is queued once those
+    /// messages have been polled (and possibly answered): poll until `None`.
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front();
         if ev.is_none() {
             if let Some(e) = self.deferred_error.take() {
                 self.fail(e);
+            }
+            if std::mem::take(&mut self.deferred_close_reply) {
+                self.reply_to_close();
             }
         }
         ev
@@ -651,6 +667,16 @@ impl Connection {
         if self.state == State::CloseReceived && self.out.len() == 0 {
             self.state = State::Closed;
         }
+    }
+
+    /// Removes and returns the first run of queued bytes (no copy), for
+    /// writers that hand buffers to another task. Counts as written.
+    pub fn take_outbound_chunk(&mut self) -> Option<Bytes> {
+        let b = self.out.pop_chunk();
+        if self.state == State::CloseReceived && self.out.len() == 0 {
+            self.state = State::Closed;
+        }
+        b
     }
 
     // ----------------------------------------------------------------- timers

@@ -340,6 +340,11 @@ impl Deflater {
         if out.ends_with(&TAIL) {
             out.truncate(out.len() - 4);
         }
+        if out.is_empty() {
+            // zlib emits nothing for an empty input right after a sync flush;
+            // RFC 7692 §7.2.3.6: an empty message is the single byte 0x00.
+            out.push(0x00);
+        }
         if self.reset_each_message {
             self.inner = None;
         }
@@ -532,6 +537,12 @@ mod tests {
             DeflateParams { client_max_window_bits: Some(Some(8)), ..Default::default() },
             &msgs,
         );
+    }
+
+    #[test]
+    fn empty_message_after_a_message_with_context_takeover() {
+        // zlib produces no output for an empty sync flush right after another.
+        round_trip(DeflateParams::default(), &[b"abc", b"", b"", b"def"]);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub mod connection;
 pub mod deflate;
 pub mod error;
 pub mod frame;
+/// Fuzz-target bodies (`fuzz/`), also run over the seed corpora as tests.
+pub mod fuzzing;
 pub mod handshake;
 pub mod mask;
 pub mod message;

@@ -67,6 +67,17 @@ impl Outbound {
         }
     }
 
+    /// Removes and returns the first run of queued bytes, without copying.
+    pub(crate) fn pop_chunk(&mut self) -> Option<Bytes> {
+        let b = match self.chunks.pop_front() {
+            Some(c) => c,
+            None if !self.tail.is_empty() => self.tail.split().freeze(),
+            None => return None,
+        };
+        self.len -= b.len();
+        Some(b)
+    }
+
     pub(crate) fn consume(&mut self, mut n: usize) {
         n = n.min(self.len);
         self.len -= n;

@@ -190,6 +190,22 @@ fn messages_before_a_bad_frame_are_delivered_and_answerable_first() {
 }
 
 #[test]
+fn messages_before_the_peers_close_can_still_be_answered() {
+    let mut s = server();
+    let mut b = raw(true, 0, 1, K, b"last words");
+    b.extend(raw(true, 0, 8, K, &[0x03, 0xe8]));
+    feed(&mut s, &b).unwrap();
+    assert_eq!(s.poll_event(), Some(Event::Message(Message::text("last words"))));
+    s.send(Message::text("last words")).unwrap();
+    assert!(matches!(s.poll_event(), Some(Event::Close(Some(_)))));
+    assert_eq!(s.state(), State::Open, "echo waits until events are polled");
+    assert_eq!(s.poll_event(), None);
+    assert_eq!(s.state(), State::CloseReceived);
+    assert_eq!(queued_close_code(&s), Some(1000));
+    assert!(s.send(Message::text("too late")).is_err());
+}
+
+#[test]
 fn continuation_sequencing_errors_close_1002() {
     assert_fails_with(&raw(true, 0, 0, K, b"x"), 1002);
     let mut b = raw(false, 0, 1, K, b"a");
@@ -368,3 +384,4 @@ proptest! {
         prop_assert!(p.errors.0.is_empty() && p.errors.1.is_empty());
     }
 }
+

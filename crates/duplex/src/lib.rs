@@ -21,6 +21,7 @@
 pub mod client;
 pub mod error;
 pub mod server;
+pub mod split;
 pub mod url;
 pub mod ws;
 
@@ -28,4 +29,5 @@ pub use client::{client_handshake, connect, connect_with, ClientOptions};
 pub use duplex_proto::{self as proto, CloseCode, CloseFrame, Config, DeflateConfig, Message, Utf8Bytes};
 pub use error::{Error, Result};
 pub use server::{accept, accept_with, Decision, Handshake};
+pub use split::{WsReceiver, WsSender};
 pub use ws::{ReadyState, WebSocket};

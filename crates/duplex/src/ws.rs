@@ -302,6 +302,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Ok(())
     }
 
+    /// Splits into a sending and a receiving half, for use from two tasks.
+    pub fn split(self) -> (crate::split::WsSender<S>, crate::split::WsReceiver<S>) {
+        crate::split::split(self.stream, self.conn, self.rbuf)
+    }
+
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         &self.stream

@@ -1,0 +1,268 @@
+//! Hostile inputs against a real `duplex-server` on loopback: each ends with
+//! the stated close code or HTTP status, and the server keeps serving.
+
+use duplex::Message;
+use duplex_server::{Server, ServerConfig};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Tests that allocate a lot take turns, so the peak-memory check of the
+/// bomb test sees only its own allocations.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Running {
+    addr: std::net::SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(cfg: duplex::Config) -> Running {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ws: cfg,
+        ..Default::default()
+    };
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    Running { addr, _stop: tx }
+}
+
+/// Opens a raw upgraded connection (no extension offered unless `ext`).
+async fn raw_upgrade(addr: std::net::SocketAddr, ext: Option<&str>) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let ext = ext.map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n")).unwrap_or_default();
+    let req = format!(
+        "GET /echo HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+fn frame(fin: bool, rsv1: bool, op: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(fin as u8) << 7 | (rsv1 as u8) << 6 | op];
+    let m = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => out.push(m | n as u8),
+        n @ 126..=65535 => {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x5a, 0xa5, 0x3c, 0xc3];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads server frames until a close frame; returns its code.
+async fn read_close_code<R: AsyncRead + Unpin>(s: &mut R) -> u16 {
+    let read = async {
+        loop {
+            let mut h = [0u8; 2];
+            s.read_exact(&mut h).await.expect("server closed without a close frame");
+            let len = match h[1] & 0x7f {
+                126 => s.read_u16().await.unwrap() as usize,
+                127 => s.read_u64().await.unwrap() as usize,
+                n => n as usize,
+            };
+            let mut p = vec![0u8; len];
+            s.read_exact(&mut p).await.unwrap();
+            if h[0] & 0x0f == 8 {
+                return u16::from_be_bytes([p[0], p[1]]);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.expect("no close frame in time")
+}
+
+/// A normal client still gets its echo.
+async fn still_serving(addr: std::net::SocketAddr) {
+    let mut ws = duplex::connect(&format!("ws://{addr}/echo")).await.unwrap();
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("still here"));
+    ws.close(duplex::CloseCode::NORMAL, "").await.unwrap();
+    assert!(ws.was_clean());
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn deflate_bomb_closes_1009_while_inflating() {
+    let _turn = HEAVY.lock().await;
+    let limit = 4 << 20;
+    let srv = start(duplex::Config::default().with_max_message_size(limit)).await;
+    // 512 MiB of zeros, deflated in 1 MiB steps (the test never holds them).
+    let mut c = flate2::Compress::new(flate2::Compression::best(), false);
+    let zeros = vec![0u8; 1 << 20];
+    let mut bomb = Vec::with_capacity(1 << 20);
+    for i in 0..512 {
+        let flush = if i == 511 { flate2::FlushCompress::Sync } else { flate2::FlushCompress::None };
+        let mut fed = 0;
+        while fed < zeros.len() || flush == flate2::FlushCompress::Sync {
+            bomb.reserve(64 << 10);
+            let before = c.total_in();
+            c.compress_vec(&zeros[fed..], &mut bomb, flush).unwrap();
+            fed += (c.total_in() - before) as usize;
+            if fed == zeros.len() && bomb.len() < bomb.capacity() {
+                break;
+            }
+        }
+    }
+    assert!(bomb.len() < 1 << 20, "bomb is {} bytes", bomb.len());
+    let before = peak_rss_kib();
+    let s = raw_upgrade(srv.addr, Some("permessage-deflate")).await;
+    let (mut r, mut w) = s.into_split();
+    // Write in the background: the server stops reading once it fails us.
+    let wire = frame(true, true, 2, true, &bomb);
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&wire).await;
+        w
+    });
+    assert_eq!(read_close_code(&mut r).await, 1009);
+    drop(writer);
+    let grown_mib = (peak_rss_kib() - before) / 1024;
+    assert!(grown_mib < 64, "peak RSS grew {grown_mib} MiB for a 512 MiB bomb");
+    still_serving(srv.addr).await;
+}
+
+#[tokio::test]
+async fn huge_declared_length_closes_1009_at_once() {
+    let srv = start(duplex::Config::default()).await;
+    let mut s = raw_upgrade(srv.addr, None).await;
+    let mut h = vec![0x82, 0xff];
+    h.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    h.extend_from_slice(&[1, 2, 3, 4]);
+    s.write_all(&h).await.unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1009);
+    still_serving(srv.addr).await;
+}
+
+#[tokio::test]
+async fn continuation_flood_closes_at_the_fragment_limit() {
+    // The default limit (131 072 fragments): about 900 KB of 1-byte frames.
+    let srv = start(duplex::Config::default()).await;
+    let limit = duplex::Config::default().max_fragments;
+    let s = raw_upgrade(srv.addr, None).await;
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let mut batch = frame(false, false, 2, true, b"x");
+        let one = frame(false, false, 0, true, b"x");
+        for _ in 0..limit + 10 {
+            batch.extend_from_slice(&one);
+        }
+        let _ = w.write_all(&batch).await;
+        w
+    });
+    let code = read_close_code(&mut r).await;
+    assert!(code == 1008 || code == 1009, "closed with {code}");
+    drop(writer);
+    still_serving(srv.addr).await;
+}
+
+#[tokio::test]
+async fn unmasked_client_frame_closes_1002() {
+    let srv = start(duplex::Config::default()).await;
+    let mut s = raw_upgrade(srv.addr, None).await;
+    s.write_all(&frame(true, false, 1, false, b"hello")).await.unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1002);
+    still_serving(srv.addr).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_1007() {
+    let srv = start(duplex::Config::default()).await;
+    let mut s = raw_upgrade(srv.addr, None).await;
+    s.write_all(&frame(true, false, 1, true, b"caf\xc3\x28")).await.unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1007);
+    still_serving(srv.addr).await;
+}
+
+#[tokio::test]
+async fn megabyte_request_header_gets_431_not_a_megabyte_buffer() {
+    let srv = start(duplex::Config::default()).await;
+    let s = TcpStream::connect(srv.addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: ").await;
+        let chunk = vec![b'a'; 64 << 10];
+        for _ in 0..16 {
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        w
+    });
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut resp)).await;
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+    drop(writer);
+    still_serving(srv.addr).await;
+}
+
+#[tokio::test]
+async fn plain_http_and_unknown_paths() {
+    let srv = start(duplex::Config::default()).await;
+    for (req, status) in [
+        ("GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", "404"),
+        ("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
+        (
+            "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+            "426",
+        ),
+        ("garbage\r\n\r\n", "400"),
+    ] {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut resp)).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{req:?} -> {text}");
+        if status == "426" {
+            assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
+        }
+    }
+    still_serving(srv.addr).await;
+}
+
+#[tokio::test]
+async fn large_messages_echo_over_loopback() {
+    let _turn = HEAVY.lock().await;
+    let srv = start(duplex::Config::default()).await;
+    let mut ws = duplex::connect(&format!("ws://{}/echo", srv.addr)).await.unwrap();
+    assert_eq!(ws.extensions(), "permessage-deflate");
+    let big: Vec<u8> = (0..(16u32 << 20)).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    ws.send(Message::text("after the big one")).await.unwrap();
+    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::binary(big));
+    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("after the big one"));
+    ws.close(duplex::CloseCode::NORMAL, "done").await.unwrap();
+    assert!(ws.was_clean());
+    assert_eq!(ws.close_code(), Some(duplex::CloseCode::NORMAL));
+}

@@ -24,10 +24,19 @@ step "Autobahn|Testsuite: install wstest (no-op when present)"
 tests/autobahn/install.sh
 
 cases="${AUTOBAHN_CASES:-*}"
-step "Autobahn|Testsuite, server role (duplex serve vs fuzzingclient)"
-python3 tests/autobahn/run.py server --cases "$cases"
-
-step "Autobahn|Testsuite, client role (duplex connect --echo vs fuzzingserver)"
-python3 tests/autobahn/run.py client --cases "$cases"
+# The two roles are independent (each wstest is one single-threaded Python
+# process): run them side by side, then show each log and fail if either did.
+step "Autobahn|Testsuite, both roles: server (duplex serve vs fuzzingclient) and client (duplex connect --echo vs fuzzingserver)"
+logs=target/autobahn/logs
+mkdir -p "$logs"
+python3 tests/autobahn/run.py server --cases "$cases" >"$logs/run-server.out" 2>&1 &
+server_pid=$!
+python3 tests/autobahn/run.py client --cases "$cases" >"$logs/run-client.out" 2>&1 &
+client_pid=$!
+status=0
+wait "$server_pid" || status=1
+wait "$client_pid" || status=1
+cat "$logs/run-server.out" "$logs/run-client.out"
+[ "$status" -eq 0 ] || { echo "Autobahn|Testsuite: differences from the expected results (see above)" >&2; exit 1; }
 
 step "all tests passed"

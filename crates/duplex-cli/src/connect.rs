@@ -28,7 +28,10 @@ pub async fn run(a: ConnectArgs) -> ExitCode {
     if a.no_deflate {
         config = config.with_deflate(None);
     }
-    let opts = ClientOptions { config, ..Default::default() };
+    let opts = ClientOptions {
+        config,
+        ..Default::default()
+    };
     let mut ws = match duplex::connect_with(&a.url, opts).await {
         Ok(ws) => ws,
         Err(e) => {
@@ -36,7 +39,11 @@ pub async fn run(a: ConnectArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = if a.echo { echo(&mut ws).await } else { interactive(&mut ws).await };
+    let result = if a.echo {
+        echo(&mut ws).await
+    } else {
+        interactive(&mut ws).await
+    };
     match result {
         Ok(()) if ws.was_clean() => ExitCode::SUCCESS,
         Ok(()) => {
@@ -81,7 +88,9 @@ async fn interactive(ws: &mut duplex::WebSocket<tokio::net::TcpStream>) -> duple
                 return Ok(());
             }
             Step::Msg(Some(Ok(Message::Text(t)))) => println!("{t}"),
-            Step::Msg(Some(Ok(Message::Binary(b)))) => println!("<binary message, {} bytes>", b.len()),
+            Step::Msg(Some(Ok(Message::Binary(b)))) => {
+                println!("<binary message, {} bytes>", b.len())
+            }
             Step::Msg(Some(Err(e))) => return Err(e),
             Step::Msg(None) => return Ok(()),
         }

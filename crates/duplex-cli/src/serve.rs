@@ -33,7 +33,12 @@ pub async fn run(a: ServeArgs) -> ExitCode {
     if a.no_deflate {
         ws = ws.with_deflate(None);
     }
-    let config = ServerConfig { listen: a.listen, ws, max_connections: a.max_connections, ..Default::default() };
+    let config = ServerConfig {
+        listen: a.listen,
+        ws,
+        max_connections: a.max_connections,
+        ..Default::default()
+    };
     let server = match Server::bind(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -42,7 +47,9 @@ pub async fn run(a: ServeArgs) -> ExitCode {
         }
     };
     match server.local_addr() {
-        Ok(addr) => tracing::info!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)"),
+        Ok(addr) => {
+            tracing::info!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)")
+        }
         Err(e) => tracing::warn!("listening (address unknown: {e})"),
     }
     let shutdown = async {

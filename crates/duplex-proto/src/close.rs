@@ -67,7 +67,10 @@ pub struct CloseFrame {
 impl CloseFrame {
     /// A close frame with the given code and reason.
     pub fn new(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Self {
-        CloseFrame { code, reason: reason.into() }
+        CloseFrame {
+            code,
+            reason: reason.into(),
+        }
     }
 
     /// Parses a received close payload. An empty payload means "no status"
@@ -104,10 +107,14 @@ mod tests {
 
     #[test]
     fn reserved_codes_are_not_valid_on_the_wire() {
-        for c in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for c in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!CloseCode(c).is_valid_on_wire(), "{c}");
         }
-        for c in [1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+        for c in [
+            1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
             assert!(CloseCode(c).is_valid_on_wire(), "{c}");
         }
     }
@@ -115,7 +122,10 @@ mod tests {
     #[test]
     fn parse_rules() {
         assert_eq!(CloseFrame::parse(Bytes::new()), Ok(None));
-        assert_eq!(CloseFrame::parse(Bytes::from_static(&[3])), Err(Error::InvalidClosePayload));
+        assert_eq!(
+            CloseFrame::parse(Bytes::from_static(&[3])),
+            Err(Error::InvalidClosePayload)
+        );
         assert_eq!(
             CloseFrame::parse(Bytes::from_static(&[0x03, 0xed])),
             Err(Error::InvalidCloseCode(1005))
@@ -124,7 +134,9 @@ mod tests {
             CloseFrame::parse(Bytes::from_static(&[0x03, 0xe8, 0xff])),
             Err(Error::InvalidUtf8)
         );
-        let f = CloseFrame::parse(Bytes::from_static(b"\x03\xe8bye")).unwrap().unwrap();
+        let f = CloseFrame::parse(Bytes::from_static(b"\x03\xe8bye"))
+            .unwrap()
+            .unwrap();
         assert_eq!(f.code, CloseCode::NORMAL);
         assert_eq!(f.reason.as_str(), "bye");
     }
@@ -132,9 +144,15 @@ mod tests {
     #[test]
     fn encode_refuses_long_reason_and_reserved_codes() {
         let mut out = BytesMut::new();
-        assert!(CloseFrame::new(CloseCode::NORMAL, "x".repeat(124)).encode(&mut out).is_err());
-        assert!(CloseFrame::new(CloseCode::ABNORMAL, "").encode(&mut out).is_err());
-        assert!(CloseFrame::new(CloseCode::NORMAL, "x".repeat(123)).encode(&mut out).is_ok());
+        assert!(CloseFrame::new(CloseCode::NORMAL, "x".repeat(124))
+            .encode(&mut out)
+            .is_err());
+        assert!(CloseFrame::new(CloseCode::ABNORMAL, "")
+            .encode(&mut out)
+            .is_err());
+        assert!(CloseFrame::new(CloseCode::NORMAL, "x".repeat(123))
+            .encode(&mut out)
+            .is_ok());
         assert_eq!(out.len(), 125);
     }
 }

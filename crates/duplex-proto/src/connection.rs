@@ -120,7 +120,10 @@ impl Connection {
         };
         let dcfg = config.deflate.clone().unwrap_or_default();
         let (deflater, inflater) = match &deflate {
-            Some(p) => (Some(Deflater::new(side, p, &dcfg)), Some(Inflater::new(side, p))),
+            Some(p) => (
+                Some(Deflater::new(side, p, &dcfg)),
+                Some(Inflater::new(side, p)),
+            ),
             None => (None, None),
         };
         Connection {
@@ -197,7 +200,9 @@ impl Connection {
     /// may use it to size its next read (grow gradually: it is what the peer
     /// *declared*).
     pub fn pending_frame_bytes(&self) -> usize {
-        self.frame.as_ref().map_or(0, |f| f.header.payload_len as usize - f.done)
+        self.frame
+            .as_ref()
+            .map_or(0, |f| f.header.payload_len as usize - f.done)
     }
 
     fn input_closed(&self) -> bool {
@@ -317,15 +322,19 @@ impl Connection {
                 let limit = self.config.max_message_size;
                 let msg = self.message.as_mut().expect("message in progress");
                 let before = msg.buf.len();
-                if msg.compressed {
+                let inflated = if msg.compressed {
                     let inflater = self.inflater.as_mut().ok_or(Error::ReservedBitsSet)?;
-                    inflater.inflate(chunk, &mut msg.buf, limit)?;
+                    inflater.inflate(chunk, &mut msg.buf, limit)
                 } else {
                     msg.buf.extend_from_slice(chunk);
-                }
+                    Ok(())
+                };
+                // Whatever was produced is validated first, so the error does
+                // not depend on how the input was chunked.
                 if msg.text {
                     self.utf8.feed(&msg.buf[before..])?;
                 }
+                inflated?;
                 buf.advance(n);
                 frame.done += n;
             }
@@ -339,10 +348,11 @@ impl Connection {
                     let before = msg.buf.len();
                     let limit = self.config.max_message_size;
                     let inflater = self.inflater.as_mut().ok_or(Error::ReservedBitsSet)?;
-                    inflater.finish_message(&mut msg.buf, limit)?;
+                    let inflated = inflater.finish_message(&mut msg.buf, limit);
                     if msg.text {
                         self.utf8.feed(&msg.buf[before..])?;
                     }
+                    inflated?;
                 }
                 let payload = Bytes::from(msg.buf);
                 let m = if msg.text {
@@ -374,7 +384,10 @@ impl Connection {
         }
         let limit = self.config.max_frame_size;
         if h.payload_len > limit as u64 {
-            return Err(Error::FrameTooLarge { declared: h.payload_len, limit });
+            return Err(Error::FrameTooLarge {
+                declared: h.payload_len,
+                limit,
+            });
         }
         let max_msg = self.config.max_message_size;
         match h.opcode {
@@ -448,7 +461,11 @@ impl Connection {
         if self.state != State::Open {
             return;
         }
-        let code = self.received_close.as_ref().and_then(|f| f.as_ref()).map(|f| f.code);
+        let code = self
+            .received_close
+            .as_ref()
+            .and_then(|f| f.as_ref())
+            .map(|f| f.code);
         let echo = code.map(|c| CloseFrame::new(c, ""));
         self.queue_close(echo.as_ref());
         self.sent_close = Some(echo.unwrap_or(CloseFrame::new(CloseCode::NO_STATUS, "")));
@@ -458,7 +475,11 @@ impl Connection {
     /// Both sides are done: Closed once our queued bytes are written.
     fn finish_closing(&mut self) {
         self.close_deadline = None;
-        self.state = if self.out.len() == 0 { State::Closed } else { State::CloseReceived };
+        self.state = if self.out.len() == 0 {
+            State::Closed
+        } else {
+            State::CloseReceived
+        };
     }
 
     /// Fails the connection (RFC 6455 §7.1.7): queue a close frame with the
@@ -510,7 +531,11 @@ impl Connection {
             Message::Text(t) => (OpCode::Text, t.into_bytes()),
             Message::Binary(b) => (OpCode::Binary, b),
         };
-        if let Some(d) = self.deflater.as_mut().filter(|_| payload.len() >= self.min_compress_size) {
+        if let Some(d) = self
+            .deflater
+            .as_mut()
+            .filter(|_| payload.len() >= self.min_compress_size)
+        {
             let compressed = d.compress(&payload)?;
             self.write_frame_bytes(op, true, Bytes::from(compressed));
         } else {
@@ -696,7 +721,9 @@ impl Connection {
                 _ => {}
             },
             State::Open => {
-                let Some(interval) = self.config.ping_interval else { return };
+                let Some(interval) = self.config.ping_interval else {
+                    return;
+                };
                 if std::mem::take(&mut self.activity) {
                     self.pong_deadline = None;
                     self.next_ping = Some(now + interval);

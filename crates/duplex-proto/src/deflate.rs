@@ -77,7 +77,9 @@ fn unquote(v: &str) -> Result<String, Error> {
             }
         }
         if !is_token(&out) {
-            return Err(Error::BadExtension(format!("quoted value {v:?} is not a token")));
+            return Err(Error::BadExtension(format!(
+                "quoted value {v:?} is not a token"
+            )));
         }
         Ok(out)
     } else if is_token(v) {
@@ -113,7 +115,10 @@ pub fn parse_extensions(value: &str) -> Result<Vec<ExtensionOffer>, Error> {
             }
             params.push((k.to_ascii_lowercase(), v));
         }
-        out.push(ExtensionOffer { name: name.to_ascii_lowercase(), params });
+        out.push(ExtensionOffer {
+            name: name.to_ascii_lowercase(),
+            params,
+        });
     }
     Ok(out)
 }
@@ -133,7 +138,9 @@ pub struct DeflateParams {
 }
 
 fn window_bits(v: &Option<String>, name: &str) -> Result<u8, Error> {
-    let v = v.as_deref().ok_or_else(|| Error::BadExtension(format!("{name} needs a value")))?;
+    let v = v
+        .as_deref()
+        .ok_or_else(|| Error::BadExtension(format!("{name} needs a value")))?;
     if v.len() > 2 || !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::BadExtension(format!("{name}={v}")));
     }
@@ -168,8 +175,11 @@ impl DeflateParams {
                 1 => p.client_no_context_takeover = true,
                 2 => p.server_max_window_bits = Some(window_bits(v, k)?),
                 _ => {
-                    p.client_max_window_bits =
-                        Some(if v.is_some() { Some(window_bits(v, k)?) } else { None })
+                    p.client_max_window_bits = Some(if v.is_some() {
+                        Some(window_bits(v, k)?)
+                    } else {
+                        None
+                    })
                 }
             }
         }
@@ -255,7 +265,9 @@ pub fn accept_response(
             let p = DeflateParams::from_params(&one.params)?;
             match p.client_max_window_bits {
                 Some(None) => {
-                    return Err(Error::BadExtension("client_max_window_bits needs a value".into()))
+                    return Err(Error::BadExtension(
+                        "client_max_window_bits needs a value".into(),
+                    ))
                 }
                 Some(Some(_)) if offered.client_max_window_bits.is_none() => {
                     return Err(Error::UnofferedExtension("client_max_window_bits".into()))
@@ -263,13 +275,17 @@ pub fn accept_response(
                 _ => {}
             }
             if offered.server_no_context_takeover && !p.server_no_context_takeover {
-                return Err(Error::BadExtension("server_no_context_takeover was requested".into()));
+                return Err(Error::BadExtension(
+                    "server_no_context_takeover was requested".into(),
+                ));
             }
             if let (Some(asked), Some(got)) =
                 (offered.server_max_window_bits, p.server_max_window_bits)
             {
                 if got > asked {
-                    return Err(Error::BadExtension("server_max_window_bits above the offer".into()));
+                    return Err(Error::BadExtension(
+                        "server_max_window_bits above the offer".into(),
+                    ));
                 }
             }
             Ok(Some(p))
@@ -304,8 +320,14 @@ impl Deflater {
     /// message.
     pub fn new(side: Side, params: &DeflateParams, cfg: &DeflateConfig) -> Self {
         let (limit, reset) = match side {
-            Side::Server => (params.server_max_window_bits, params.server_no_context_takeover),
-            Side::Client => (params.client_max_window_bits.flatten(), params.client_no_context_takeover),
+            Side::Server => (
+                params.server_max_window_bits,
+                params.server_no_context_takeover,
+            ),
+            Side::Client => (
+                params.client_max_window_bits.flatten(),
+                params.client_no_context_takeover,
+            ),
         };
         let bits = limit.unwrap_or(15).min(cfg.max_window_bits).clamp(9, 15);
         Deflater {
@@ -320,9 +342,9 @@ impl Deflater {
     /// flushed, trailing `00 00 ff ff` removed).
     pub fn compress(&mut self, input: &[u8]) -> Result<Vec<u8>, Error> {
         let (level, bits) = (self.level, self.window_bits);
-        let c = self
-            .inner
-            .get_or_insert_with(|| Compress::new_with_window_bits(Compression::new(level), false, bits));
+        let c = self.inner.get_or_insert_with(|| {
+            Compress::new_with_window_bits(Compression::new(level), false, bits)
+        });
         let mut out = Vec::with_capacity(input.len() / 2 + 64);
         let mut consumed = 0;
         loop {
@@ -361,7 +383,9 @@ pub struct Inflater {
 
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inflater").field("reset_each_message", &self.reset_each_message).finish()
+        f.debug_struct("Inflater")
+            .field("reset_each_message", &self.reset_each_message)
+            .finish()
     }
 }
 
@@ -372,19 +396,32 @@ impl Inflater {
             Side::Server => params.client_no_context_takeover,
             Side::Client => params.server_no_context_takeover,
         };
-        Inflater { inner: None, reset_each_message: peer_resets, stream_ended: false }
+        Inflater {
+            inner: None,
+            reset_each_message: peer_resets,
+            stream_ended: false,
+        }
     }
 
     /// Inflates a piece of a compressed message onto `out`, failing with
     /// [`Error::MessageTooLarge`] as soon as `out` would exceed `limit` bytes.
-    pub fn inflate(&mut self, mut input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), Error> {
+    pub fn inflate(
+        &mut self,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), Error> {
         if self.stream_ended {
             if input.is_empty() {
                 return Ok(());
             }
-            return Err(Error::InflateFailed("data after the final deflate block".into()));
+            return Err(Error::InflateFailed(
+                "data after the final deflate block".into(),
+            ));
         }
-        let d = self.inner.get_or_insert_with(|| Decompress::new_with_window_bits(false, 15));
+        let d = self
+            .inner
+            .get_or_insert_with(|| Decompress::new_with_window_bits(false, 15));
         loop {
             if out.len() == out.capacity() {
                 let room = (limit + 1).saturating_sub(out.len());
@@ -406,7 +443,9 @@ impl Inflater {
             if status == Status::StreamEnd {
                 self.stream_ended = true;
                 if !input.is_empty() {
-                    return Err(Error::InflateFailed("data after the final deflate block".into()));
+                    return Err(Error::InflateFailed(
+                        "data after the final deflate block".into(),
+                    ));
                 }
                 return Ok(());
             }
@@ -447,7 +486,10 @@ mod tests {
              permessage-deflate, x-foo",
         );
         assert_eq!(o.len(), 3);
-        assert_eq!(o[0].params[0], ("client_max_window_bits".into(), Some("10".into())));
+        assert_eq!(
+            o[0].params[0],
+            ("client_max_window_bits".into(), Some("10".into()))
+        );
         assert_eq!(o[1].params, vec![]);
         assert_eq!(o[2].name, "x-foo");
         assert!(parse_extensions("permessage-deflate; a=\"x").is_err());
@@ -499,7 +541,9 @@ mod tests {
     fn client_validates_response() {
         let offered = client_offer(&DeflateConfig::default());
         assert_eq!(accept_response("", &offered), Ok(None));
-        assert!(accept_response("permessage-deflate", &offered).unwrap().is_some());
+        assert!(accept_response("permessage-deflate", &offered)
+            .unwrap()
+            .is_some());
         assert!(accept_response("x-unknown", &offered).is_err());
         assert!(accept_response("permessage-deflate, permessage-deflate", &offered).is_err());
         assert!(accept_response("permessage-deflate; client_max_window_bits", &offered).is_err());
@@ -530,11 +574,17 @@ mod tests {
         let msgs: Vec<&[u8]> = vec![b"", &text, &text, b"x", &text];
         round_trip(DeflateParams::default(), &msgs);
         round_trip(
-            DeflateParams { client_no_context_takeover: true, ..Default::default() },
+            DeflateParams {
+                client_no_context_takeover: true,
+                ..Default::default()
+            },
             &msgs,
         );
         round_trip(
-            DeflateParams { client_max_window_bits: Some(Some(8)), ..Default::default() },
+            DeflateParams {
+                client_max_window_bits: Some(Some(8)),
+                ..Default::default()
+            },
             &msgs,
         );
     }
@@ -553,9 +603,15 @@ mod tests {
         let first = keep.compress(&text).unwrap().len();
         let second = keep.compress(&text).unwrap().len();
         assert!(second < first / 2, "{second} vs {first}");
-        let p = DeflateParams { server_no_context_takeover: true, ..Default::default() };
+        let p = DeflateParams {
+            server_no_context_takeover: true,
+            ..Default::default()
+        };
         let mut reset = Deflater::new(Side::Server, &p, &cfg);
-        assert_eq!(reset.compress(&text).unwrap(), reset.compress(&text).unwrap());
+        assert_eq!(
+            reset.compress(&text).unwrap(),
+            reset.compress(&text).unwrap()
+        );
     }
 
     #[test]

@@ -113,9 +113,16 @@ impl Error {
     pub fn close_code(&self) -> Option<CloseCode> {
         use Error::*;
         Some(match self {
-            ReservedBitsSet | ReservedOpcode(_) | UnmaskedFrame | MaskedFrame
-            | ControlFrameTooLong(_) | FragmentedControlFrame | UnexpectedContinuation
-            | ExpectedContinuation | InvalidLength | InvalidClosePayload
+            ReservedBitsSet
+            | ReservedOpcode(_)
+            | UnmaskedFrame
+            | MaskedFrame
+            | ControlFrameTooLong(_)
+            | FragmentedControlFrame
+            | UnexpectedContinuation
+            | ExpectedContinuation
+            | InvalidLength
+            | InvalidClosePayload
             | InvalidCloseCode(_) => CloseCode::PROTOCOL_ERROR,
             FrameTooLarge { .. } | MessageTooLarge { .. } => CloseCode::MESSAGE_TOO_BIG,
             TooManyFragments { .. } => CloseCode::POLICY_VIOLATION,
@@ -174,7 +181,10 @@ impl fmt::Display for Error {
             InvalidClosePayload => write!(f, "close frame with a 1-byte payload"),
             InvalidCloseCode(c) => write!(f, "close code {c} is not allowed on the wire"),
             FrameTooLarge { declared, limit } => {
-                write!(f, "frame of {declared} bytes exceeds max_frame_size {limit}")
+                write!(
+                    f,
+                    "frame of {declared} bytes exceeds max_frame_size {limit}"
+                )
             }
             MessageTooLarge { limit } => write!(f, "message exceeds max_message_size {limit}"),
             TooManyFragments { limit } => write!(f, "message exceeds max_fragments {limit}"),
@@ -194,7 +204,9 @@ impl fmt::Display for Error {
             BadKey => write!(f, "Sec-WebSocket-Key must be 16 bytes of base64"),
             HandshakeStatus(s) => write!(f, "server answered HTTP {s}, expected 101"),
             BadAccept => write!(f, "Sec-WebSocket-Accept does not match the key"),
-            UnofferedSubprotocol(p) => write!(f, "server chose subprotocol {p:?} that was not offered"),
+            UnofferedSubprotocol(p) => {
+                write!(f, "server chose subprotocol {p:?} that was not offered")
+            }
             UnofferedExtension(e) => write!(f, "server chose extension {e:?} that was not offered"),
             BadExtension(e) => write!(f, "invalid extension parameters: {e}"),
         }

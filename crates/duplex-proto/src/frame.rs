@@ -203,19 +203,34 @@ mod tests {
     use proptest::prelude::*;
 
     fn header(opcode: OpCode, fin: bool, len: u64, mask: Option<[u8; 4]>) -> FrameHeader {
-        FrameHeader { fin, rsv1: false, rsv2: false, rsv3: false, opcode, mask, payload_len: len }
+        FrameHeader {
+            fin,
+            rsv1: false,
+            rsv2: false,
+            rsv3: false,
+            opcode,
+            mask,
+            payload_len: len,
+        }
     }
 
     #[test]
     fn rfc_examples() {
         // §5.7: single-frame unmasked "Hello".
         let (h, n) = FrameHeader::parse(&[0x81, 0x05, b'H']).unwrap().unwrap();
-        assert_eq!((h.fin, h.opcode, h.payload_len, h.mask, n), (true, OpCode::Text, 5, None, 2));
+        assert_eq!(
+            (h.fin, h.opcode, h.payload_len, h.mask, n),
+            (true, OpCode::Text, 5, None, 2)
+        );
         // 256 bytes binary: 16-bit length.
-        let (h, n) = FrameHeader::parse(&[0x82, 0x7E, 0x01, 0x00]).unwrap().unwrap();
+        let (h, n) = FrameHeader::parse(&[0x82, 0x7E, 0x01, 0x00])
+            .unwrap()
+            .unwrap();
         assert_eq!((h.payload_len, n), (256, 4));
         // 64 KiB binary: 64-bit length.
-        let (h, n) = FrameHeader::parse(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap().unwrap();
+        let (h, n) = FrameHeader::parse(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0])
+            .unwrap()
+            .unwrap();
         assert_eq!((h.payload_len, n), (65536, 10));
     }
 
@@ -231,16 +246,25 @@ mod tests {
     #[test]
     fn reserved_opcodes_are_errors() {
         for op in [3u8, 4, 5, 6, 7, 0xb, 0xc, 0xd, 0xe, 0xf] {
-            assert_eq!(FrameHeader::parse(&[0x80 | op, 0]), Err(Error::ReservedOpcode(op)));
+            assert_eq!(
+                FrameHeader::parse(&[0x80 | op, 0]),
+                Err(Error::ReservedOpcode(op))
+            );
         }
     }
 
     #[test]
     fn control_frame_rules() {
         // ping without FIN
-        assert_eq!(FrameHeader::parse(&[0x09, 0]), Err(Error::FragmentedControlFrame));
+        assert_eq!(
+            FrameHeader::parse(&[0x09, 0]),
+            Err(Error::FragmentedControlFrame)
+        );
         // ping with 126-byte payload
-        assert_eq!(FrameHeader::parse(&[0x89, 126, 0, 126]), Err(Error::ControlFrameTooLong(126)));
+        assert_eq!(
+            FrameHeader::parse(&[0x89, 126, 0, 126]),
+            Err(Error::ControlFrameTooLong(126))
+        );
     }
 
     #[test]
@@ -250,7 +274,9 @@ mod tests {
             Err(Error::InvalidLength)
         );
         // 2^62 parses (the limit check is the connection's) without allocating.
-        let (h, _) = FrameHeader::parse(&[0x82, 127, 0x40, 0, 0, 0, 0, 0, 0, 0]).unwrap().unwrap();
+        let (h, _) = FrameHeader::parse(&[0x82, 127, 0x40, 0, 0, 0, 0, 0, 0, 0])
+            .unwrap()
+            .unwrap();
         assert_eq!(h.payload_len, 1 << 62);
     }
 

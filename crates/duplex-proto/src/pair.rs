@@ -32,14 +32,21 @@ impl Pair {
     /// Runs the opening handshake between a client and a server with these
     /// configurations (deflate is negotiated if both enable it).
     pub fn new(client_cfg: Config, server_cfg: Config) -> Pair {
-        let req = ClientRequest { host: "localhost".into(), target: "/".into(), ..Default::default() };
+        let req = ClientRequest {
+            host: "localhost".into(),
+            target: "/".into(),
+            ..Default::default()
+        };
         let (hs, request) = ClientHandshake::new(&req, &client_cfg);
         let (parsed, _) = parse_request(&request, &server_cfg)
             .expect("valid request")
             .expect("complete request");
         let up = UpgradeRequest::validate(parsed).expect("valid upgrade");
         let acc = accept(&up, &server_cfg, None, &[]);
-        let (resp, _) = hs.parse_response(&acc.response).expect("valid response").expect("complete");
+        let (resp, _) = hs
+            .parse_response(&acc.response)
+            .expect("valid response")
+            .expect("complete");
         Pair {
             client: Connection::new(Role::Client, client_cfg, resp.deflate),
             server: Connection::new(Role::Server, server_cfg, acc.deflate),
@@ -55,8 +62,20 @@ impl Pair {
     pub fn transfer_chunked(&mut self, chunk: usize) {
         let chunk = chunk.max(1);
         loop {
-            let a = Self::pump(&mut self.client, &mut self.server, &mut self.server_in, chunk, &mut self.errors.1);
-            let b = Self::pump(&mut self.server, &mut self.client, &mut self.client_in, chunk, &mut self.errors.0);
+            let a = Self::pump(
+                &mut self.client,
+                &mut self.server,
+                &mut self.server_in,
+                chunk,
+                &mut self.errors.1,
+            );
+            let b = Self::pump(
+                &mut self.server,
+                &mut self.client,
+                &mut self.client_in,
+                chunk,
+                &mut self.errors.0,
+            );
             self.client.handle_timeout(self.now);
             self.server.handle_timeout(self.now);
             if !a && !b {
@@ -70,7 +89,13 @@ impl Pair {
         self.transfer_chunked(usize::MAX);
     }
 
-    fn pump(from: &mut Connection, to: &mut Connection, inbuf: &mut BytesMut, chunk: usize, errs: &mut Vec<Error>) -> bool {
+    fn pump(
+        from: &mut Connection,
+        to: &mut Connection,
+        inbuf: &mut BytesMut,
+        chunk: usize,
+        errs: &mut Vec<Error>,
+    ) -> bool {
         let mut moved = false;
         while from.outbound_len() > 0 {
             let data = from.outbound();

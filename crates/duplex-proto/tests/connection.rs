@@ -61,7 +61,11 @@ fn queued_close_code(conn: &Connection) -> Option<u16> {
             apply_mask(&mut payload, k, 0);
         }
         if h.opcode == OpCode::Close {
-            last = Some(if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 });
+            last = Some(if payload.len() >= 2 {
+                u16::from_be_bytes([payload[0], payload[1]])
+            } else {
+                1005
+            });
         }
         pos += n + h.payload_len as usize;
     }
@@ -82,11 +86,17 @@ fn assert_fails_with(bytes: &[u8], code: u16) {
 #[test]
 fn echo_text_and_binary_both_ways() {
     for deflate in [true, false] {
-        let cfg = if deflate { Config::default() } else { Config::default().with_deflate(None) };
+        let cfg = if deflate {
+            Config::default()
+        } else {
+            Config::default().with_deflate(None)
+        };
         let mut p = Pair::new(cfg.clone(), cfg);
         assert_eq!(p.client.is_compressed(), deflate);
         p.client.send(Message::text("héllo 🌍")).unwrap();
-        p.client.send(Message::binary(vec![0u8, 1, 2, 255])).unwrap();
+        p.client
+            .send(Message::binary(vec![0u8, 1, 2, 255]))
+            .unwrap();
         p.client.send(Message::text("")).unwrap();
         p.transfer();
         let ev = p.server_events();
@@ -100,7 +110,10 @@ fn echo_text_and_binary_both_ways() {
         );
         p.server.send(Message::binary(vec![7u8; 100_000])).unwrap();
         p.transfer_chunked(1000);
-        assert_eq!(p.client_events(), vec![Event::Message(Message::binary(vec![7u8; 100_000]))]);
+        assert_eq!(
+            p.client_events(),
+            vec![Event::Message(Message::binary(vec![7u8; 100_000]))]
+        );
     }
 }
 
@@ -111,7 +124,9 @@ fn unfragmented_message_is_a_slice_of_the_read_buffer() {
     buf.extend_from_slice(&raw(true, 0, 2, K, &[5u8; 1000]));
     let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.capacity();
     s.receive(&mut buf).unwrap();
-    let Some(Event::Message(Message::Binary(b))) = s.poll_event() else { panic!() };
+    let Some(Event::Message(Message::Binary(b))) = s.poll_event() else {
+        panic!()
+    };
     assert!(range.contains(&(b.as_ptr() as usize)), "payload was copied");
     assert_eq!(&b[..], &[5u8; 1000][..]);
 }
@@ -151,8 +166,14 @@ fn ping_gets_pong_with_the_same_payload() {
     let mut p = Pair::new(Config::default(), Config::default());
     p.client.ping(b"abc").unwrap();
     p.transfer();
-    assert_eq!(p.server_events(), vec![Event::Ping(Bytes::from_static(b"abc"))]);
-    assert_eq!(p.client_events(), vec![Event::Pong(Bytes::from_static(b"abc"))]);
+    assert_eq!(
+        p.server_events(),
+        vec![Event::Ping(Bytes::from_static(b"abc"))]
+    );
+    assert_eq!(
+        p.client_events(),
+        vec![Event::Pong(Bytes::from_static(b"abc"))]
+    );
     assert!(p.client.ping(&[0u8; 126]).is_err());
 }
 
@@ -195,7 +216,10 @@ fn messages_before_the_peers_close_can_still_be_answered() {
     let mut b = raw(true, 0, 1, K, b"last words");
     b.extend(raw(true, 0, 8, K, &[0x03, 0xe8]));
     feed(&mut s, &b).unwrap();
-    assert_eq!(s.poll_event(), Some(Event::Message(Message::text("last words"))));
+    assert_eq!(
+        s.poll_event(),
+        Some(Event::Message(Message::text("last words")))
+    );
     s.send(Message::text("last words")).unwrap();
     assert!(matches!(s.poll_event(), Some(Event::Close(Some(_)))));
     assert_eq!(s.state(), State::Open, "echo waits until events are polled");
@@ -215,14 +239,29 @@ fn continuation_sequencing_errors_close_1002() {
 
 #[test]
 fn invalid_utf8_closes_1007_and_fails_fast() {
-    assert_fails_with(&raw(true, 0, 1, K, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited"), 1007);
+    assert_fails_with(
+        &raw(
+            true,
+            0,
+            1,
+            K,
+            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited",
+        ),
+        1007,
+    );
     // The first fragment is already invalid: fail before the message ends.
     let mut s = server();
     let err = feed(&mut s, &raw(false, 0, 1, K, b"ok\xf4\x90")).unwrap_err();
     assert_eq!(err, Error::InvalidUtf8);
     // Also inside a single frame whose rest has not arrived.
     let mut s = server();
-    let frame = raw(true, 0, 1, K, &[b"ab\xc0".as_slice(), &[b'x'; 1000]].concat());
+    let frame = raw(
+        true,
+        0,
+        1,
+        K,
+        &[b"ab\xc0".as_slice(), &[b'x'; 1000]].concat(),
+    );
     let err = feed(&mut s, &frame[..20]).unwrap_err();
     assert_eq!(err, Error::InvalidUtf8);
     // A code point split across fragments is fine.
@@ -260,7 +299,11 @@ fn fragment_flood_closes_at_the_fragment_limit() {
 
 #[test]
 fn reassembled_message_limit_closes_1009() {
-    let mut s = Connection::new(Role::Server, Config::default().with_max_message_size(1000), None);
+    let mut s = Connection::new(
+        Role::Server,
+        Config::default().with_max_message_size(1000),
+        None,
+    );
     feed(&mut s, &raw(false, 0, 2, K, &[0; 600])).unwrap();
     let err = feed(&mut s, &raw(true, 0, 0, K, &[0; 600])).unwrap_err();
     assert_eq!(err, Error::MessageTooLarge { limit: 1000 });
@@ -277,8 +320,13 @@ fn compression_bomb_closes_1009_while_inflating() {
     let wire = p.client.outbound_len();
     assert!(wire < 100_000, "compressed to {wire}");
     p.transfer();
-    assert!(matches!(p.errors.1.as_slice(), [Error::MessageTooLarge { limit }] if *limit == 1 << 20));
-    assert_eq!(p.client.received_close().flatten().map(|f| f.code), Some(CloseCode::MESSAGE_TOO_BIG));
+    assert!(
+        matches!(p.errors.1.as_slice(), [Error::MessageTooLarge { limit }] if *limit == 1 << 20)
+    );
+    assert_eq!(
+        p.client.received_close().flatten().map(|f| f.code),
+        Some(CloseCode::MESSAGE_TOO_BIG)
+    );
 }
 
 #[test]
@@ -289,7 +337,9 @@ fn rsv1_without_deflate_closes_1002() {
 #[test]
 fn clean_close_initiated_by_client() {
     let mut p = Pair::new(Config::default(), Config::default());
-    p.client.close(Some(CloseFrame::new(CloseCode::NORMAL, "bye"))).unwrap();
+    p.client
+        .close(Some(CloseFrame::new(CloseCode::NORMAL, "bye")))
+        .unwrap();
     assert_eq!(p.client.state(), State::CloseSent);
     assert_eq!(p.client.send(Message::text("late")), Err(Error::Closed));
     p.transfer();
@@ -297,9 +347,18 @@ fn clean_close_initiated_by_client() {
     assert_eq!(p.client.state(), State::Closed);
     assert!(p.client.was_clean() && p.server.was_clean());
     let ev = p.server_events();
-    assert_eq!(ev, vec![Event::Close(Some(CloseFrame::new(CloseCode::NORMAL, "bye")))]);
+    assert_eq!(
+        ev,
+        vec![Event::Close(Some(CloseFrame::new(
+            CloseCode::NORMAL,
+            "bye"
+        )))]
+    );
     // The server echoed the code.
-    assert_eq!(p.client.received_close().flatten().map(|f| f.code), Some(CloseCode::NORMAL));
+    assert_eq!(
+        p.client.received_close().flatten().map(|f| f.code),
+        Some(CloseCode::NORMAL)
+    );
 }
 
 #[test]
@@ -309,9 +368,15 @@ fn close_without_code_never_puts_1005_on_the_wire() {
     p.transfer();
     assert_eq!(p.client_events(), vec![Event::Close(None)]);
     assert_eq!(p.server.received_close(), Some(None));
-    assert!(p.client.close(Some(CloseFrame::new(CloseCode::NO_STATUS, ""))).is_ok()); // already closing
+    assert!(p
+        .client
+        .close(Some(CloseFrame::new(CloseCode::NO_STATUS, "")))
+        .is_ok()); // already closing
     let mut c = Connection::new(Role::Client, Config::default(), None);
-    assert_eq!(c.close(Some(CloseFrame::new(CloseCode::ABNORMAL, ""))), Err(Error::InvalidCloseToSend));
+    assert_eq!(
+        c.close(Some(CloseFrame::new(CloseCode::ABNORMAL, ""))),
+        Err(Error::InvalidCloseToSend)
+    );
 }
 
 #[test]
@@ -325,7 +390,9 @@ fn bad_close_payloads() {
 #[test]
 fn close_timeout_ends_a_closing_handshake_the_peer_ignores() {
     let mut p = Pair::new(Config::default(), Config::default());
-    p.client.close(Some(CloseFrame::new(CloseCode::NORMAL, ""))).unwrap();
+    p.client
+        .close(Some(CloseFrame::new(CloseCode::NORMAL, "")))
+        .unwrap();
     p.client.handle_timeout(p.now);
     let deadline = p.client.poll_timeout().expect("close timer armed");
     assert_eq!(deadline - p.now, Duration::from_secs(5));
@@ -384,4 +451,3 @@ proptest! {
         prop_assert!(p.errors.0.is_empty() && p.errors.1.is_empty());
     }
 }
-

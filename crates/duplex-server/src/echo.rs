@@ -50,7 +50,9 @@ where
             }
             Step::Msg(None) => break,
             Step::Shutdown => {
-                let _ = ws.close(CloseCode::GOING_AWAY, "server shutting down").await;
+                let _ = ws
+                    .close(CloseCode::GOING_AWAY, "server shutting down")
+                    .await;
                 break;
             }
         }

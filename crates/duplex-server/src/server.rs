@@ -71,14 +71,23 @@ impl Server {
         info!(connections = tasks.len(), "shutting down");
         let _ = stop_tx.send(true);
         let grace = config.shutdown_grace;
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
             tasks.abort_all();
         }
         Ok(())
     }
 }
 
-async fn handle(tcp: TcpStream, peer: SocketAddr, config: Arc<ServerConfig>, stop: watch::Receiver<bool>, admitted: bool) {
+async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    config: Arc<ServerConfig>,
+    stop: watch::Receiver<bool>,
+    admitted: bool,
+) {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
     let hs = match Handshake::read(tcp, config.ws.clone()).await {

@@ -34,7 +34,9 @@ async fn start(cfg: duplex::Config) -> Running {
 /// Opens a raw upgraded connection (no extension offered unless `ext`).
 async fn raw_upgrade(addr: std::net::SocketAddr, ext: Option<&str>) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let ext = ext.map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n")).unwrap_or_default();
+    let ext = ext
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "GET /echo HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
@@ -80,7 +82,9 @@ async fn read_close_code<R: AsyncRead + Unpin>(s: &mut R) -> u16 {
     let read = async {
         loop {
             let mut h = [0u8; 2];
-            s.read_exact(&mut h).await.expect("server closed without a close frame");
+            s.read_exact(&mut h)
+                .await
+                .expect("server closed without a close frame");
             let len = match h[1] & 0x7f {
                 126 => s.read_u16().await.unwrap() as usize,
                 127 => s.read_u64().await.unwrap() as usize,
@@ -93,14 +97,19 @@ async fn read_close_code<R: AsyncRead + Unpin>(s: &mut R) -> u16 {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(20), read).await.expect("no close frame in time")
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("no close frame in time")
 }
 
 /// A normal client still gets its echo.
 async fn still_serving(addr: std::net::SocketAddr) {
     let mut ws = duplex::connect(&format!("ws://{addr}/echo")).await.unwrap();
     ws.send(Message::text("still here")).await.unwrap();
-    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("still here"));
+    assert_eq!(
+        ws.recv().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
     ws.close(duplex::CloseCode::NORMAL, "").await.unwrap();
     assert!(ws.was_clean());
 }
@@ -121,7 +130,11 @@ async fn deflate_bomb_closes_1009_while_inflating() {
     let zeros = vec![0u8; 1 << 20];
     let mut bomb = Vec::with_capacity(1 << 20);
     for i in 0..512 {
-        let flush = if i == 511 { flate2::FlushCompress::Sync } else { flate2::FlushCompress::None };
+        let flush = if i == 511 {
+            flate2::FlushCompress::Sync
+        } else {
+            flate2::FlushCompress::None
+        };
         let mut fed = 0;
         while fed < zeros.len() || flush == flate2::FlushCompress::Sync {
             bomb.reserve(64 << 10);
@@ -146,7 +159,10 @@ async fn deflate_bomb_closes_1009_while_inflating() {
     assert_eq!(read_close_code(&mut r).await, 1009);
     drop(writer);
     let grown_mib = (peak_rss_kib() - before) / 1024;
-    assert!(grown_mib < 64, "peak RSS grew {grown_mib} MiB for a 512 MiB bomb");
+    assert!(
+        grown_mib < 64,
+        "peak RSS grew {grown_mib} MiB for a 512 MiB bomb"
+    );
     still_serving(srv.addr).await;
 }
 
@@ -188,7 +204,9 @@ async fn continuation_flood_closes_at_the_fragment_limit() {
 async fn unmasked_client_frame_closes_1002() {
     let srv = start(duplex::Config::default()).await;
     let mut s = raw_upgrade(srv.addr, None).await;
-    s.write_all(&frame(true, false, 1, false, b"hello")).await.unwrap();
+    s.write_all(&frame(true, false, 1, false, b"hello"))
+        .await
+        .unwrap();
     assert_eq!(read_close_code(&mut s).await, 1002);
     still_serving(srv.addr).await;
 }
@@ -197,7 +215,9 @@ async fn unmasked_client_frame_closes_1002() {
 async fn invalid_utf8_closes_1007() {
     let srv = start(duplex::Config::default()).await;
     let mut s = raw_upgrade(srv.addr, None).await;
-    s.write_all(&frame(true, false, 1, true, b"caf\xc3\x28")).await.unwrap();
+    s.write_all(&frame(true, false, 1, true, b"caf\xc3\x28"))
+        .await
+        .unwrap();
     assert_eq!(read_close_code(&mut s).await, 1007);
     still_serving(srv.addr).await;
 }
@@ -208,7 +228,9 @@ async fn megabyte_request_header_gets_431_not_a_megabyte_buffer() {
     let s = TcpStream::connect(srv.addr).await.unwrap();
     let (mut r, mut w) = s.into_split();
     let writer = tokio::spawn(async move {
-        let _ = w.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: ").await;
+        let _ = w
+            .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            .await;
         let chunk = vec![b'a'; 64 << 10];
         for _ in 0..16 {
             if w.write_all(&chunk).await.is_err() {
@@ -241,9 +263,15 @@ async fn plain_http_and_unknown_paths() {
         let mut s = TcpStream::connect(srv.addr).await.unwrap();
         s.write_all(req.as_bytes()).await.unwrap();
         let mut resp = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut resp)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut resp))
+            .await
+            .unwrap()
+            .unwrap();
         let text = String::from_utf8_lossy(&resp);
-        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{req:?} -> {text}");
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{req:?} -> {text}"
+        );
         if status == "426" {
             assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
         }
@@ -255,13 +283,18 @@ async fn plain_http_and_unknown_paths() {
 async fn large_messages_echo_over_loopback() {
     let _turn = HEAVY.lock().await;
     let srv = start(duplex::Config::default()).await;
-    let mut ws = duplex::connect(&format!("ws://{}/echo", srv.addr)).await.unwrap();
+    let mut ws = duplex::connect(&format!("ws://{}/echo", srv.addr))
+        .await
+        .unwrap();
     assert_eq!(ws.extensions(), "permessage-deflate");
     let big: Vec<u8> = (0..(16u32 << 20)).map(|i| (i % 251) as u8).collect();
     ws.send(Message::binary(big.clone())).await.unwrap();
     ws.send(Message::text("after the big one")).await.unwrap();
     assert_eq!(ws.recv().await.unwrap().unwrap(), Message::binary(big));
-    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("after the big one"));
+    assert_eq!(
+        ws.recv().await.unwrap().unwrap(),
+        Message::text("after the big one")
+    );
     ws.close(duplex::CloseCode::NORMAL, "done").await.unwrap();
     assert!(ws.was_clean());
     assert_eq!(ws.close_code(), Some(duplex::CloseCode::NORMAL));

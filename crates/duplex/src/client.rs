@@ -33,7 +33,9 @@ pub async fn connect(url: &str) -> Result<WebSocket<TcpStream>> {
 pub async fn connect_with(url: &str, opts: ClientOptions) -> Result<WebSocket<TcpStream>> {
     let u = WsUrl::parse(url)?;
     if u.secure {
-        return Err(Error::Url(format!("{url}: wss:// is not supported by this build")));
+        return Err(Error::Url(format!(
+            "{url}: wss:// is not supported by this build"
+        )));
     }
     let timeout = opts.config.handshake_timeout;
     let stream = tokio::time::timeout(timeout, TcpStream::connect((u.host.as_str(), u.port)))
@@ -44,7 +46,11 @@ pub async fn connect_with(url: &str, opts: ClientOptions) -> Result<WebSocket<Tc
 }
 
 /// Runs the client opening handshake over an established stream.
-pub async fn client_handshake<S>(mut stream: S, url: &str, opts: ClientOptions) -> Result<WebSocket<S>>
+pub async fn client_handshake<S>(
+    mut stream: S,
+    url: &str,
+    opts: ClientOptions,
+) -> Result<WebSocket<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -80,5 +86,12 @@ where
     .map_err(|_| Error::HandshakeTimeout)??;
     let extensions = resp.deflate.map(|d| d.to_header());
     let conn = Connection::new(Role::Client, config, resp.deflate);
-    Ok(WebSocket::from_parts(stream, conn, leftover, resp.protocol, extensions, Some(url.to_string())))
+    Ok(WebSocket::from_parts(
+        stream,
+        conn,
+        leftover,
+        resp.protocol,
+        extensions,
+        Some(url.to_string()),
+    ))
 }

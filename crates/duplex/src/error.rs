@@ -33,7 +33,9 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "I/O error: {e}"),
             Error::Protocol(e) => write!(f, "protocol error: {e}"),
             Error::Refused { status } => write!(f, "server refused the upgrade with HTTP {status}"),
-            Error::AbnormalClosure => write!(f, "connection closed without a closing handshake (1006)"),
+            Error::AbnormalClosure => {
+                write!(f, "connection closed without a closing handshake (1006)")
+            }
             Error::HandshakeTimeout => write!(f, "opening handshake timed out"),
             Error::Url(u) => write!(f, "invalid URL: {u}"),
             Error::Closed => write!(f, "connection is closed"),

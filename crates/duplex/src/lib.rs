@@ -26,7 +26,9 @@ pub mod url;
 pub mod ws;
 
 pub use client::{client_handshake, connect, connect_with, ClientOptions};
-pub use duplex_proto::{self as proto, CloseCode, CloseFrame, Config, DeflateConfig, Message, Utf8Bytes};
+pub use duplex_proto::{
+    self as proto, CloseCode, CloseFrame, Config, DeflateConfig, Message, Utf8Bytes,
+};
 pub use error::{Error, Result};
 pub use server::{accept, accept_with, Decision, Handshake};
 pub use split::{WsReceiver, WsSender};

@@ -36,12 +36,18 @@ pub enum Decision {
 impl Decision {
     /// Accept with no subprotocol and no extra headers.
     pub fn accept() -> Self {
-        Decision::Accept { protocol: None, headers: Vec::new() }
+        Decision::Accept {
+            protocol: None,
+            headers: Vec::new(),
+        }
     }
 
     /// Refuse with `status` and `reason`.
     pub fn reject(status: u16, reason: impl Into<String>) -> Self {
-        Decision::Reject { status, reason: reason.into() }
+        Decision::Reject {
+            status,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -86,7 +92,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         .await;
         let request = match res {
             Err(_) => {
-                let _ = write_all_and_close(&mut stream, &server::reject(408, "handshake timed out", &[])).await;
+                let _ = write_all_and_close(
+                    &mut stream,
+                    &server::reject(408, "handshake timed out", &[]),
+                )
+                .await;
                 return Err(Error::HandshakeTimeout);
             }
             Ok(Err(Error::Protocol(e))) => {
@@ -96,7 +106,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
             Ok(Err(e)) => return Err(e),
             Ok(Ok(r)) => r,
         };
-        Ok(Handshake { stream, request, leftover: buf, config })
+        Ok(Handshake {
+            stream,
+            request,
+            leftover: buf,
+            config,
+        })
     }
 
     /// The request.
@@ -120,7 +135,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         };
         match decide(&up) {
             Decision::Reject { status, reason } => {
-                let _ = write_all_and_close(&mut self.stream, &server::reject(status, &reason, &[])).await;
+                let _ =
+                    write_all_and_close(&mut self.stream, &server::reject(status, &reason, &[]))
+                        .await;
                 Err(Error::Refused { status })
             }
             Decision::Accept { protocol, headers } => {
@@ -129,7 +146,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
                 self.stream.flush().await?;
                 let extensions = acc.deflate.map(|d| d.to_header());
                 let conn = Connection::new(Role::Server, self.config, acc.deflate);
-                Ok(WebSocket::from_parts(self.stream, conn, self.leftover, acc.protocol, extensions, None))
+                Ok(WebSocket::from_parts(
+                    self.stream,
+                    conn,
+                    self.leftover,
+                    acc.protocol,
+                    extensions,
+                    None,
+                ))
             }
         }
     }
@@ -146,7 +170,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     }
 }
 
-async fn write_all_and_close<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+async fn write_all_and_close<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await?;
     stream.shutdown().await

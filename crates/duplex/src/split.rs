@@ -56,12 +56,28 @@ pub struct WsReceiver<S> {
     reported: bool,
 }
 
-pub(crate) fn split<S: AsyncRead + AsyncWrite>(stream: S, conn: Connection, rbuf: BytesMut) -> (WsSender<S>, WsReceiver<S>) {
+pub(crate) fn split<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    conn: Connection,
+    rbuf: BytesMut,
+) -> (WsSender<S>, WsReceiver<S>) {
     let (reader, writer) = tokio::io::split(stream);
-    let shared = Arc::new(Shared { conn: Mutex::new(conn), writer: tokio::sync::Mutex::new(writer) });
+    let shared = Arc::new(Shared {
+        conn: Mutex::new(conn),
+        writer: tokio::sync::Mutex::new(writer),
+    });
     (
-        WsSender { shared: shared.clone() },
-        WsReceiver { shared, reader, rbuf, finished: false, shut_down: false, reported: false },
+        WsSender {
+            shared: shared.clone(),
+        },
+        WsReceiver {
+            shared,
+            reader,
+            rbuf,
+            finished: false,
+            shut_down: false,
+            reported: false,
+        },
     )
 }
 
@@ -80,7 +96,9 @@ impl<S: AsyncRead + AsyncWrite> WsSender<S> {
 
     /// Sends a close frame; the receiving half completes the handshake.
     pub async fn close(&self, code: CloseCode, reason: &str) -> Result<()> {
-        self.shared.conn().close(Some(CloseFrame::new(code, reason)))?;
+        self.shared
+            .conn()
+            .close(Some(CloseFrame::new(code, reason)))?;
         self.shared.flush().await
     }
 

@@ -39,7 +39,9 @@ impl WsUrl {
         }
         let default_port = if secure { 443 } else { 80 };
         let (host, port) = if let Some(r) = authority.strip_prefix('[') {
-            let (h, after) = r.split_once(']').ok_or_else(|| bad("unclosed IPv6 literal"))?;
+            let (h, after) = r
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed IPv6 literal"))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => p.parse().map_err(|_| bad("bad port"))?,
                 None if after.is_empty() => default_port,
@@ -55,12 +57,21 @@ impl WsUrl {
         if host.is_empty() {
             return Err(bad("missing host"));
         }
-        Ok(WsUrl { secure, host, port, target })
+        Ok(WsUrl {
+            secure,
+            host,
+            port,
+            target,
+        })
     }
 
     /// The `Host` header value: the port only when not the default.
     pub fn host_header(&self) -> String {
-        let h = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let h = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         if self.port == if self.secure { 443 } else { 80 } {
             h
         } else {
@@ -76,7 +87,10 @@ mod tests {
     #[test]
     fn parses_common_forms() {
         let u = WsUrl::parse("ws://example.com/chat?x=1").unwrap();
-        assert_eq!((u.secure, u.host.as_str(), u.port, u.target.as_str()), (false, "example.com", 80, "/chat?x=1"));
+        assert_eq!(
+            (u.secure, u.host.as_str(), u.port, u.target.as_str()),
+            (false, "example.com", 80, "/chat?x=1")
+        );
         assert_eq!(u.host_header(), "example.com");
         let u = WsUrl::parse("wss://127.0.0.1:9001").unwrap();
         assert_eq!((u.secure, u.port, u.target.as_str()), (true, 9001, "/"));
@@ -90,7 +104,14 @@ mod tests {
 
     #[test]
     fn refuses_bad_urls() {
-        for u in ["example.com", "ftp://x", "ws://", "ws://x:notaport", "ws://x/#frag", "ws://u@x"] {
+        for u in [
+            "example.com",
+            "ftp://x",
+            "ws://",
+            "ws://x:notaport",
+            "ws://x/#frag",
+            "ws://u@x",
+        ] {
             assert!(WsUrl::parse(u).is_err(), "{u}");
         }
     }

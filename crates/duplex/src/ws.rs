@@ -55,6 +55,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         extensions: Option<String>,
         url: Option<String>,
     ) -> Self {
+        let mut conn = conn;
+        let mut leftover = leftover;
+        // Frames that arrived with the handshake are processed now, not
+        // after the next read (which may never come if the peer waits for us).
+        // An error here is recorded in `conn` and reported by `recv`.
+        if !leftover.is_empty() {
+            let _ = conn.receive(&mut leftover);
+        }
         WebSocket {
             stream,
             conn,
@@ -298,7 +306,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     async fn close_inner(&mut self) -> Result<()> {
         let timeout: Duration = self.conn.config().close_timeout;
-        let _ = tokio::time::timeout(timeout * 2, async { while self.recv().await.is_some() {} }).await;
+        let _ =
+            tokio::time::timeout(timeout * 2, async { while self.recv().await.is_some() {} }).await;
         Ok(())
     }
 

@@ -52,14 +52,21 @@ impl ClientHandshake {
         rand::rng().fill_bytes(&mut raw);
         let key = base64::engine::general_purpose::STANDARD.encode(raw);
         let deflate_offer = cfg.deflate.as_ref().map(deflate::client_offer);
-        let target = if req.target.is_empty() { "/" } else { &req.target };
+        let target = if req.target.is_empty() {
+            "/"
+        } else {
+            &req.target
+        };
         let mut r = format!(
             "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
             req.host
         );
         if !req.protocols.is_empty() {
-            r.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", req.protocols.join(", ")));
+            r.push_str(&format!(
+                "Sec-WebSocket-Protocol: {}\r\n",
+                req.protocols.join(", ")
+            ));
         }
         if let Some(d) = &deflate_offer {
             r.push_str(&format!("Sec-WebSocket-Extensions: {}\r\n", d.to_header()));
@@ -100,7 +107,9 @@ impl ClientHandshake {
         let n = match resp.parse(scan) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() >= self.max_bytes => {
-                return Err(Error::HandshakeTooLarge { limit: self.max_bytes })
+                return Err(Error::HandshakeTooLarge {
+                    limit: self.max_bytes,
+                })
             }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(map_httparse(e, self.max_headers)),
@@ -116,7 +125,9 @@ impl ClientHandshake {
         if !headers.has_token("connection", "upgrade") {
             return Err(Error::BadHeader("Connection: Upgrade"));
         }
-        if headers.get("sec-websocket-accept").map(str::trim) != Some(&accept_key(self.key.as_bytes())) {
+        if headers.get("sec-websocket-accept").map(str::trim)
+            != Some(&accept_key(self.key.as_bytes()))
+        {
             return Err(Error::BadAccept);
         }
         let protocol = match headers.get_joined("sec-websocket-protocol") {
@@ -129,13 +140,23 @@ impl ClientHandshake {
                 Some(p)
             }
         };
-        let deflate = match (headers.get_joined("sec-websocket-extensions"), &self.deflate_offer) {
+        let deflate = match (
+            headers.get_joined("sec-websocket-extensions"),
+            &self.deflate_offer,
+        ) {
             (None, _) => None,
             (Some(v), Some(offer)) => deflate::accept_response(&v, offer)?,
             (Some(v), None) if v.trim().is_empty() => None,
             (Some(v), None) => return Err(Error::UnofferedExtension(v)),
         };
-        Ok(Some((Response { headers, protocol, deflate }, n)))
+        Ok(Some((
+            Response {
+                headers,
+                protocol,
+                deflate,
+            },
+            n,
+        )))
     }
 }
 
@@ -181,7 +202,9 @@ mod tests {
     }
 
     fn response_with(hs: &ClientHandshake, extra: &str, accept_value: Option<&str>) -> String {
-        let acc = accept_value.map(str::to_string).unwrap_or_else(|| accept_key(hs.key().as_bytes()));
+        let acc = accept_value
+            .map(str::to_string)
+            .unwrap_or_else(|| accept_key(hs.key().as_bytes()));
         format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: {acc}\r\n{extra}\r\n"
@@ -193,19 +216,39 @@ mod tests {
         let cfg = Config::default();
         let (hs, _) = ClientHandshake::new(&request(), &cfg);
         let check = |s: String| hs.parse_response(s.as_bytes());
-        assert_eq!(check(response_with(&hs, "", Some("wrong="))).unwrap_err(), Error::BadAccept);
+        assert_eq!(
+            check(response_with(&hs, "", Some("wrong="))).unwrap_err(),
+            Error::BadAccept
+        );
         assert!(matches!(
-            check(response_with(&hs, "Sec-WebSocket-Protocol: other\r\n", None)),
+            check(response_with(
+                &hs,
+                "Sec-WebSocket-Protocol: other\r\n",
+                None
+            )),
             Err(Error::UnofferedSubprotocol(_))
         ));
-        assert!(check(response_with(&hs, "Sec-WebSocket-Extensions: x-foo\r\n", None)).is_err());
+        assert!(check(response_with(
+            &hs,
+            "Sec-WebSocket-Extensions: x-foo\r\n",
+            None
+        ))
+        .is_err());
         assert_eq!(
-            hs.parse_response(b"HTTP/1.1 403 Forbidden\r\n\r\n").unwrap_err(),
+            hs.parse_response(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+                .unwrap_err(),
             Error::HandshakeStatus(403)
         );
         assert!(check(response_with(&hs, "", None)).unwrap().is_some());
         let (no_deflate, _) = ClientHandshake::new(&request(), &cfg.clone().with_deflate(None));
-        let s = response_with(&no_deflate, "Sec-WebSocket-Extensions: permessage-deflate\r\n", None);
-        assert!(matches!(no_deflate.parse_response(s.as_bytes()), Err(Error::UnofferedExtension(_))));
+        let s = response_with(
+            &no_deflate,
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+            None,
+        );
+        assert!(matches!(
+            no_deflate.parse_response(s.as_bytes()),
+            Err(Error::UnofferedExtension(_))
+        ));
     }
 }

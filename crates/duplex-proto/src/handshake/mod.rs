@@ -64,11 +64,14 @@ impl Headers {
     /// Whether the comma-separated list in `name` contains `token`
     /// (case-insensitive), across all fields of that name.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.0.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).any(|(_, v)| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        self.0
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .any(|(_, v)| {
+                String::from_utf8_lossy(v)
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
     }
 
     /// Number of fields.
@@ -83,7 +86,11 @@ impl Headers {
 }
 
 fn collect_headers(raw: &[httparse::Header<'_>]) -> Headers {
-    Headers(raw.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect())
+    Headers(
+        raw.iter()
+            .map(|h| (h.name.to_string(), h.value.to_vec()))
+            .collect(),
+    )
 }
 
 fn map_httparse(e: httparse::Error, max_headers: usize) -> Error {
@@ -110,6 +117,9 @@ mod tests {
     #[test]
     fn rfc_accept_key_example() {
         // RFC 6455 §1.3.
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 }

@@ -50,7 +50,9 @@ pub fn parse_request(buf: &[u8], cfg: &Config) -> Result<Option<(Request, usize)
             n,
         ))),
         Ok(httparse::Status::Partial) if buf.len() >= cfg.max_handshake_bytes => {
-            Err(Error::HandshakeTooLarge { limit: cfg.max_handshake_bytes })
+            Err(Error::HandshakeTooLarge {
+                limit: cfg.max_handshake_bytes,
+            })
         }
         Ok(httparse::Status::Partial) => Ok(None),
         Err(e) => Err(map_httparse(e, cfg.max_headers)),
@@ -85,7 +87,10 @@ impl UpgradeRequest {
             return Err(Error::HttpVersion);
         }
         let h = &request.headers;
-        let host = h.get("host").filter(|v| !v.trim().is_empty()).ok_or(Error::BadHeader("Host"))?;
+        let host = h
+            .get("host")
+            .filter(|v| !v.trim().is_empty())
+            .ok_or(Error::BadHeader("Host"))?;
         if !h.has_token("upgrade", "websocket") {
             return Err(Error::BadHeader("Upgrade: websocket"));
         }
@@ -95,7 +100,10 @@ impl UpgradeRequest {
         if h.get("sec-websocket-version").map(str::trim) != Some("13") {
             return Err(Error::UnsupportedVersion);
         }
-        let key = h.get("sec-websocket-key").map(str::trim).ok_or(Error::BadKey)?;
+        let key = h
+            .get("sec-websocket-key")
+            .map(str::trim)
+            .ok_or(Error::BadKey)?;
         match base64::engine::general_purpose::STANDARD.decode(key) {
             Ok(k) if k.len() == 16 => {}
             _ => return Err(Error::BadKey),
@@ -144,8 +152,13 @@ pub fn accept(
     protocol: Option<&str>,
     extra_headers: &[(String, String)],
 ) -> Accepted {
-    let deflate = cfg.deflate.as_ref().and_then(|d| deflate::negotiate_server(&req.extensions, d));
-    let protocol = protocol.filter(|p| req.protocols.iter().any(|o| o == p)).map(str::to_string);
+    let deflate = cfg
+        .deflate
+        .as_ref()
+        .and_then(|d| deflate::negotiate_server(&req.extensions, d));
+    let protocol = protocol
+        .filter(|p| req.protocols.iter().any(|o| o == p))
+        .map(str::to_string);
     let mut r = String::with_capacity(256);
     r.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
     r.push_str("Sec-WebSocket-Accept: ");
@@ -170,7 +183,11 @@ pub fn accept(
         }
     }
     r.push_str("\r\n");
-    Accepted { response: r.into_bytes(), protocol, deflate }
+    Accepted {
+        response: r.into_bytes(),
+        protocol,
+        deflate,
+    }
 }
 
 fn is_safe_header(k: &str, v: &str) -> bool {
@@ -197,7 +214,11 @@ fn reason_phrase(status: u16) -> &'static str {
 /// `Connection: close`, and for 426 the `Sec-WebSocket-Version: 13` and
 /// `Upgrade: websocket` headers RFC 6455 §4.4 asks for.
 pub fn reject(status: u16, reason: &str, extra_headers: &[(String, String)]) -> Vec<u8> {
-    let body: String = reason.chars().filter(|c| *c != '\r' && *c != '\n').collect::<String>() + "\n";
+    let body: String = reason
+        .chars()
+        .filter(|c| *c != '\r' && *c != '\n')
+        .collect::<String>()
+        + "\n";
     let mut r = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
     if status == 426 {
         r.push_str("Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n");
@@ -273,10 +294,19 @@ mod tests {
             (GOOD.replace("HTTP/1.1", "HTTP/1.0"), 400),
             (GOOD.replace("Host: server.example.com\r\n", ""), 400),
             (GOOD.replace("Upgrade: websocket\r\n", ""), 400),
-            (GOOD.replace("Connection: Upgrade\r\n", "Connection: keep-alive\r\n"), 400),
-            (GOOD.replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"), 426),
+            (
+                GOOD.replace("Connection: Upgrade\r\n", "Connection: keep-alive\r\n"),
+                400,
+            ),
+            (
+                GOOD.replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"),
+                426,
+            ),
             (GOOD.replace("Sec-WebSocket-Version: 13\r\n", ""), 426),
-            (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ=="), 400),
+            (
+                GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ=="),
+                400,
+            ),
             (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "not base64!"), 400),
         ];
         for (req, status) in cases {
@@ -296,19 +326,31 @@ mod tests {
     #[test]
     fn head_size_and_header_count_limits() {
         let cfg = Config::default();
-        let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(cfg.max_handshake_bytes));
+        let huge = format!(
+            "GET / HTTP/1.1\r\nX: {}",
+            "a".repeat(cfg.max_handshake_bytes)
+        );
         assert_eq!(
             parse_request(huge.as_bytes(), &cfg),
-            Err(Error::HandshakeTooLarge { limit: cfg.max_handshake_bytes })
+            Err(Error::HandshakeTooLarge {
+                limit: cfg.max_handshake_bytes
+            })
         );
-        let many: String = (0..cfg.max_headers + 1).map(|i| format!("X-{i}: v\r\n")).collect();
+        let many: String = (0..cfg.max_headers + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
         let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(
             parse_request(req.as_bytes(), &cfg),
-            Err(Error::TooManyHeaders { limit: cfg.max_headers })
+            Err(Error::TooManyHeaders {
+                limit: cfg.max_headers
+            })
         );
         // An incomplete head below the limit asks for more.
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", &cfg), Ok(None));
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", &cfg),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -320,7 +362,9 @@ mod tests {
         let u = validate(&s).unwrap();
         let a = accept(&u, &Config::default(), None, &[]);
         assert!(a.deflate.is_some());
-        assert!(String::from_utf8(a.response).unwrap().contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
+        assert!(String::from_utf8(a.response)
+            .unwrap()
+            .contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
         let a = accept(&u, &Config::default().with_deflate(None), None, &[]);
         assert!(a.deflate.is_none());
     }

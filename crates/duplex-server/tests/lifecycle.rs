@@ -1,0 +1,71 @@
+//! Connection limit and graceful shutdown of a real server on loopback.
+
+use duplex::{CloseCode, Message};
+use duplex_server::{Server, ServerConfig};
+use std::time::Duration;
+
+#[tokio::test]
+async fn shutdown_closes_open_connections_with_1001() {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let mut ws = duplex::connect(&format!("ws://{addr}/echo")).await.unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("hello"));
+    stop.send(()).unwrap();
+    assert!(ws.recv().await.is_none(), "server should close");
+    assert_eq!(ws.close_code(), Some(CloseCode::GOING_AWAY));
+    assert!(ws.was_clean());
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_get_503() {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_connections: 2,
+        ..Default::default()
+    };
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let url = format!("ws://{addr}/echo");
+    let mut a = duplex::connect(&url).await.unwrap();
+    let mut b = duplex::connect(&url).await.unwrap();
+    let err = duplex::connect(&url).await.unwrap_err();
+    assert!(
+        matches!(err, duplex::Error::Refused { status: 503 }),
+        "{err}"
+    );
+    // A slot frees up when a connection ends.
+    a.close(CloseCode::NORMAL, "").await.unwrap();
+    let mut c = None;
+    for _ in 0..50 {
+        match duplex::connect(&url).await {
+            Ok(ws) => {
+                c = Some(ws);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let mut c = c.expect("a slot should free up");
+    c.send(Message::text("in")).await.unwrap();
+    assert_eq!(c.recv().await.unwrap().unwrap(), Message::text("in"));
+    b.close(CloseCode::NORMAL, "").await.unwrap();
+    c.close(CloseCode::NORMAL, "").await.unwrap();
+}

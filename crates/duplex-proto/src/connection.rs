@@ -301,14 +301,8 @@ impl Connection {
                     return Ok(());
                 }
                 let payload = buf.split_to(len).freeze();
-                let msg = self.message.take().expect("message in progress");
-                let m = if msg.text {
-                    self.utf8.finish()?;
-                    Message::Text(Utf8Bytes::from_validated(payload))
-                } else {
-                    Message::Binary(payload)
-                };
-                self.events.push_back(Event::Message(m));
+                let text = self.message.take().is_some_and(|m| m.text);
+                self.deliver(text, payload)?;
                 continue;
             }
 
@@ -354,16 +348,22 @@ impl Connection {
                     }
                     inflated?;
                 }
-                let payload = Bytes::from(msg.buf);
-                let m = if msg.text {
-                    self.utf8.finish()?;
-                    Message::Text(Utf8Bytes::from_validated(payload))
-                } else {
-                    Message::Binary(payload)
-                };
-                self.events.push_back(Event::Message(m));
+                self.deliver(msg.text, Bytes::from(msg.buf))?;
             }
         }
+    }
+
+    /// Queues a complete message; text has been validated piece by piece and
+    /// must not end inside a code point.
+    fn deliver(&mut self, text: bool, payload: Bytes) -> Result<(), Error> {
+        let m = if text {
+            self.utf8.finish()?;
+            Message::Text(Utf8Bytes::from_validated(payload))
+        } else {
+            Message::Binary(payload)
+        };
+        self.events.push_back(Event::Message(m));
+        Ok(())
     }
 
     /// Role, reserved-bit, sequencing and size rules for a new frame header.

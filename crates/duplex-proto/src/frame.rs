@@ -197,6 +197,37 @@ impl FrameHeader {
     }
 }
 
+/// Encodes a whole frame from an arbitrary first byte (FIN, the RSV bits and
+/// any 4-bit opcode, reserved ones included) and payload, masked with `mask`
+/// when given, using the shortest length encoding. For tests, fuzz seeds and
+/// load generators that need frames a [`Connection`](crate::Connection)
+/// would never produce. Costs one allocation of the frame's size.
+pub fn encode_raw(first_byte: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(MAX_HEADER_LEN + payload.len());
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    out.put_u8(first_byte);
+    match payload.len() {
+        n @ 0..=125 => out.put_u8(m | n as u8),
+        n @ 126..=0xffff => {
+            out.put_u8(m | 126);
+            out.put_u16(n as u16);
+        }
+        n => {
+            out.put_u8(m | 127);
+            out.put_u64(n as u64);
+        }
+    }
+    if let Some(k) = mask {
+        out.put_slice(&k);
+    }
+    let start = out.len();
+    out.put_slice(payload);
+    if let Some(k) = mask {
+        crate::mask::apply_mask(&mut out[start..], k, 0);
+    }
+    out.to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,26 +10,11 @@ use std::time::Duration;
 
 /// Encodes a raw frame, masked when `mask` is given.
 fn raw(fin: bool, rsv: u8, op: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![(fin as u8) << 7 | (rsv & 7) << 4 | (op & 0xf)];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n @ 0..=125 => out.push(m | n as u8),
-        n @ 126..=65535 => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mut p = payload.to_vec();
-    if let Some(k) = mask {
-        out.extend_from_slice(&k);
-        apply_mask(&mut p, k, 0);
-    }
-    out.extend_from_slice(&p);
-    out
+    duplex_proto::frame::encode_raw(
+        (fin as u8) << 7 | (rsv & 7) << 4 | (op & 0xf),
+        mask,
+        payload,
+    )
 }
 
 const K: Option<[u8; 4]> = Some([0x11, 0x22, 0x33, 0x44]);

@@ -13,7 +13,6 @@
 use duplex_proto::config::DeflateConfig;
 use duplex_proto::deflate::{DeflateParams, Deflater, Side};
 use duplex_proto::fuzzing;
-use duplex_proto::mask::apply_mask;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -76,26 +75,8 @@ const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 /// One frame: `rsv` is the RSV1..3 bits as 0b100 = RSV1; masked with [`KEY`]
 /// when `masked`.
 fn frame(fin: bool, rsv: u8, op: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![(fin as u8) << 7 | (rsv & 7) << 4 | (op & 0xf)];
-    let m = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n @ 0..=125 => out.push(m | n as u8),
-        n @ 126..=65535 => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mut p = payload.to_vec();
-    if masked {
-        out.extend_from_slice(&KEY);
-        apply_mask(&mut p, KEY, 0);
-    }
-    out.extend_from_slice(&p);
-    out
+    let first = (fin as u8) << 7 | (rsv & 7) << 4 | (op & 0xf);
+    duplex_proto::frame::encode_raw(first, masked.then_some(KEY), payload)
 }
 
 /// The parameter bytes of a `connection` seed: flags, chunk byte, seed.

@@ -54,27 +54,8 @@ async fn raw_upgrade(addr: std::net::SocketAddr, ext: Option<&str>) -> TcpStream
 }
 
 fn frame(fin: bool, rsv1: bool, op: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![(fin as u8) << 7 | (rsv1 as u8) << 6 | op];
-    let m = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n @ 0..=125 => out.push(m | n as u8),
-        n @ 126..=65535 => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        let key = [0x5a, 0xa5, 0x3c, 0xc3];
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
+    let first = (fin as u8) << 7 | (rsv1 as u8) << 6 | op;
+    duplex::proto::frame::encode_raw(first, masked.then_some([0x5a, 0xa5, 0x3c, 0xc3]), payload)
 }
 
 /// Reads server frames until a close frame; returns its code.

@@ -2,8 +2,9 @@
 //!
 //! Each accepted TCP connection gets its own task. The number of live
 //! connections is bounded by a semaphore (`max_connections`); a connection
-//! over the limit is answered 503 at once instead of being queued, so a
-//! flood cannot grow memory. Shutdown: stop accepting, tell every connection
+//! over the limit is answered 503 instead of being queued — at most
+//! `REFUSAL_BACKLOG` (64) of those at a time, further ones are closed at once —
+//! so a flood cannot grow memory. Shutdown: stop accepting, tell every connection
 //! through a watch channel (each sends close 1001), and wait at most
 //! `shutdown_grace` for them to finish.
 
@@ -18,6 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
+
+/// How many over-the-limit connections may be answered 503 at once; more
+/// are closed without an answer, so a flood costs no memory.
+const REFUSAL_BACKLOG: usize = 64;
 
 /// A bound server, ready to run.
 pub struct Server {
@@ -41,6 +46,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let refusals = Arc::new(Semaphore::new(REFUSAL_BACKLOG));
         let config = Arc::new(self.config);
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
@@ -57,11 +63,23 @@ impl Server {
                             continue;
                         }
                     };
-                    let permit = limit.clone().try_acquire_owned().ok();
+                    // Over the limit, a few connections at a time are told
+                    // so with a 503; beyond that they are dropped at once.
+                    let permit = match limit.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => match refusals.clone().try_acquire_owned() {
+                            Ok(p) => p,
+                            Err(_) => {
+                                warn!(%peer, "dropped: connection limit and refusal backlog full");
+                                continue;
+                            }
+                        },
+                    };
+                    let admitted = Arc::ptr_eq(permit.semaphore(), &limit);
                     let config = config.clone();
                     let stop = stop_rx.clone();
                     tasks.spawn(async move {
-                        handle(tcp, peer, config, stop, permit.is_some()).await;
+                        handle(tcp, peer, config, stop, admitted).await;
                         drop(permit);
                     });
                 }

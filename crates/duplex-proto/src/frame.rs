@@ -177,23 +177,28 @@ impl FrameHeader {
             | (self.rsv2 as u8) << 5
             | (self.rsv3 as u8) << 4
             | self.opcode.as_u8();
-        let mask_bit = if self.mask.is_some() { 0x80 } else { 0 };
-        out.reserve(MAX_HEADER_LEN);
-        out.put_u8(b0);
-        match self.payload_len {
-            n @ 0..=125 => out.put_u8(mask_bit | n as u8),
-            n @ 126..=0xffff => {
-                out.put_u8(mask_bit | 126);
-                out.put_u16(n as u16);
-            }
-            n => {
-                out.put_u8(mask_bit | 127);
-                out.put_u64(n);
-            }
+        put_header(out, b0, self.mask, self.payload_len);
+    }
+}
+
+/// Appends a header: first byte, shortest length encoding, masking key.
+fn put_header(out: &mut BytesMut, b0: u8, mask: Option<[u8; 4]>, len: u64) {
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    out.reserve(MAX_HEADER_LEN);
+    out.put_u8(b0);
+    match len {
+        n @ 0..=125 => out.put_u8(mask_bit | n as u8),
+        n @ 126..=0xffff => {
+            out.put_u8(mask_bit | 126);
+            out.put_u16(n as u16);
         }
-        if let Some(m) = self.mask {
-            out.put_slice(&m);
+        n => {
+            out.put_u8(mask_bit | 127);
+            out.put_u64(n);
         }
+    }
+    if let Some(m) = mask {
+        out.put_slice(&m);
     }
 }
 
@@ -204,22 +209,7 @@ impl FrameHeader {
 /// would never produce. Costs one allocation of the frame's size.
 pub fn encode_raw(first_byte: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(MAX_HEADER_LEN + payload.len());
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    out.put_u8(first_byte);
-    match payload.len() {
-        n @ 0..=125 => out.put_u8(m | n as u8),
-        n @ 126..=0xffff => {
-            out.put_u8(m | 126);
-            out.put_u16(n as u16);
-        }
-        n => {
-            out.put_u8(m | 127);
-            out.put_u64(n as u64);
-        }
-    }
-    if let Some(k) = mask {
-        out.put_slice(&k);
-    }
+    put_header(&mut out, first_byte, mask, payload.len() as u64);
     let start = out.len();
     out.put_slice(payload);
     if let Some(k) = mask {

@@ -31,30 +31,17 @@ fn feed(conn: &mut Connection, bytes: &[u8]) -> Result<(), Error> {
 
 /// The close code `conn` has queued as its last frame, if it queued a close.
 fn queued_close_code(conn: &Connection) -> Option<u16> {
-    let mut out = Vec::new();
-    let mut slices = [std::io::IoSlice::new(&[]); 64];
-    let n = conn.outbound_slices(&mut slices);
-    for s in &slices[..n] {
-        out.extend_from_slice(s);
-    }
-    let mut pos = 0;
-    let mut last = None;
-    while pos < out.len() {
-        let (h, n) = FrameHeader::parse(&out[pos..]).unwrap().unwrap();
-        let mut payload = out[pos + n..pos + n + h.payload_len as usize].to_vec();
-        if let Some(k) = h.mask {
-            apply_mask(&mut payload, k, 0);
-        }
-        if h.opcode == OpCode::Close {
-            last = Some(if payload.len() >= 2 {
-                u16::from_be_bytes([payload[0], payload[1]])
+    queued_frames(conn)
+        .into_iter()
+        .filter(|(h, _)| h.opcode == OpCode::Close)
+        .map(|(_, p)| {
+            if p.len() >= 2 {
+                u16::from_be_bytes([p[0], p[1]])
             } else {
                 1005
-            });
-        }
-        pos += n + h.payload_len as usize;
-    }
-    last
+            }
+        })
+        .last()
 }
 
 fn assert_fails_with(bytes: &[u8], code: u16) {
@@ -435,4 +422,103 @@ proptest! {
         prop_assert_eq!(p.client_events(), expect);
         prop_assert!(p.errors.0.is_empty() && p.errors.1.is_empty());
     }
+}
+
+/// Parses every frame `conn` has queued: (header, unmasked payload).
+fn queued_frames(conn: &Connection) -> Vec<(FrameHeader, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut slices = [std::io::IoSlice::new(&[]); 64];
+    let n = conn.outbound_slices(&mut slices);
+    for s in &slices[..n] {
+        out.extend_from_slice(s);
+    }
+    let mut frames = Vec::new();
+    let mut pos = 0;
+    while pos < out.len() {
+        let (h, n) = FrameHeader::parse(&out[pos..]).unwrap().unwrap();
+        let mut payload = out[pos + n..pos + n + h.payload_len as usize].to_vec();
+        if let Some(k) = h.mask {
+            apply_mask(&mut payload, k, 0);
+        }
+        pos += n + h.payload_len as usize;
+        frames.push((h, payload));
+    }
+    frames
+}
+
+#[test]
+fn client_masks_every_frame_with_a_fresh_key_and_server_never_masks() {
+    let cfg = Config::default().with_deflate(None);
+    let mut p = Pair::new(cfg.clone(), cfg);
+    for _ in 0..4 {
+        p.client.send(Message::text("same payload")).unwrap();
+        p.server.send(Message::text("same payload")).unwrap();
+    }
+    p.client.ping(b"p").unwrap();
+    p.client.close(None).unwrap();
+    let client_frames = queued_frames(&p.client);
+    assert_eq!(client_frames.len(), 6);
+    assert!(
+        client_frames.iter().all(|(h, _)| h.mask.is_some()),
+        "RFC 6455 §5.3: client MUST mask"
+    );
+    let keys: std::collections::HashSet<_> = client_frames.iter().map(|(h, _)| h.mask).collect();
+    assert!(keys.len() > 1, "a new masking key per frame");
+    assert!(
+        queued_frames(&p.server)
+            .iter()
+            .all(|(h, _)| h.mask.is_none()),
+        "server MUST NOT mask"
+    );
+    assert!(client_frames
+        .iter()
+        .take(4)
+        .all(|(_, p)| p == b"same payload"));
+}
+
+#[test]
+fn nothing_but_the_close_is_sent_after_closing() {
+    let mut p = Pair::new(Config::default(), Config::default());
+    p.server
+        .close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "bye")))
+        .unwrap();
+    assert_eq!(p.server.send(Message::text("x")), Err(Error::Closed));
+    assert_eq!(p.server.ping(b"x"), Err(Error::Closed));
+    let frames = queued_frames(&p.server);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].0.opcode, OpCode::Close);
+    // A ping arriving while we wait for the peer's close gets no pong.
+    let mut s = server();
+    s.close(None).unwrap();
+    feed(&mut s, &raw(true, 0, 9, K, b"late ping")).unwrap();
+    assert!(queued_frames(&s)
+        .iter()
+        .all(|(h, _)| h.opcode == OpCode::Close));
+}
+
+#[test]
+fn data_after_the_peers_close_is_not_processed() {
+    let mut s = server();
+    let mut b = raw(true, 0, 8, K, &[0x03, 0xe8]);
+    b.extend(raw(true, 0, 1, K, b"after close"));
+    feed(&mut s, &b).unwrap();
+    assert!(matches!(s.poll_event(), Some(Event::Close(_))));
+    assert_eq!(s.poll_event(), None);
+}
+
+#[test]
+fn compressed_frames_set_rsv1_only_on_the_first_frame_and_control_frames_never() {
+    let mut p = Pair::new(Config::default(), Config::default());
+    p.server
+        .send(Message::text("compress me ".repeat(20)))
+        .unwrap();
+    p.server.ping(b"p").unwrap();
+    let frames = queued_frames(&p.server);
+    assert!(frames[0].0.rsv1, "data frame compressed");
+    assert!(!frames[1].0.rsv1, "control frames are never compressed");
+    // A continuation frame with RSV1 is a protocol error.
+    let mut s = Connection::new(Role::Server, Config::default(), Some(Default::default()));
+    let mut b = raw(false, 0, 1, K, b"a");
+    b.extend(raw(true, 4, 0, K, b"b"));
+    assert_eq!(feed(&mut s, &b), Err(Error::ReservedBitsSet));
 }

@@ -41,7 +41,7 @@ fn queued_close_code(conn: &Connection) -> Option<u16> {
                 1005
             }
         })
-        .last()
+        .next_back()
 }
 
 fn assert_fails_with(bytes: &[u8], code: u16) {

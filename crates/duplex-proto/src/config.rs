@@ -28,6 +28,10 @@ pub struct Config {
     /// Queued outbound bytes past which a sender waits for the socket to
     /// drain (backpressure; enforced by the I/O driver). Default: 128 KiB.
     pub write_buffer_size: usize,
+    /// Longest a single write may make no progress before the connection is
+    /// dropped (a peer that stops reading; enforced by the I/O driver).
+    /// Default: 30 s.
+    pub write_timeout: Duration,
     /// How long to wait for the peer's close frame after sending ours.
     /// Default: 5 s.
     pub close_timeout: Duration,
@@ -52,6 +56,7 @@ impl Default for Config {
             max_headers: 64,
             handshake_timeout: Duration::from_secs(10),
             write_buffer_size: 128 << 10,
+            write_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
             ping_interval: None,
             pong_timeout: Duration::from_secs(20),
@@ -89,6 +94,12 @@ impl Config {
     /// Sets the keepalive ping interval.
     pub fn with_ping_interval(mut self, d: Option<Duration>) -> Self {
         self.ping_interval = d;
+        self
+    }
+
+    /// Sets the write timeout.
+    pub fn with_write_timeout(mut self, d: Duration) -> Self {
+        self.write_timeout = d;
         self
     }
 

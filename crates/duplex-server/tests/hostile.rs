@@ -280,3 +280,37 @@ async fn large_messages_echo_over_loopback() {
     assert!(ws.was_clean());
     assert_eq!(ws.close_code(), Some(duplex::CloseCode::NORMAL));
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_dropped_after_the_write_timeout() {
+    let _turn = HEAVY.lock().await;
+    let cfg = duplex::Config::default().with_write_timeout(Duration::from_millis(300));
+    let srv = start(cfg).await;
+    let s = raw_upgrade(srv.addr, None).await;
+    let (mut r, mut w) = s.into_split();
+    // Send echo work but never read: the server's writes stall, then it gives up.
+    let writer = tokio::spawn(async move {
+        let msg = frame(true, false, 2, true, &vec![7u8; 1 << 20]);
+        for _ in 0..64 {
+            if w.write_all(&msg).await.is_err() {
+                break;
+            }
+        }
+        w
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Now drain: the stream must end (EOF or reset) instead of echoing forever.
+    let mut sink = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match r.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "server kept the stalled connection open");
+    writer.abort();
+    still_serving(srv.addr).await;
+}

@@ -21,6 +21,9 @@ pub enum Error {
     AbnormalClosure,
     /// The opening handshake did not complete within `handshake_timeout`.
     HandshakeTimeout,
+    /// A write made no progress within `write_timeout` (the peer stopped
+    /// reading); the connection was dropped.
+    WriteTimeout,
     /// The URL is not a usable `ws://` or `wss://` URL.
     Url(String),
     /// The connection is closed; nothing more can be sent.
@@ -37,6 +40,10 @@ impl fmt::Display for Error {
                 write!(f, "connection closed without a closing handshake (1006)")
             }
             Error::HandshakeTimeout => write!(f, "opening handshake timed out"),
+            Error::WriteTimeout => write!(
+                f,
+                "peer stopped reading: no write progress within write_timeout"
+            ),
             Error::Url(u) => write!(f, "invalid URL: {u}"),
             Error::Closed => write!(f, "connection is closed"),
         }

@@ -29,11 +29,18 @@ impl<S: AsyncRead + AsyncWrite> Shared<S> {
 
     async fn flush(&self) -> Result<()> {
         let mut w = self.writer.lock().await;
+        let limit = self.conn().config().write_timeout;
         loop {
             let chunk = self.conn().take_outbound_chunk();
-            match chunk {
-                Some(b) => w.write_all(&b).await?,
-                None => break,
+            let Some(mut b) = chunk else { break };
+            while !b.is_empty() {
+                let n = tokio::time::timeout(limit, w.write(&b))
+                    .await
+                    .map_err(|_| Error::WriteTimeout)??;
+                if n == 0 {
+                    return Err(Error::Io(std::io::ErrorKind::WriteZero.into()));
+                }
+                bytes::Buf::advance(&mut b, n);
             }
         }
         w.flush().await?;

@@ -157,15 +157,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Writes everything queued, coalescing frames into vectored writes.
     pub async fn flush(&mut self) -> Result<()> {
+        let limit = self.conn.config().write_timeout;
         while self.conn.outbound_len() > 0 {
             let n = {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
                 let count = self.conn.outbound_slices(&mut slices);
-                if count == 1 {
-                    self.stream.write(&slices[0]).await?
-                } else {
-                    self.stream.write_vectored(&slices[..count]).await?
-                }
+                let write = async {
+                    if count == 1 {
+                        self.stream.write(&slices[0]).await
+                    } else {
+                        self.stream.write_vectored(&slices[..count]).await
+                    }
+                };
+                tokio::time::timeout(limit, write)
+                    .await
+                    .map_err(|_| Error::WriteTimeout)??
             };
             if n == 0 {
                 return Err(Error::Io(std::io::ErrorKind::WriteZero.into()));

@@ -2,10 +2,12 @@
 //! the target bodies in `duplex_proto::fuzzing`, so every seed — and every
 //! crash the fuzzer once found, added there as a seed — is an ordinary test.
 //!
-//! The seeds are written by the ignored test `regenerate_seed_corpus`:
+//! The generated seeds are built by the functions below; the test
+//! `seed_corpus_is_up_to_date` checks that the committed files match them,
+//! and rewrites them when run with `DUPLEX_REGENERATE_CORPUS=1`:
 //!
 //! ```text
-//! cargo test -p duplex-proto --test fuzz_corpus -- --ignored regenerate_seed_corpus
+//! DUPLEX_REGENERATE_CORPUS=1 cargo test -p duplex-proto --test fuzz_corpus seed_corpus
 //! ```
 //!
 //! It only (re)writes the files it names, so crash inputs added by hand stay.
@@ -394,8 +396,9 @@ fn inflate_seeds() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 #[test]
-#[ignore = "writes fuzz/corpus/*; run by hand to regenerate the seeds"]
-fn regenerate_seed_corpus() {
+fn seed_corpus_is_up_to_date() {
+    let regenerate = std::env::var_os("DUPLEX_REGENERATE_CORPUS").is_some();
+    let mut stale = Vec::new();
     for (target, seeds) in [
         ("frame_header", frame_header_seeds()),
         ("connection", connection_seeds()),
@@ -403,9 +406,18 @@ fn regenerate_seed_corpus() {
         ("inflate", inflate_seeds()),
     ] {
         let dir = corpus_dir(target);
-        std::fs::create_dir_all(&dir).unwrap();
         for (name, bytes) in seeds {
-            std::fs::write(dir.join(format!("{name}.bin")), bytes).unwrap();
+            let path = dir.join(format!("{name}.bin"));
+            if regenerate {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            } else if std::fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
+                stale.push(path.display().to_string());
+            }
         }
     }
+    assert!(
+        stale.is_empty(),
+        "seed files differ from their generators (rerun with DUPLEX_REGENERATE_CORPUS=1): {stale:#?}"
+    );
 }

@@ -60,7 +60,7 @@ pub async fn run(a: ConnectArgs) -> ExitCode {
     }
 }
 
-async fn echo(ws: &mut duplex::WebSocket<tokio::net::TcpStream>) -> duplex::Result<()> {
+async fn echo(ws: &mut duplex::WebSocket<duplex::ClientStream>) -> duplex::Result<()> {
     while let Some(m) = ws.recv().await {
         ws.feed(m?).await?;
     }
@@ -74,7 +74,7 @@ enum Step {
 
 /// Each stdin line is sent as a text message; each received text message is
 /// printed as a line (binary ones as a length note). EOF closes with 1000.
-async fn interactive(ws: &mut duplex::WebSocket<tokio::net::TcpStream>) -> duplex::Result<()> {
+async fn interactive(ws: &mut duplex::WebSocket<duplex::ClientStream>) -> duplex::Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
         let step = tokio::select! {

@@ -1,5 +1,5 @@
-//! Client side: connect to a `ws://` URL, or run the client handshake over
-//! any stream.
+//! Client side: connect to a `ws://` or `wss://` URL (directly or through
+//! an HTTP `CONNECT` proxy), or run the client handshake over any stream.
 
 use crate::error::{Error, Result};
 use crate::url::WsUrl;
@@ -9,6 +9,10 @@ use duplex_proto::handshake::client::{ClientHandshake, ClientRequest};
 use duplex_proto::{Config, Connection, Role};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::proxy::{self, Proxy};
+use crate::tls::{self, rustls, MaybeTlsStream, Verify};
+use std::sync::Arc;
 
 /// Options for [`connect_with`].
 #[derive(Debug, Clone, Default)]
@@ -21,27 +25,56 @@ pub struct ClientOptions {
     pub origin: Option<String>,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
+    /// How `wss://` servers are verified (ignored when `tls_config` is set).
+    pub verify: Verify,
+    /// A complete rustls configuration for `wss://`, overriding `verify`.
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// HTTP `CONNECT` proxy: from the environment by default.
+    pub proxy: Proxy,
 }
 
-/// Connects to `url` with default options (permessage-deflate offered).
-pub async fn connect(url: &str) -> Result<WebSocket<TcpStream>> {
+/// The stream under a connected client: TCP, possibly with TLS.
+pub type ClientStream = MaybeTlsStream<TcpStream>;
+
+/// Connects to `url` with default options (permessage-deflate offered,
+/// proxy from the environment, the bundled root store for `wss://`).
+pub async fn connect(url: &str) -> Result<WebSocket<ClientStream>> {
     connect_with(url, ClientOptions::default()).await
 }
 
-/// Connects to `url`: TCP, then the opening handshake, both within
-/// `handshake_timeout`.
-pub async fn connect_with(url: &str, opts: ClientOptions) -> Result<WebSocket<TcpStream>> {
+/// Connects to `url`: TCP (through a `CONNECT` proxy if one applies), TLS
+/// for `wss://` (SNI for host names), then the opening handshake — all
+/// within `handshake_timeout`.
+pub async fn connect_with(url: &str, opts: ClientOptions) -> Result<WebSocket<ClientStream>> {
     let u = WsUrl::parse(url)?;
-    if u.secure {
-        return Err(Error::Url(format!(
-            "{url}: wss:// is not supported by this build"
-        )));
-    }
+    let tls = if u.secure {
+        Some(match &opts.tls_config {
+            Some(c) => c.clone(),
+            None => tls::client_config(&opts.verify)?,
+        })
+    } else {
+        None
+    };
+    let proxy = opts.proxy.resolve(&u.host, u.secure)?;
     let timeout = opts.config.handshake_timeout;
-    let stream = tokio::time::timeout(timeout, TcpStream::connect((u.host.as_str(), u.port)))
-        .await
-        .map_err(|_| Error::HandshakeTimeout)??;
-    stream.set_nodelay(true)?;
+    let stream = tokio::time::timeout(timeout, async {
+        let tcp = match &proxy {
+            Some(p) => proxy::connect_via(p, &u.host, u.port).await?,
+            None => {
+                let tcp = TcpStream::connect((u.host.as_str(), u.port)).await?;
+                tcp.set_nodelay(true)?;
+                tcp
+            }
+        };
+        match tls {
+            Some(config) => Ok::<_, Error>(MaybeTlsStream::Tls(Box::new(
+                tls::connect_tls(tcp, &u.host, config).await?,
+            ))),
+            None => Ok(MaybeTlsStream::Plain(tcp)),
+        }
+    })
+    .await
+    .map_err(|_| Error::HandshakeTimeout)??;
     client_handshake(stream, url, opts).await
 }
 

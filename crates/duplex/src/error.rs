@@ -28,6 +28,11 @@ pub enum Error {
     Url(String),
     /// The connection is closed; nothing more can be sent.
     Closed,
+    /// TLS could not be set up: a certificate or key that does not load, or
+    /// a failed TLS handshake (an untrusted certificate, a name mismatch).
+    Tls(String),
+    /// The HTTP `CONNECT` proxy could not be used.
+    Proxy(String),
 }
 
 impl fmt::Display for Error {
@@ -46,6 +51,8 @@ impl fmt::Display for Error {
             ),
             Error::Url(u) => write!(f, "invalid URL: {u}"),
             Error::Closed => write!(f, "connection is closed"),
+            Error::Tls(e) => write!(f, "TLS: {e}"),
+            Error::Proxy(e) => write!(f, "proxy: {e}"),
         }
     }
 }

@@ -20,16 +20,20 @@
 
 pub mod client;
 pub mod error;
+pub mod proxy;
 pub mod server;
 pub mod split;
+pub mod tls;
 pub mod url;
 pub mod ws;
 
-pub use client::{client_handshake, connect, connect_with, ClientOptions};
+pub use client::{client_handshake, connect, connect_with, ClientOptions, ClientStream};
 pub use duplex_proto::{
     self as proto, CloseCode, CloseFrame, Config, DeflateConfig, Message, Utf8Bytes,
 };
 pub use error::{Error, Result};
-pub use server::{accept, accept_with, Decision, Handshake};
+pub use proxy::Proxy;
+pub use server::{accept, accept_with, Decision, Handshake, Policy};
 pub use split::{WsReceiver, WsSender};
+pub use tls::{MaybeTlsStream, Verify};
 pub use ws::{ReadyState, WebSocket};

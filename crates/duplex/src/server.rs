@@ -9,6 +9,7 @@
 use crate::error::{Error, Result};
 use crate::ws::WebSocket;
 use bytes::BytesMut;
+use duplex_proto::handshake::policy::{select_protocol, OriginPolicy};
 use duplex_proto::handshake::server::{self, Request, UpgradeRequest};
 use duplex_proto::{Config, Connection, Role};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -47,6 +48,33 @@ impl Decision {
         Decision::Reject {
             status,
             reason: reason.into(),
+        }
+    }
+}
+
+/// The usual decision, as a value: refuse an `Origin` the policy does not
+/// allow (403, the defence against cross-site WebSocket hijacking — see
+/// [`OriginPolicy`]) and pick the first subprotocol the client offers that
+/// is in `protocols`. [`accept`] applies `Policy::default()`: same-host
+/// origins only, no subprotocol.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Which pages may open a socket.
+    pub origins: OriginPolicy,
+    /// Subprotocols this server speaks (any order; the client's preference
+    /// decides among them).
+    pub protocols: Vec<String>,
+}
+
+impl Policy {
+    /// Applies the policy to a request.
+    pub fn decide(&self, req: &UpgradeRequest) -> Decision {
+        if let Err(reason) = self.origins.check_request(req) {
+            return Decision::reject(403, reason);
+        }
+        Decision::Accept {
+            protocol: select_protocol(&req.protocols, &self.protocols).map(str::to_string),
+            headers: Vec::new(),
         }
     }
 }
@@ -164,6 +192,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         Ok(())
     }
 
+    /// Answers with a complete HTTP response (`Content-Length` set,
+    /// `Connection: close`) and closes: for pages and other plain HTTP on
+    /// the WebSocket port.
+    pub async fn respond_with(
+        mut self,
+        status: u16,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<()> {
+        write_all_and_close(&mut self.stream, &server::response(status, headers, body)).await?;
+        Ok(())
+    }
+
     /// Gives back the stream, the request and any bytes read after it.
     pub fn into_parts(self) -> (S, Request, BytesMut) {
         (self.stream, self.request, self.leftover)
@@ -179,9 +220,12 @@ async fn write_all_and_close<S: AsyncWrite + Unpin>(
     stream.shutdown().await
 }
 
-/// Accepts any valid WebSocket upgrade on `stream` with the default config.
+/// Accepts a valid WebSocket upgrade on `stream` with the default config
+/// and the default [`Policy`]: a browser page from another host gets 403,
+/// clients that send no `Origin` are accepted, no subprotocol is chosen.
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebSocket<S>> {
-    accept_with(stream, Config::default(), |_| Decision::accept()).await
+    let policy = Policy::default();
+    accept_with(stream, Config::default(), |req| policy.decide(req)).await
 }
 
 /// Reads the request, lets `decide` see it, and answers.

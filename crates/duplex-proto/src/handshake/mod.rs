@@ -13,6 +13,7 @@
 //! sends an endless header is stopped at the limit.
 
 pub mod client;
+pub mod policy;
 pub mod server;
 
 use crate::error::Error;

@@ -198,10 +198,14 @@ fn is_safe_header(k: &str, v: &str) -> bool {
 
 fn reason_phrase(status: u16) -> &'static str {
     match status {
+        200 => "OK",
+        204 => "No Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -219,23 +223,39 @@ pub fn reject(status: u16, reason: &str, extra_headers: &[(String, String)]) -> 
         .filter(|c| *c != '\r' && *c != '\n')
         .collect::<String>()
         + "\n";
-    let mut r = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    let mut headers = Vec::with_capacity(extra_headers.len() + 3);
     if status == 426 {
-        r.push_str("Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n");
+        headers.push(("Sec-WebSocket-Version".to_string(), "13".to_string()));
+        headers.push(("Upgrade".to_string(), "websocket".to_string()));
     }
     if status == 405 {
-        r.push_str("Allow: GET\r\n");
+        headers.push(("Allow".to_string(), "GET".to_string()));
     }
-    for (k, v) in extra_headers {
+    headers.extend(extra_headers.iter().cloned());
+    headers.push((
+        "Content-Type".to_string(),
+        "text/plain; charset=utf-8".to_string(),
+    ));
+    response(status, &headers, body.as_bytes())
+}
+
+/// A complete plain HTTP/1.1 response with `Content-Length` and
+/// `Connection: close`, for servers that answer ordinary requests on the
+/// same port. Header fields with CR, LF or an invalid name are left out.
+pub fn response(status: u16, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+    let mut r = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    for (k, v) in headers {
         if is_safe_header(k, v) {
             r.push_str(&format!("{k}: {v}\r\n"));
         }
     }
     r.push_str(&format!(
-        "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     ));
-    r.into_bytes()
+    let mut out = r.into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 /// The refusal for a handshake error: its status and its message.

@@ -1,0 +1,223 @@
+// Shared helpers of the Node interop suites: start and stop `duplex serve`,
+// run `duplex connect`, make certificates, and report checks one per line.
+
+import { spawn, execFileSync } from 'node:child_process';
+import { createHash, X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repoRoot = path.resolve(here, '..', '..');
+export const duplexBin = process.env.DUPLEX_BIN || path.join(repoRoot, 'target', 'debug', 'duplex');
+
+// ---------------------------------------------------------------- reporting
+
+const results = { passed: 0, failed: 0, skipped: 0, failures: [] };
+const t0 = Date.now();
+
+/** Runs one named check: prints `PASS name (ms)` or `FAIL name: why`. */
+export async function check(name, fn, { timeoutMs = 60_000 } = {}) {
+  const start = Date.now();
+  let timer;
+  try {
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms`)), timeoutMs);
+    });
+    await Promise.race([Promise.resolve().then(fn), timeout]);
+    results.passed++;
+    console.log(`PASS ${name} (${Date.now() - start} ms)`);
+  } catch (e) {
+    results.failed++;
+    const why = e && e.message ? e.message : String(e);
+    results.failures.push(`${name}: ${why}`);
+    console.log(`FAIL ${name} (${Date.now() - start} ms): ${why}`);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Records a check that could not run, with the reason. */
+export function skip(name, why) {
+  results.skipped++;
+  console.log(`SKIP ${name}: ${why}`);
+}
+
+/** Prints the suite's closing line and returns the exit code. */
+export function summary(suite) {
+  const secs = ((Date.now() - t0) / 1000).toFixed(1);
+  if (results.failures.length) {
+    console.log(`\n${suite}: failures:`);
+    for (const f of results.failures) console.log(`  - ${f}`);
+  }
+  console.log(`\n${suite}: ${results.passed} passed, ${results.failed} failed, ${results.skipped} skipped (${secs} s)`);
+  return results.failed ? 1 : 0;
+}
+
+export function assert(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+export function assertEq(actual, expected, what) {
+  if (actual !== expected) {
+    throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
+  }
+}
+
+// ---------------------------------------------------------------- processes
+
+const children = new Set();
+function killAll() {
+  for (const c of children) {
+    try { c.kill('SIGKILL'); } catch { /* already gone */ }
+  }
+}
+process.on('exit', killAll);
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => { killAll(); process.exit(130); });
+}
+
+const ANSI = /\x1b\[[0-9;]*m/g;
+
+/**
+ * Starts `duplex serve --listen 127.0.0.1:0 ...args` and resolves once its
+ * log names the port. Returns { port, scheme, origin, log(), stop() }.
+ */
+export function startDuplex(args = [], { timeoutMs = 20_000, listen = '127.0.0.1:0' } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(duplexBin, ['serve', '--listen', listen, ...args], {
+      env: { ...process.env, DUPLEX_LOG: process.env.DUPLEX_LOG || 'info', NO_COLOR: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.add(child);
+    let out = '';
+    let settled = false;
+    const server = {
+      child,
+      log: () => out,
+      stop: () => new Promise((res) => {
+        if (child.exitCode !== null || child.signalCode !== null) { children.delete(child); return res(); }
+        const hard = setTimeout(() => child.kill('SIGKILL'), 3000);
+        child.once('exit', () => { clearTimeout(hard); children.delete(child); res(); });
+        child.kill('SIGINT');
+      }),
+    };
+    const timer = setTimeout(() => {
+      if (settled) return;
+      settled = true;
+      child.kill('SIGKILL');
+      reject(new Error(`duplex serve ${args.join(' ')} did not report its port within ${timeoutMs} ms; log:\n${out}`));
+    }, timeoutMs);
+    const onData = (d) => {
+      out += d.toString().replace(ANSI, '');
+      const m = /listening on (https?):\/\/127\.0\.0\.1:(\d+)/.exec(out);
+      if (m && !settled) {
+        settled = true;
+        clearTimeout(timer);
+        server.scheme = m[1];
+        server.port = Number(m[2]);
+        server.origin = `${m[1]}://127.0.0.1:${m[2]}`;
+        server.wsUrl = `${m[1] === 'https' ? 'wss' : 'ws'}://127.0.0.1:${m[2]}/echo`;
+        resolve(server);
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.on('error', (e) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      reject(new Error(`cannot run ${duplexBin}: ${e.message}`));
+    });
+    child.on('exit', (code, sig) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      reject(new Error(`duplex serve ${args.join(' ')} exited (${code ?? sig}) before listening; log:\n${out.trim()}`));
+    });
+  });
+}
+
+/**
+ * Runs `duplex connect ...args`, writes `input` to its stdin and closes it.
+ * Resolves to { code, signal, stdout, stdoutBuf, stderr, ms }; kills it after timeoutMs.
+ */
+export function runConnect(args, input = '', { timeoutMs = 20_000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const start = Date.now();
+    const child = spawn(duplexBin, ['connect', ...args], {
+      env: { ...process.env, NO_COLOR: '1' },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    children.add(child);
+    const out = [];
+    let stderr = '';
+    let timedOut = false;
+    child.stdout.on('data', (d) => { out.push(d); });
+    child.stderr.on('data', (d) => { stderr += d; });
+    const timer = setTimeout(() => { timedOut = true; child.kill('SIGKILL'); }, timeoutMs);
+    child.on('error', (e) => { clearTimeout(timer); children.delete(child); reject(e); });
+    // 'close' comes once the process has exited and its pipes are drained.
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      children.delete(child);
+      const stdoutBuf = Buffer.concat(out);
+      const stdout = stdoutBuf.toString('utf8');
+      if (timedOut) {
+        reject(new Error(`duplex connect ${args.join(' ')} still running after ${timeoutMs} ms; stdout=${JSON.stringify(stdout)} stderr=${JSON.stringify(stderr)}`));
+      } else {
+        resolve({ code, signal, stdout, stdoutBuf, stderr, ms: Date.now() - start });
+      }
+    });
+    child.stdin.on('error', () => { /* the peer may exit before reading everything */ });
+    child.stdin.end(input);
+  });
+}
+
+/** A loopback port nothing listens on (bound, then released). */
+export function closedPort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+// ---------------------------------------------------------------- files, TLS
+
+export function tempDir(prefix = 'duplex-interop-') {
+  return mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export function removeDir(dir) {
+  try { rmSync(dir, { recursive: true, force: true }); } catch { /* best effort */ }
+}
+
+/** Makes a self-signed certificate for localhost and 127.0.0.1 in dir. */
+export function makeCert(dir) {
+  const cert = path.join(dir, 'c.pem');
+  const key = path.join(dir, 'k.pem');
+  execFileSync('openssl', [
+    'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost',
+    '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-days', '2',
+    '-keyout', key, '-out', cert,
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  return { cert, key };
+}
+
+/** base64(sha256(SubjectPublicKeyInfo)) of a PEM certificate, as Chromium's
+ *  --ignore-certificate-errors-spki-list wants it. */
+export function spkiHash(certPemPath) {
+  const x = new X509Certificate(readFileSync(certPemPath));
+  const spki = x.publicKey.export({ type: 'spki', format: 'der' });
+  return createHash('sha256').update(spki).digest('base64');
+}
+
+export function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -4,6 +4,7 @@ mod connect;
 mod serve;
 
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// Duplex: a WebSocket server and client.
@@ -16,7 +17,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: WebSocket echo at /echo.
+    /// Run the server: echo tester page at /, WebSocket echo at /echo.
     Serve(serve::ServeArgs),
     /// Connect to a WebSocket server.
     Connect(connect::ConnectArgs),
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

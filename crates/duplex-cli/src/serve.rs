@@ -2,7 +2,10 @@
 
 use clap::Args;
 use duplex_server::{Server, ServerConfig};
+use duplex::proto::handshake::policy::OriginPolicy;
+use duplex::Policy;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Options of `duplex serve`; each also reads a `DUPLEX_*` variable.
@@ -24,6 +27,33 @@ pub struct ServeArgs {
     /// Most simultaneous connections; more are answered 503.
     #[arg(long, env = "DUPLEX_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
+    /// Also accept sockets opened by pages from ORIGIN
+    /// (`scheme://host[:port]`; `*` for any). Repeatable. Without it, a
+    /// browser page may connect only from this server's own host and port
+    /// (Origin must match Host; 403 otherwise) — the defence against
+    /// cross-site WebSocket hijacking. Clients that send no Origin (not
+    /// browsers) are always accepted.
+    #[arg(long = "allow-origin", value_name = "ORIGIN", env = "DUPLEX_ALLOW_ORIGIN", value_delimiter = ',')]
+    allow_origin: Vec<String>,
+    /// A subprotocol this server speaks. Repeatable; the first one the
+    /// client offers that is listed here is chosen. A browser that offers
+    /// only unlisted ones gets no Sec-WebSocket-Protocol back and fails
+    /// the connection (close code 1006).
+    #[arg(long = "subprotocol", value_name = "NAME", env = "DUPLEX_SUBPROTOCOL", value_delimiter = ',')]
+    subprotocol: Vec<String>,
+    /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
+    #[arg(long, value_name = "PEM", env = "DUPLEX_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "PEM", env = "DUPLEX_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Make a self-signed development certificate for localhost, 127.0.0.1
+    /// and ::1 at start, write it to --tls-dir and serve wss:// with it.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_self_signed: bool,
+    /// Where --tls-self-signed writes cert.pem and key.pem.
+    #[arg(long, value_name = "DIR", requires = "tls_self_signed")]
+    tls_dir: Option<PathBuf>,
 }
 
 pub async fn run(a: ServeArgs) -> ExitCode {
@@ -33,10 +63,56 @@ pub async fn run(a: ServeArgs) -> ExitCode {
     if a.no_deflate {
         ws = ws.with_deflate(None);
     }
+    let mut origins = OriginPolicy::default();
+    for o in &a.allow_origin {
+        if !OriginPolicy::is_valid_entry(o) {
+            eprintln!(
+                "duplex serve: --allow-origin {o:?}: expected scheme://host[:port] or *"
+            );
+            return ExitCode::from(2);
+        }
+        origins = origins.allow(o);
+    }
+    let tls = if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        match duplex::tls::server_config(cert, key) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("duplex serve: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else if a.tls_self_signed {
+        let dir = a
+            .tls_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("duplex-dev-tls"));
+        match duplex_server::tls::self_signed(&dir) {
+            Ok(s) => {
+                tracing::info!(
+                    "self-signed certificate for localhost, 127.0.0.1 and ::1 written to {} (key {}); trust it in clients to connect over wss://",
+                    s.cert.display(),
+                    s.key.display()
+                );
+                Some(s.config)
+            }
+            Err(e) => {
+                eprintln!("duplex serve: --tls-self-signed: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let secure = tls.is_some();
     let config = ServerConfig {
         listen: a.listen,
         ws,
         max_connections: a.max_connections,
+        policy: Policy {
+            origins,
+            protocols: a.subprotocol.clone(),
+        },
+        tls,
         ..Default::default()
     };
     let server = match Server::bind(config).await {
@@ -48,7 +124,10 @@ pub async fn run(a: ServeArgs) -> ExitCode {
     };
     match server.local_addr() {
         Ok(addr) => {
-            tracing::info!("listening on http://{addr} (WebSocket echo at ws://{addr}/echo)")
+            let (http, ws) = if secure { ("https", "wss") } else { ("http", "ws") };
+            tracing::info!(
+                "listening on {http}://{addr} (echo tester page at {http}://{addr}/, WebSocket echo at {ws}://{addr}/echo)"
+            )
         }
         Err(e) => tracing::warn!("listening (address unknown: {e})"),
     }

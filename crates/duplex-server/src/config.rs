@@ -1,6 +1,9 @@
 //! Server configuration (`duplex serve` flags map onto these fields).
 
+use duplex::tls::rustls;
+use duplex::Policy;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How `duplex serve` runs.
@@ -15,6 +18,12 @@ pub struct ServerConfig {
     /// How long connections get to finish their closing handshake when the
     /// server shuts down. Default: 5 s.
     pub shutdown_grace: Duration,
+    /// Who may open a socket (`Origin`) and which subprotocols are spoken.
+    /// Default: same-host origins and non-browser clients; no subprotocol.
+    pub policy: Policy,
+    /// TLS for `wss://` and `https://` on the same port; `None` serves
+    /// plain `ws://` and `http://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -24,6 +33,8 @@ impl Default for ServerConfig {
             ws: duplex::Config::default(),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(5),
+            policy: Policy::default(),
+            tls: None,
         }
     }
 }

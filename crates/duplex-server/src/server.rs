@@ -10,11 +10,14 @@
 
 use crate::config::ServerConfig;
 use crate::echo;
-use duplex::{Decision, Handshake};
+use crate::web;
+use duplex::tls::TlsAcceptor;
+use duplex::Handshake;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -108,7 +111,36 @@ async fn handle(
 ) {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
-    let hs = match Handshake::read(tcp, config.ws.clone()).await {
+    match &config.tls {
+        None => serve_stream(tcp, peer, &config, stop, admitted, started).await,
+        Some(tls) => {
+            // The TLS handshake counts against the opening-handshake time.
+            let acceptor = TlsAcceptor::from(tls.clone());
+            let timeout = config.ws.handshake_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    serve_stream(stream, peer, &config, stop, admitted, started).await
+                }
+                Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => info!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Reads one request on a (possibly TLS) stream and routes it: the page at
+/// `/`, the echo socket at `/echo`, 404 elsewhere.
+async fn serve_stream<S>(
+    stream: S,
+    peer: SocketAddr,
+    config: &ServerConfig,
+    stop: watch::Receiver<bool>,
+    admitted: bool,
+    started: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hs = match Handshake::read(stream, config.ws.clone()).await {
         Ok(h) => h,
         Err(e) => {
             info!(%peer, error = %e, "bad request");
@@ -121,9 +153,23 @@ async fn handle(
         warn!(%peer, %path, status = 503, "refused: connection limit");
         return;
     }
+    let is_upgrade = hs.request().is_upgrade();
     match path.as_str() {
+        "/" | "/index.html" if !is_upgrade => {
+            let method = hs.request().method.clone();
+            match method.as_str() {
+                "GET" => {
+                    let body = web::INDEX_HTML.as_bytes();
+                    let _ = hs.respond_with(200, &web::page_headers(), body).await;
+                }
+                _ => {
+                    let _ = hs.respond(405, "only GET is served here").await;
+                }
+            }
+            info!(%peer, %path, %method, "page");
+        }
         "/echo" => {
-            let mut ws = match hs.upgrade(|_| Decision::accept()).await {
+            let mut ws = match hs.upgrade(|req| config.policy.decide(req)).await {
                 Ok(ws) => ws,
                 Err(e) => {
                     info!(%peer, %path, error = %e, "upgrade refused");
@@ -131,11 +177,13 @@ async fn handle(
                 }
             };
             let ext = ws.extensions().to_string();
+            let protocol = ws.protocol().unwrap_or("").to_string();
             let stats = echo::run(&mut ws, stop).await;
             info!(
                 %peer,
                 %path,
                 extensions = %ext,
+                protocol = %protocol,
                 messages = stats.messages,
                 bytes = stats.bytes,
                 close_code = ws.close_code().map(|c| c.0),

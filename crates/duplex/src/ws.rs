@@ -304,6 +304,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.close_inner().await
     }
 
+    /// Sends a close frame without waiting for the answer: keep calling
+    /// [`recv`](Self::recv), which returns the messages the peer sent before
+    /// it saw the close, then `None` once the closing handshake completes.
+    pub async fn start_close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
+        self.conn.close(Some(CloseFrame::new(code, reason)))?;
+        self.flush().await
+    }
+
     /// Like [`close`](Self::close) without a status code.
     pub async fn close_without_code(&mut self) -> Result<()> {
         self.conn.close(None)?;

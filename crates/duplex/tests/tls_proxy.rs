@@ -2,7 +2,7 @@
 //! policy (Origin, subprotocols), over real loopback sockets.
 
 use duplex::{ClientOptions, CloseCode, Error, Message, Policy, Proxy, Verify};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,7 +22,7 @@ fn test_cert(tag: &str) -> (PathBuf, PathBuf) {
 }
 
 /// An echo server over TLS for `conns` connections; returns its port.
-async fn tls_echo_server(cert: &PathBuf, key: &PathBuf, conns: usize) -> u16 {
+async fn tls_echo_server(cert: &Path, key: &Path, conns: usize) -> u16 {
     let config = duplex::tls::server_config(cert, key).unwrap();
     let acceptor = duplex::tls::TlsAcceptor::from(config);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -176,6 +176,11 @@ async function main() {
         ws.close(1000);
         assertEq((await ws.closed).code, 1000, 'close code');
       });
+      await check('duplex connect --ca DIR/cert.pem → duplex serve --tls-self-signed: echo, exit 0', async () => {
+        const out = await runConnect(['--ca', path.join(tlsDir, 'cert.pem'), selfSigned.wsUrl], LINES.map((l) => l + '\n').join(''));
+        assertEq(out.code, 0, `exit code (${describe(out)})`);
+        expectLines(out, LINES);
+      });
       await check('ws client without the certificate trusted is refused (TLS verification)', async () => {
         const r = await wsConnect(selfSigned.wsUrl, {}).then(({ ws }) => { ws.terminate(); return 'opened'; }, (e) => e.code || e.message);
         assert(r !== 'opened', 'an untrusted certificate was accepted');

@@ -27,9 +27,11 @@ const EXIT_PEER_CODE: u8 = 3;
 
 /// Options of `duplex connect`.
 #[derive(Args, Debug)]
-#[command(after_help = "Exit status: 0 closed cleanly with 1000/1001; 1 could not connect \
+#[command(
+    after_help = "Exit status: 0 closed cleanly with 1000/1001; 1 could not connect \
     (unreachable, upgrade refused, TLS, proxy); 2 the connection failed without a clean close; \
-    3 the peer closed with another code.")]
+    3 the peer closed with another code."
+)]
 pub struct ConnectArgs {
     /// ws:// or wss:// URL to connect to.
     url: String,
@@ -159,7 +161,11 @@ pub async fn run(a: ConnectArgs) -> ExitCode {
             "duplex connect: connected to {} (subprotocol: {}, extensions: {})",
             a.url,
             ws.protocol().unwrap_or("none"),
-            if ws.extensions().is_empty() { "none" } else { ws.extensions() }
+            if ws.extensions().is_empty() {
+                "none"
+            } else {
+                ws.extensions()
+            }
         );
     }
     let result = if a.echo {
@@ -189,7 +195,10 @@ pub async fn run(a: ConnectArgs) -> ExitCode {
         }
         ExitCode::from(EXIT_OK)
     } else {
-        eprintln!("duplex connect: closed by the peer with {} {reason:?}", code.0);
+        eprintln!(
+            "duplex connect: closed by the peer with {} {reason:?}",
+            code.0
+        );
         ExitCode::from(EXIT_PEER_CODE)
     }
 }

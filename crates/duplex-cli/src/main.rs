@@ -43,10 +43,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(async {
+    let code = rt.block_on(async {
         match cli.command {
             Command::Serve(a) => serve::run(a).await,
             Command::Connect(a) => connect::run(a).await,
         }
-    })
+    });
+    // A blocking read of stdin may still be pending (`connect` ends when
+    // the server closes, whatever stdin does): do not wait for it.
+    rt.shutdown_background();
+    code
 }

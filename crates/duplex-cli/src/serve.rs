@@ -1,9 +1,9 @@
 //! `duplex serve`.
 
 use clap::Args;
-use duplex_server::{Server, ServerConfig};
 use duplex::proto::handshake::policy::OriginPolicy;
 use duplex::Policy;
+use duplex_server::{Server, ServerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,19 +33,39 @@ pub struct ServeArgs {
     /// (Origin must match Host; 403 otherwise) — the defence against
     /// cross-site WebSocket hijacking. Clients that send no Origin (not
     /// browsers) are always accepted.
-    #[arg(long = "allow-origin", value_name = "ORIGIN", env = "DUPLEX_ALLOW_ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "allow-origin",
+        value_name = "ORIGIN",
+        env = "DUPLEX_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
     allow_origin: Vec<String>,
     /// A subprotocol this server speaks. Repeatable; the first one the
     /// client offers that is listed here is chosen. A browser that offers
     /// only unlisted ones gets no Sec-WebSocket-Protocol back and fails
     /// the connection (close code 1006).
-    #[arg(long = "subprotocol", value_name = "NAME", env = "DUPLEX_SUBPROTOCOL", value_delimiter = ',')]
+    #[arg(
+        long = "subprotocol",
+        value_name = "NAME",
+        env = "DUPLEX_SUBPROTOCOL",
+        value_delimiter = ','
+    )]
     subprotocol: Vec<String>,
     /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
-    #[arg(long, value_name = "PEM", env = "DUPLEX_TLS_CERT", requires = "tls_key")]
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "DUPLEX_TLS_CERT",
+        requires = "tls_key"
+    )]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
-    #[arg(long, value_name = "PEM", env = "DUPLEX_TLS_KEY", requires = "tls_cert")]
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "DUPLEX_TLS_KEY",
+        requires = "tls_cert"
+    )]
     tls_key: Option<PathBuf>,
     /// Make a self-signed development certificate for localhost, 127.0.0.1
     /// and ::1 at start, write it to --tls-dir and serve wss:// with it.
@@ -66,9 +86,7 @@ pub async fn run(a: ServeArgs) -> ExitCode {
     let mut origins = OriginPolicy::default();
     for o in &a.allow_origin {
         if !OriginPolicy::is_valid_entry(o) {
-            eprintln!(
-                "duplex serve: --allow-origin {o:?}: expected scheme://host[:port] or *"
-            );
+            eprintln!("duplex serve: --allow-origin {o:?}: expected scheme://host[:port] or *");
             return ExitCode::from(2);
         }
         origins = origins.allow(o);
@@ -124,7 +142,11 @@ pub async fn run(a: ServeArgs) -> ExitCode {
     };
     match server.local_addr() {
         Ok(addr) => {
-            let (http, ws) = if secure { ("https", "wss") } else { ("http", "ws") };
+            let (http, ws) = if secure {
+                ("https", "wss")
+            } else {
+                ("http", "ws")
+            };
             tracing::info!(
                 "listening on {http}://{addr} (echo tester page at {http}://{addr}/, WebSocket echo at {ws}://{addr}/echo)"
             )

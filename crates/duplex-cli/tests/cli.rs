@@ -10,8 +10,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_duplex");
 
 /// Starts `duplex serve` on a free port; returns the child and its address.
 fn serve() -> (std::process::Child, String) {
+    serve_with(&[], "http")
+}
+
+/// `duplex serve` with extra flags; `scheme` is what it announces (http or
+/// https).
+fn serve_with(extra: &[&str], scheme: &str) -> (std::process::Child, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -23,7 +30,7 @@ fn serve() -> (std::process::Child, String) {
             .next()
             .expect("serve exited before listening")
             .unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
+        if let Some(rest) = line.split(&format!("listening on {scheme}://")).nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
@@ -125,4 +132,258 @@ async fn connect_exits_2_when_the_server_breaks_the_protocol() {
         String::from_utf8_lossy(&out.stderr)
     );
     server.await.unwrap();
+}
+
+/// Sends a raw HTTP request and returns the whole response.
+async fn http_raw(addr: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn serve_page_origin_policy_and_subprotocols() {
+    let (mut child, addr) = serve_with(
+        &[
+            "--subprotocol",
+            "chat.v1",
+            "--subprotocol",
+            "chat.v2",
+            "--allow-origin",
+            "http://app.example",
+        ],
+        "http",
+    );
+    let page = http_raw(&addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    assert!(page.contains("Content-Type: text/html; charset=utf-8"));
+    assert!(page.contains("Content-Security-Policy: "));
+    assert!(page.contains("<!DOCTYPE html>") && page.contains("/echo"));
+    let post = http_raw(
+        &addr,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+    let plain_get = http_raw(&addr, "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(plain_get.starts_with("HTTP/1.1 426 "), "{plain_get}");
+
+    let url = format!("ws://{addr}/echo");
+    let opts = |origin: Option<&str>, protocols: &[&str]| duplex::ClientOptions {
+        origin: origin.map(str::to_string),
+        protocols: protocols.iter().map(|p| p.to_string()).collect(),
+        proxy: duplex::Proxy::None,
+        ..Default::default()
+    };
+    // A foreign page is refused, with the reason in the body.
+    let err = duplex::connect_with(&url, opts(Some("http://evil.example"), &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, duplex::Error::Refused { status: 403 }),
+        "{err}"
+    );
+    let raw = http_raw(
+        &addr,
+        "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Origin: http://evil.example\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 403 Forbidden"), "{raw}");
+    assert!(raw.contains("not allowed"), "{raw}");
+    // The listed origin, the server's own origin, and no origin are accepted.
+    let own = format!("http://{addr}");
+    for origin in [Some("http://app.example"), Some(own.as_str()), None] {
+        let mut ws = duplex::connect_with(&url, opts(origin, &["x", "chat.v2", "chat.v1"]))
+            .await
+            .unwrap();
+        assert_eq!(ws.protocol(), Some("chat.v2"), "{origin:?}");
+        ws.close(CloseCode::NORMAL, "").await.unwrap();
+    }
+    // No common subprotocol: accepted without one (a browser then fails).
+    let mut ws = duplex::connect_with(&url, opts(None, &["x"]))
+        .await
+        .unwrap();
+    assert_eq!(ws.protocol(), None);
+    ws.close(CloseCode::NORMAL, "").await.unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn serve_rejects_a_malformed_allow_origin() {
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-origin",
+            "localhost",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-origin"));
+}
+
+/// Runs `duplex connect` with `args`, feeding `input` on stdin.
+async fn connect_cli(args: &[&str], input: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("connect")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn serve_over_tls_and_connect_with_ca_insecure_or_neither() {
+    let dir = std::env::temp_dir().join(format!("duplex-cli-tls-{}", std::process::id()));
+    let dir_s = dir.to_str().unwrap();
+    let (mut child, addr) = serve_with(&["--tls-self-signed", "--tls-dir", dir_s], "https");
+    let port = addr.rsplit(':').next().unwrap();
+    let cert = dir.join("cert.pem");
+    let cert_s = cert.to_str().unwrap();
+    let url = format!("wss://localhost:{port}/echo");
+    let input = "hello\nwörld 🌍\n\n你好\n";
+    let out = connect_cli(&["--ca", cert_s, &url], input).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), input);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("extensions: permessage-deflate"), "{err}");
+
+    // Untrusted without --ca: exit 1 and a reason naming the certificate.
+    let out = connect_cli(&[&url], "x\n").await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
+
+    let url_ip = format!("wss://127.0.0.1:{port}/echo");
+    let out = connect_cli(&["--insecure", "--no-deflate", &url_ip], "plain\n").await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "plain\n");
+
+    // The page is served over https on the same port.
+    let page = tokio::process::Command::new(BIN)
+        .args(["connect", "--insecure", &format!("wss://127.0.0.1:{port}/")])
+        .output()
+        .await
+        .unwrap();
+    // A page is not a socket: the upgrade is refused (the page answers 200).
+    assert_eq!(page.status.code(), Some(1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn connect_sends_headers_prints_binary_and_reports_the_peer_code() {
+    for raw in [false, true] {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/room", l.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let mut ws = duplex::accept_with(tcp, duplex::Config::default(), |req| {
+                assert_eq!(req.request.headers.get("x-token"), Some("abc: def"));
+                assert_eq!(req.origin.as_deref(), Some("http://app.example"));
+                assert_eq!(req.protocols, ["p1", "p2"]);
+                duplex::Decision::Accept {
+                    protocol: Some("p2".into()),
+                    headers: vec![],
+                }
+            })
+            .await
+            .unwrap();
+            assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("hi"));
+            ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+                .await
+                .unwrap();
+            ws.send(Message::text("ok")).await.unwrap();
+            ws.close(CloseCode(4001), "room closed").await.unwrap();
+        });
+        let mut args = vec![
+            "-H",
+            "X-Token: abc: def",
+            "--origin",
+            "http://app.example",
+            "--subprotocol",
+            "p1",
+            "--subprotocol",
+            "p2",
+        ];
+        if raw {
+            args.push("--binary");
+        }
+        args.push(&url);
+        // Stdin stays open: the server is the one that closes.
+        let mut child = tokio::process::Command::new(BIN)
+            .arg("connect")
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, b"hi\n")
+            .await
+            .unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        drop(stdin);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("4001") && err.contains("room closed"), "{err}");
+        assert!(err.contains("subprotocol: p2"), "{err}");
+        let expected: &[u8] = if raw {
+            b"\x00\x01\x02\xffok\n"
+        } else {
+            b"AAEC/w==\nok\n"
+        };
+        assert_eq!(out.stdout, expected);
+        server.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn connect_collects_answers_before_closing_at_eof() {
+    // A server that answers slowly: every answer must still be printed.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", l.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut ws = duplex::accept(tcp).await.unwrap();
+        while let Some(m) = ws.recv().await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ws.send(m.unwrap()).await.unwrap();
+        }
+        ws.close_code()
+    });
+    let out = connect_cli(&[&url], "1\n2\n3\n").await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "1\n2\n3\n");
+    assert_eq!(server.await.unwrap(), Some(CloseCode::NORMAL));
 }

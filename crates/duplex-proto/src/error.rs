@@ -137,7 +137,8 @@ impl Error {
         use Error::*;
         match self {
             HandshakeTooLarge { .. } | TooManyHeaders { .. } => 431,
-            UnsupportedVersion => 426,
+            // A plain request to a WebSocket endpoint: say what is required.
+            UnsupportedVersion | BadHeader("Upgrade: websocket") => 426,
             MethodNotGet => 405,
             _ => 400,
         }

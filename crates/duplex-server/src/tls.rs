@@ -21,7 +21,11 @@ pub struct SelfSigned {
 /// (created if needed) and returns a server configuration for it. For
 /// development only: browsers warn about it until it is trusted.
 pub fn self_signed(dir: &Path) -> Result<SelfSigned, String> {
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let mut params =
         rcgen::CertificateParams::new(names).map_err(|e| format!("certificate parameters: {e}"))?;
     params

@@ -233,7 +233,7 @@ async fn plain_http_and_unknown_paths() {
     let srv = start(duplex::Config::default()).await;
     for (req, status) in [
         ("GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", "404"),
-        ("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", "400"),
+        ("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", "426"),
         (
             "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",

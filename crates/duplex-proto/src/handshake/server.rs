@@ -313,7 +313,7 @@ mod tests {
             (GOOD.replace("GET", "POST"), 405),
             (GOOD.replace("HTTP/1.1", "HTTP/1.0"), 400),
             (GOOD.replace("Host: server.example.com\r\n", ""), 400),
-            (GOOD.replace("Upgrade: websocket\r\n", ""), 400),
+            (GOOD.replace("Upgrade: websocket\r\n", ""), 426),
             (
                 GOOD.replace("Connection: Upgrade\r\n", "Connection: keep-alive\r\n"),
                 400,

@@ -166,6 +166,7 @@ async function main() {
     ],
   });
   const page = context.pages()[0] || await context.newPage();
+  page.setDefaultTimeout(10000);
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   console.log(`chromium ${context.browser()?.version() ?? ''} (${CHROMIUM})`);

@@ -76,6 +76,21 @@ def pseudo_random(n, seed=1):
 
 # ---------------------------------------------------------------- processes
 
+CHILDREN = set()  # duplex processes still running, killed if this one is stopped
+
+
+def kill_children(*_):
+    for proc in list(CHILDREN):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+def on_term(*_):
+    kill_children()
+    os._exit(143)
+
 
 class Duplex:
     """`duplex serve --listen 127.0.0.1:0 ...`, port parsed from its log."""
@@ -97,6 +112,7 @@ class Duplex:
             DUPLEX, "serve", "--listen", "127.0.0.1:0", *args,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
         )
+        CHILDREN.add(proc)
         self = cls(proc, [])
         found = asyncio.get_running_loop().create_future()
 
@@ -130,6 +146,7 @@ class Duplex:
             except asyncio.TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+        CHILDREN.discard(self.proc)
         self._pump.cancel()
 
 
@@ -140,6 +157,7 @@ async def run_connect(args, lines, timeout=20):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=dict(os.environ, NO_COLOR="1"),
     )
+    CHILDREN.add(proc)
     data = "".join(line + "\n" for line in lines).encode()
     try:
         out, err = await asyncio.wait_for(proc.communicate(data), timeout)
@@ -147,6 +165,8 @@ async def run_connect(args, lines, timeout=20):
         proc.kill()
         await proc.wait()
         raise AssertionError(f"duplex connect {' '.join(args)} still running after {timeout} s")
+    finally:
+        CHILDREN.discard(proc)
     return proc.returncode, out, err.decode("utf-8", "replace")
 
 
@@ -412,6 +432,7 @@ async def main():
 if __name__ == "__main__":
     import websockets
 
+    signal.signal(signal.SIGTERM, on_term)
     print(f"python {sys.version.split()[0]}, websockets {websockets.__version__}", flush=True)
     try:
         asyncio.run(asyncio.wait_for(main(), 150))
@@ -419,6 +440,7 @@ if __name__ == "__main__":
         failed += 1
         failures.append(f"suite aborted: {type(e).__name__}: {e}")
         print(f"FAIL python websockets suite aborted: {type(e).__name__}: {e}", flush=True)
+    kill_children()
     if failures:
         print("\npython websockets: failures:")
         for f in failures:

@@ -24,6 +24,8 @@ pub mod proxy;
 pub mod server;
 pub mod split;
 pub mod tls;
+#[cfg(feature = "hyper")]
+pub mod upgrade;
 pub mod url;
 pub mod ws;
 

@@ -137,6 +137,9 @@ impl UpgradeRequest {
 pub struct Accepted {
     /// Bytes of the `101 Switching Protocols` response.
     pub response: Vec<u8>,
+    /// The same response's header fields, in order (for servers such as
+    /// hyper that write the response themselves).
+    pub headers: Vec<(String, String)>,
     /// The chosen subprotocol.
     pub protocol: Option<String>,
     /// Agreed permessage-deflate parameters, if compression is on.
@@ -159,32 +162,38 @@ pub fn accept(
     let protocol = protocol
         .filter(|p| req.protocols.iter().any(|o| o == p))
         .map(str::to_string);
-    let mut r = String::with_capacity(256);
-    r.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
-    r.push_str("Sec-WebSocket-Accept: ");
-    r.push_str(&accept_key(req.key.as_bytes()));
-    r.push_str("\r\n");
+    let mut headers = vec![
+        ("Upgrade".to_string(), "websocket".to_string()),
+        ("Connection".to_string(), "Upgrade".to_string()),
+        (
+            "Sec-WebSocket-Accept".to_string(),
+            accept_key(req.key.as_bytes()),
+        ),
+    ];
     if let Some(p) = &protocol {
-        r.push_str("Sec-WebSocket-Protocol: ");
-        r.push_str(p);
-        r.push_str("\r\n");
+        headers.push(("Sec-WebSocket-Protocol".to_string(), p.clone()));
     }
     if let Some(d) = &deflate {
-        r.push_str("Sec-WebSocket-Extensions: ");
-        r.push_str(&d.to_header());
-        r.push_str("\r\n");
+        headers.push(("Sec-WebSocket-Extensions".to_string(), d.to_header()));
     }
-    for (k, v) in extra_headers {
-        if is_safe_header(k, v) {
-            r.push_str(k);
-            r.push_str(": ");
-            r.push_str(v);
-            r.push_str("\r\n");
-        }
+    headers.extend(
+        extra_headers
+            .iter()
+            .filter(|(k, v)| is_safe_header(k, v))
+            .cloned(),
+    );
+    let mut r = String::with_capacity(256);
+    r.push_str("HTTP/1.1 101 Switching Protocols\r\n");
+    for (k, v) in &headers {
+        r.push_str(k);
+        r.push_str(": ");
+        r.push_str(v);
+        r.push_str("\r\n");
     }
     r.push_str("\r\n");
     Accepted {
         response: r.into_bytes(),
+        headers,
         protocol,
         deflate,
     }

@@ -9,6 +9,7 @@
 
 use crate::error::{Error, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -41,8 +42,9 @@ pub enum Verify {
     /// The bundled Mozilla root store (the default).
     #[default]
     WebPki,
-    /// The bundled roots plus the certificates in these PEM files (a private
-    /// CA, or a self-signed server certificate to trust).
+    /// The bundled roots plus the certificates in these PEM files: a private
+    /// CA, or the server's own (self-signed) certificate, which is then
+    /// trusted as is, whatever name it carries.
     WithCa(Vec<std::path::PathBuf>),
     /// Only the certificates in these PEM files.
     OnlyCa(Vec<std::path::PathBuf>),
@@ -68,21 +70,32 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
             .with_no_client_auth(),
-        Verify::WebPki | Verify::WithCa(_) | Verify::OnlyCa(_) => {
+        Verify::WebPki => {
             let mut roots = RootCertStore::empty();
-            if !matches!(verify, Verify::OnlyCa(_)) {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Verify::WithCa(files) | Verify::OnlyCa(files) => {
+            let mut roots = RootCertStore::empty();
+            if matches!(verify, Verify::WithCa(_)) {
                 roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
             }
-            if let Verify::WithCa(files) | Verify::OnlyCa(files) = verify {
-                for f in files {
-                    for cert in load_certs(f)? {
-                        roots
-                            .add(cert)
-                            .map_err(|e| tls_err(format!("{}: {e}", f.display())))?;
-                    }
+            let mut pinned = Vec::new();
+            for f in files {
+                for cert in load_certs(f)? {
+                    // A certificate that is not a valid trust anchor may
+                    // still be pinned (see `PinnedOrRoots`).
+                    let _ = roots.add(cert.clone());
+                    pinned.push(cert);
                 }
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            let roots = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(tls_err)?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedOrRoots { pinned, roots }))
+                .with_no_client_auth()
         }
     };
     config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
@@ -239,6 +252,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTlsStream<S> {
             MaybeTlsStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// Trusts a server whose certificate is byte-identical to one the user
+/// gave (a self-signed certificate, which tools such as `openssl req -x509`
+/// mark as a CA and webpki therefore refuses as a server certificate), and
+/// otherwise verifies the chain and name against the roots.
+#[derive(Debug)]
+struct PinnedOrRoots {
+    pinned: Vec<CertificateDer<'static>>,
+    roots: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for PinnedOrRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.roots
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.roots.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.roots.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.roots.supported_verify_schemes()
     }
 }
 

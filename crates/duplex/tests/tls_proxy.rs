@@ -336,3 +336,41 @@ async fn policy_allowlist_and_subprotocol_choice() {
         .unwrap_err();
     assert!(matches!(err, Error::Refused { status: 403 }), "{err}");
 }
+
+#[tokio::test]
+async fn a_self_signed_ca_certificate_given_as_ca_is_pinned() {
+    // `openssl req -x509` makes certificates marked CA:TRUE, which webpki
+    // refuses as a server's own certificate; given explicitly, it is trusted.
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let dir = std::env::temp_dir().join(format!("duplex-tls-pin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let port = tls_echo_server(&cert_path, &key_path, 2).await;
+    echo_roundtrip(
+        &format!("wss://127.0.0.1:{port}/"),
+        ClientOptions {
+            verify: Verify::OnlyCa(vec![cert_path]),
+            proxy: Proxy::None,
+            ..Default::default()
+        },
+    )
+    .await;
+    // Pinning some other certificate does not trust this one.
+    let (other, _) = test_cert("pin-other");
+    let err = duplex::connect_with(
+        &format!("wss://localhost:{port}/"),
+        ClientOptions {
+            verify: Verify::WithCa(vec![other]),
+            proxy: Proxy::None,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Tls(_)), "{err}");
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, unit/property/integration
-# tests, fuzz seed corpora, and the Autobahn|Testsuite in both roles.
+# tests, fuzz seed corpora, the hyper/axum integration, interop with Chromium,
+# Python websockets and Node ws, and the Autobahn|Testsuite in both roles.
 # Usage: scripts/test.sh            (everything)
 #        AUTOBAHN_CASES='1.*' scripts/test.sh   (restrict Autobahn cases)
 set -euo pipefail
@@ -14,11 +15,20 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo clippy with the hyper/axum features"
+cargo clippy -p duplex --all-targets --features axum -- -D warnings
+
 step "cargo build (the duplex binary the interop tests drive)"
 cargo build --workspace --bins
 
 step "cargo test"
 cargo test --workspace
+
+step "cargo test: hyper/axum integration (feature axum)"
+cargo test -p duplex --features axum --test axum
+
+step "interop: Chromium, Python websockets, Node ws (tests/interop/run.sh)"
+DUPLEX_BIN="$PWD/target/debug/duplex" tests/interop/run.sh
 
 step "Autobahn|Testsuite: install wstest (no-op when present)"
 tests/autobahn/install.sh

@@ -126,6 +126,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
+    /// The browser's `CloseEvent.reason`: the reason in the peer's close
+    /// frame (empty if it had none), `None` before one arrived.
+    pub fn close_reason(&self) -> Option<&str> {
+        match self.conn.received_close()? {
+            Some(f) => Some(f.reason.as_str()),
+            None => Some(""),
+        }
+    }
+
     /// The browser's `CloseEvent.wasClean`.
     pub fn was_clean(&self) -> bool {
         self.conn.was_clean()

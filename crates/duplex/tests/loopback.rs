@@ -27,6 +27,7 @@ async fn echo_with_browser_style_state() {
             ws.send(m.unwrap()).await.unwrap();
         }
         assert_eq!(ws.close_code(), Some(CloseCode(4000)));
+        assert_eq!(ws.close_reason(), Some("app done"));
         assert!(ws.was_clean());
     })
     .await;

@@ -4,6 +4,7 @@ use duplex::{CloseCode, Message};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, BufReader as BufReaderAsync};
 use tokio::net::TcpListener;
 
 const BIN: &str = env!("CARGO_BIN_EXE_duplex");
@@ -386,4 +387,47 @@ async fn connect_collects_answers_before_closing_at_eof() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "1\n2\n3\n");
     assert_eq!(server.await.unwrap(), Some(CloseCode::NORMAL));
+}
+
+#[tokio::test]
+async fn connect_closes_with_1000_on_ctrl_c() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", l.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut ws = duplex::accept(tcp).await.unwrap();
+        while let Some(m) = ws.recv().await {
+            ws.send(m.unwrap()).await.unwrap();
+        }
+        (ws.close_code(), ws.was_clean())
+    });
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["connect", &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"before interrupt\n")
+        .await
+        .unwrap();
+    // Wait until the answer is on stdout, so the signal handler is installed.
+    let mut stdout = BufReaderAsync::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stdout.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line, "before interrupt\n");
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(stdin);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(server.await.unwrap(), (Some(CloseCode::NORMAL), true));
 }

@@ -60,7 +60,7 @@ async fn serve_echoes_on_echo_and_404s_elsewhere() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, duplex::Error::Refused { status: 404 }),
+        matches!(err, duplex::Error::Refused { status: 404, .. }),
         "{err}"
     );
     child.kill().unwrap();
@@ -184,7 +184,7 @@ async fn serve_page_origin_policy_and_subprotocols() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, duplex::Error::Refused { status: 403 }),
+        matches!(err, duplex::Error::Refused { status: 403, .. }),
         "{err}"
     );
     let raw = http_raw(

@@ -48,7 +48,7 @@ async fn connections_over_the_limit_get_503() {
     let mut b = duplex::connect(&url).await.unwrap();
     let err = duplex::connect(&url).await.unwrap_err();
     assert!(
-        matches!(err, duplex::Error::Refused { status: 503 }),
+        matches!(err, duplex::Error::Refused { status: 503, .. }),
         "{err}"
     );
     // A slot frees up when a connection ends.

@@ -103,9 +103,17 @@ where
         stream.flush().await?;
         let mut buf = BytesMut::with_capacity(1024);
         loop {
-            if let Some((resp, n)) = hs.parse_response(&buf)? {
-                let _ = buf.split_to(n);
-                return Ok::<_, Error>((resp, buf));
+            match hs.parse_response(&buf) {
+                Ok(Some((resp, n))) => {
+                    let _ = buf.split_to(n);
+                    return Ok::<_, Error>((resp, buf));
+                }
+                Ok(None) => {}
+                Err(duplex_proto::Error::HandshakeStatus(status)) => {
+                    let reason = refusal_reason(&mut stream, &mut buf).await;
+                    return Err(Error::Refused { status, reason });
+                }
+                Err(e) => return Err(e.into()),
             }
             if buf.capacity() - buf.len() < 512 {
                 buf.reserve(1024);
@@ -127,4 +135,51 @@ where
         extensions,
         Some(url.to_string()),
     ))
+}
+
+/// Most bytes of a refusal's body read for its reason.
+const MAX_REASON_BODY: usize = 1024;
+
+/// The first line of a refused handshake's body (servers, Duplex among
+/// them, put the reason there), read for at most a second and 1 KiB;
+/// control characters removed, at most 200 characters.
+async fn refusal_reason<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> String {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(head)) = resp.parse(buf) else {
+        return String::new();
+    };
+    let declared = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
+    let want = head + declared.unwrap_or(MAX_REASON_BODY).min(MAX_REASON_BODY);
+    let read_more = async {
+        while buf.len() < want {
+            buf.reserve(want - buf.len());
+            match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read_more).await;
+    let body = &buf[head..buf.len().min(want)];
+    String::from_utf8_lossy(body)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }

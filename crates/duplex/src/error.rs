@@ -16,6 +16,9 @@ pub enum Error {
     Refused {
         /// HTTP status.
         status: u16,
+        /// The first line of the response body (where servers put the
+        /// reason), possibly empty.
+        reason: String,
     },
     /// The transport closed without a closing handshake (the browser's 1006).
     AbnormalClosure,
@@ -40,7 +43,12 @@ impl fmt::Display for Error {
         match self {
             Error::Io(e) => write!(f, "I/O error: {e}"),
             Error::Protocol(e) => write!(f, "protocol error: {e}"),
-            Error::Refused { status } => write!(f, "server refused the upgrade with HTTP {status}"),
+            Error::Refused { status, reason } if reason.is_empty() => {
+                write!(f, "server refused the upgrade with HTTP {status}")
+            }
+            Error::Refused { status, reason } => {
+                write!(f, "server refused the upgrade with HTTP {status}: {reason}")
+            }
             Error::AbnormalClosure => {
                 write!(f, "connection closed without a closing handshake (1006)")
             }
@@ -77,7 +85,10 @@ impl From<duplex_proto::Error> for Error {
     fn from(e: duplex_proto::Error) -> Self {
         match e {
             duplex_proto::Error::Closed => Error::Closed,
-            duplex_proto::Error::HandshakeStatus(status) => Error::Refused { status },
+            duplex_proto::Error::HandshakeStatus(status) => Error::Refused {
+                status,
+                reason: String::new(),
+            },
             e => Error::Protocol(e),
         }
     }

@@ -166,7 +166,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
                 let _ =
                     write_all_and_close(&mut self.stream, &server::reject(status, &reason, &[]))
                         .await;
-                Err(Error::Refused { status })
+                Err(Error::Refused { status, reason })
             }
             Decision::Accept { protocol, headers } => {
                 let acc = server::accept(&up, &self.config, protocol.as_deref(), &headers);

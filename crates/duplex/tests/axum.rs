@@ -93,7 +93,7 @@ async fn refusals_keep_their_status() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, duplex::Error::Refused { status: 403 }),
+        matches!(err, duplex::Error::Refused { status: 403, .. }),
         "{err}"
     );
     // A decision with a status.
@@ -101,7 +101,7 @@ async fn refusals_keep_their_status() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, duplex::Error::Refused { status: 401 }),
+        matches!(err, duplex::Error::Refused { status: 401, .. }),
         "{err}"
     );
     let mut o = opts();

@@ -90,11 +90,11 @@ async fn refusal_reaches_the_client_as_its_status() {
             Decision::reject(403, "origin not allowed")
         })
         .await;
-        assert!(matches!(r, Err(Error::Refused { status: 403 })));
+        assert!(matches!(r, Err(Error::Refused { status: 403, .. })));
     })
     .await;
     let err = duplex::connect(&url).await.unwrap_err();
-    assert!(matches!(err, Error::Refused { status: 403 }), "{err}");
+    assert!(matches!(err, Error::Refused { status: 403, .. }), "{err}");
     server.await.unwrap();
 }
 

@@ -275,7 +275,19 @@ async fn default_policy_refuses_a_foreign_origin() {
     let err = duplex::connect_with(&url, with_origin("http://evil.example"))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Refused { status: 403 }), "{err}");
+    // The server's reason travels with the status.
+    match &err {
+        Error::Refused {
+            status: 403,
+            reason,
+        } => {
+            assert!(
+                reason.contains("\"http://evil.example\" is not allowed"),
+                "{reason}"
+            )
+        }
+        e => panic!("expected 403, got {e}"),
+    }
     // Same host and port as the Host header: the server's own page.
     duplex::connect_with(&url, with_origin(&format!("http://{addr}")))
         .await
@@ -334,7 +346,7 @@ async fn policy_allowlist_and_subprotocol_choice() {
     let err = duplex::connect_with(&url, opts("https://other.example", &[]))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Refused { status: 403 }), "{err}");
+    assert!(matches!(err, Error::Refused { status: 403, .. }), "{err}");
 }
 
 #[tokio::test]

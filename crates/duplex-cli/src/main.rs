@@ -1,5 +1,6 @@
 //! `duplex`: run the server, or connect as a client.
 
+mod bench;
 mod connect;
 mod serve;
 
@@ -20,6 +21,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Connect to a WebSocket server.
     Connect(connect::ConnectArgs),
+    /// Load generator: echo, idle and handshake benchmarks.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(a) => serve::run(a).await,
             Command::Connect(a) => connect::run(a).await,
+            Command::Bench(a) => bench::run(a).await,
         }
     })
 }

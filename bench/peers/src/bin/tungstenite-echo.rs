@@ -1,11 +1,11 @@
-//! tokio-tungstenite echo on any path, written as its documentation shows:
-//! a `Stream` of messages, each echoed with `send`. No compression
-//! (tungstenite has none).
+//! tokio-tungstenite echo on any path, as in its own echo-server example:
+//! the stream of incoming messages is forwarded into the sink, which flushes
+//! only when no further message is ready, so pipelined replies share writes.
+//! No compression (tungstenite has none).
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{future, StreamExt, TryStreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -19,21 +19,15 @@ async fn main() -> std::io::Result<()> {
             let config = WebSocketConfig::default()
                 .max_message_size(Some(64 << 20))
                 .max_frame_size(Some(64 << 20));
-            let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await
+            let Ok(ws) = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await
             else {
                 return;
             };
-            while let Some(Ok(msg)) = ws.next().await {
-                match msg {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if ws.send(msg).await.is_err() {
-                            return;
-                        }
-                    }
-                    Message::Close(_) => return,
-                    _ => {}
-                }
-            }
+            let (write, read) = ws.split();
+            let _ = read
+                .try_filter(|m| future::ready(m.is_text() || m.is_binary()))
+                .forward(write)
+                .await;
         });
     }
 }

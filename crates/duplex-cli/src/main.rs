@@ -1,5 +1,6 @@
 //! `duplex`: run the server, or connect as a client.
 
+mod bench;
 mod connect;
 mod serve;
 
@@ -21,6 +22,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Connect to a WebSocket server.
     Connect(connect::ConnectArgs),
+    /// Load generator: echo, idle and handshake benchmarks.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(a) => serve::run(a).await,
             Command::Connect(a) => connect::run(a).await,
+            Command::Bench(a) => bench::run(a).await,
         }
     });
     // A blocking read of stdin may still be pending (`connect` ends when

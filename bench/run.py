@@ -1,0 +1,463 @@
+#!/usr/bin/env python3
+"""Side-by-side WebSocket server benchmarks; writes BENCHMARKS.md.
+
+One command builds everything (release), then for every scenario and every
+server starts a fresh server process pinned to CPU 0 and runs `duplex bench`
+pinned to CPU 1, rounds interleaved across servers, and writes medians,
+spreads (min-max) and ratios to the raw TCP echo of the same round into
+BENCHMARKS.md at the repository root, with an SVG chart in bench/chart.svg.
+
+    python3 bench/run.py            # full run (about 10 minutes)
+    python3 bench/run.py --quick    # smoke run: short windows, 1 round
+
+Raw results (one JSON line per run) go to bench/results/ (not committed).
+Standard library only.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+DUPLEX = os.path.join(ROOT, "target", "release", "duplex")
+PEERS = os.path.join(BENCH, "target", "release")
+ADDR = "127.0.0.1:9001"
+SERVER_CPU = "0"
+CLIENT_CPU = "1"
+
+# name -> (command, needs raw-TCP mode, environment additions)
+SERVERS = {
+    "duplex": ([DUPLEX, "serve", "--listen", ADDR, "--no-deflate", "--max-connections", "20000"], False, {"DUPLEX_LOG": "warn"}),
+    "duplex (deflate)": ([DUPLEX, "serve", "--listen", ADDR, "--max-connections", "20000"], False, {"DUPLEX_LOG": "warn"}),
+    "fastwebsockets": ([os.path.join(PEERS, "fastwebsockets-echo"), ADDR], False, {}),
+    "tokio-tungstenite": ([os.path.join(PEERS, "tungstenite-echo"), ADDR], False, {}),
+    "node ws": (["node", os.path.join(BENCH, "node", "echo.js"), ADDR], False, {}),
+    "raw TCP echo": ([os.path.join(PEERS, "tcp-echo"), ADDR], True, {}),
+}
+ECHO_SERVERS = ["duplex", "fastwebsockets", "tokio-tungstenite", "node ws", "raw TCP echo"]
+WS_SERVERS = ["duplex", "fastwebsockets", "tokio-tungstenite", "node ws"]
+
+
+def scenarios(quick):
+    """(key, title, mode, servers, generator arguments)."""
+    w = ["--warmup", "0.3", "--duration", "1"] if quick else ["--warmup", "1", "--duration", "4"]
+    hw = ["--warmup", "0.3", "--duration", "1"] if quick else ["--warmup", "1", "--duration", "3"]
+    idle_n = "1000" if quick else "10000"
+    return [
+        ("text20", "100 connections x 20 B text, depth 1", "echo", ECHO_SERVERS,
+         ["-c", "100", "--depth", "1", "--size", "20", "--text"] + w),
+        ("bin20d16", "100 connections x 20 B binary, 16 in flight", "echo", ECHO_SERVERS,
+         ["-c", "100", "--depth", "16", "--size", "20"] + w),
+        ("64k", "10 connections x 64 KiB binary, depth 1", "echo", ECHO_SERVERS,
+         ["-c", "10", "--depth", "1", "--size", "64KiB"] + w),
+        ("16m", "4 connections x 16 MiB binary, depth 1", "echo", ECHO_SERVERS,
+         ["-c", "4", "--depth", "1", "--size", "16MiB"] + w),
+        ("idle", f"{int(idle_n):,} idle connections", "idle", WS_SERVERS,
+         ["-c", idle_n, "--concurrency", "64", "--duration", "2"]),
+        ("idle-deflate", f"{int(idle_n):,} idle connections, permessage-deflate offered", "idle",
+         ["duplex (deflate)"], ["-c", idle_n, "--concurrency", "64", "--duration", "2", "--deflate"]),
+        ("handshake", "handshakes (connect, upgrade, close), 16 at a time", "handshake", WS_SERVERS,
+         ["-c", "16"] + hw),
+    ]
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def sh(cmd, cwd=ROOT):
+    log("+", " ".join(cmd))
+    subprocess.run(cmd, cwd=cwd, check=True)
+
+
+def build():
+    sh(["nice", "-n", "10", "cargo", "build", "--release", "-p", "duplex-cli"])
+    sh(["nice", "-n", "10", "cargo", "build", "--release"], cwd=BENCH)
+    sh(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=os.path.join(BENCH, "node"))
+
+
+def wait_port(addr, proc, timeout=10.0):
+    host, port = addr.rsplit(":", 1)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start listening")
+
+
+def run_one(server, mode, args, timeout):
+    cmd, raw, env_add = SERVERS[server]
+    env = dict(os.environ, **env_add)
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(ADDR, proc)
+        url = f"ws://{ADDR}/echo"
+        gen = ["taskset", "-c", CLIENT_CPU, DUPLEX, "bench", mode, url,
+               "--server-pid", str(proc.pid), "--label", server] + args
+        if raw:
+            gen.append("--raw-tcp-peer")
+        out = subprocess.run(gen, capture_output=True, text=True, timeout=timeout)
+        lines = out.stdout.strip().splitlines()
+        if len(lines) >= 2:
+            log("   ", lines[-2])
+        try:
+            result = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            result = {"errors": 1, "first_error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
+        result["exit_code"] = out.returncode
+        return result
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        return {"errors": 1, "first_error": str(e), "exit_code": -1}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ------------------------------------------------------------------ report --
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def spread(xs):
+    xs = [x for x in xs if x is not None]
+    return (min(xs), max(xs)) if xs else (None, None)
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "–"
+    if abs(v) >= 1e6 and digits == 0:
+        return f"{v / 1e6:.2f} M"
+    if abs(v) >= 1e4 and digits == 0:
+        return f"{v / 1e3:.1f} k"
+    return f"{v:,.{digits}f}"
+
+
+def fmt_ms(xs, digits=0):
+    m = med(xs)
+    lo, hi = spread(xs)
+    if m is None:
+        return "–"
+    if len([x for x in xs if x is not None]) == 1:
+        return fmt(m, digits)
+    return f"{fmt(m, digits)} ({fmt(lo, digits)}–{fmt(hi, digits)})"
+
+
+def cpu_digits(v):
+    if v is None:
+        return 2
+    return 3 if v < 1 else 2 if v < 100 else 0
+
+
+def summarise(results, quick):
+    """results: list of dicts with key, server, round, json."""
+    by = {}
+    for r in results:
+        by.setdefault((r["key"], r["server"]), []).append(r)
+    return by
+
+
+def ratios(by, key, server):
+    """Per-round server CPU/msg ratio to the raw TCP echo of the same round."""
+    tcp = {r["round"]: r["json"].get("server_cpu_us_per_msg") for r in by.get((key, "raw TCP echo"), [])}
+    out = []
+    for r in by.get((key, server), []):
+        a, b = r["json"].get("server_cpu_us_per_msg"), tcp.get(r["round"])
+        if a is not None and b:
+            out.append(a / b)
+    return out
+
+
+def vals(by, key, server, field):
+    return [r["json"].get(field) for r in by.get((key, server), [])]
+
+
+def errors_of(by, key, server):
+    rs = by.get((key, server), [])
+    n = sum(int(r["json"].get("errors") or 0) for r in rs)
+    firsts = {r["json"].get("first_error") for r in rs if r["json"].get("first_error")}
+    return n, "; ".join(sorted(firsts))
+
+
+def tool_versions():
+    v = {}
+    try:
+        lock = open(os.path.join(BENCH, "Cargo.lock")).read()
+        for name in ["tokio-tungstenite", "fastwebsockets", "tokio", "hyper"]:
+            m = re.search(r'name = "%s"\nversion = "([^"]+)"' % re.escape(name), lock)
+            if m:
+                v[name] = m.group(1)
+    except OSError:
+        pass
+    try:
+        pl = json.load(open(os.path.join(BENCH, "node", "package-lock.json")))
+        v["ws"] = pl["packages"]["node_modules/ws"]["version"]
+    except (OSError, KeyError, ValueError):
+        pass
+    for name, cmd in [("rustc", ["rustc", "--version"]), ("node", ["node", "--version"])]:
+        try:
+            v[name] = subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            pass
+    return v
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(open("/proc/meminfo").readline().split()[1])
+        mem = f"{kb / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{os.cpu_count()} × {cpu}, {mem}, Linux {platform.release()}"
+
+
+def targets(by):
+    """(target, measured, met) rows from issue 4."""
+    rows = []
+    for key, label, limit in [("text20", "20 B text, depth 1: server CPU/msg ≤ 0.85 × raw TCP", 0.85),
+                              ("bin20d16", "20 B binary, depth 16: ≤ 0.85 × raw TCP", 0.85),
+                              ("64k", "64 KiB: ≤ 1.00 × raw TCP", 1.0),
+                              ("16m", "16 MiB: ≤ 1.00 × raw TCP", 1.0)]:
+        m = med(ratios(by, key, "duplex"))
+        rows.append((label, "–" if m is None else f"{m:.2f}", m is not None and m <= limit))
+    m = med(vals(by, "idle", "duplex", "rss_bytes_per_conn"))
+    rows.append(("Idle RSS per connection ≤ 1 KiB", "–" if m is None else f"{m:,.0f} B", m is not None and m <= 1024))
+    m = med(vals(by, "idle-deflate", "duplex (deflate)", "rss_bytes_per_conn"))
+    neg = med(vals(by, "idle-deflate", "duplex (deflate)", "deflate_negotiated"))
+    rows.append(("Idle with permessage-deflate negotiated ≤ 12 KiB",
+                 "–" if m is None else f"{m:,.0f} B ({fmt(neg)} negotiated)", m is not None and m <= 12 * 1024))
+    d = med(vals(by, "handshake", "duplex", "handshakes_per_s"))
+    f = med(vals(by, "handshake", "fastwebsockets", "handshakes_per_s"))
+    ok = d is not None and f is not None and d >= 1.1 * f
+    rows.append(("Handshakes/s ≥ 1.1 × fastwebsockets",
+                 "–" if d is None or not f else f"{d:,.0f}/s = {d / f:.2f} ×", ok))
+    return rows
+
+
+def svg_chart(by, scen, path):
+    """Three panels of horizontal bars, hand-written SVG."""
+    colors = {"duplex": "#2b6cb0", "duplex (deflate)": "#63b3ed", "fastwebsockets": "#dd6b20",
+              "tokio-tungstenite": "#38a169", "node ws": "#805ad5", "raw TCP echo": "#718096"}
+    panels = []
+    echo = [s for s in scen if s[2] == "echo"]
+    groups = []
+    for key, title, _, servers, _ in echo:
+        groups.append((title, [(s, med(ratios(by, key, s))) for s in servers if s != "raw TCP echo"]))
+    panels.append(("Server CPU per message, relative to the raw TCP echo (lower is better)", groups, "{:.2f}×", 1.0))
+    idle = [s for s in scen if s[2] == "idle"]
+    groups = [(title, [(s, med(vals(by, key, s, "rss_bytes_per_conn"))) for s in servers]) for key, title, _, servers, _ in idle]
+    panels.append(("Server RSS growth per idle connection, bytes (lower is better)", groups, "{:,.0f} B", None))
+    hs = [s for s in scen if s[2] == "handshake"]
+    groups = [(title, [(s, med(vals(by, key, s, "handshakes_per_s"))) for s in servers]) for key, title, _, servers, _ in hs]
+    panels.append(("Handshakes per second (higher is better)", groups, "{:,.0f}/s", None))
+
+    width, left, bar_h, gap = 760, 150, 14, 4
+    out, y = [], 10
+    for ptitle, groups, vfmt, ref in panels:
+        out.append(f'<text x="10" y="{y + 14}" font-weight="bold">{esc(ptitle)}</text>')
+        y += 26
+        vmax = max([v for _, bars in groups for _, v in bars if v is not None] + [ref or 0, 1e-9])
+        scale = (width - left - 90) / vmax
+        for gtitle, bars in groups:
+            out.append(f'<text x="10" y="{y + 11}" font-size="11" fill="#444">{esc(gtitle)}</text>')
+            y += 16
+            for name, v in bars:
+                out.append(f'<text x="{left - 6}" y="{y + 11}" font-size="11" text-anchor="end">{esc(name)}</text>')
+                if v is not None:
+                    w = max(1.0, v * scale)
+                    out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colors.get(name, "#999")}"/>')
+                    out.append(f'<text x="{left + w + 4:.1f}" y="{y + 11}" font-size="11">{esc(vfmt.format(v))}</text>')
+                else:
+                    out.append(f'<text x="{left + 4}" y="{y + 11}" font-size="11" fill="#a00">no result</text>')
+                y += bar_h + gap
+            if ref is not None:
+                x = left + ref * scale
+                out.append(f'<line x1="{x:.1f}" y1="{y - len(bars) * (bar_h + gap) - 2}" x2="{x:.1f}" y2="{y}" stroke="#000" stroke-dasharray="3,2"/>')
+            y += 6
+        y += 10
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" '
+           f'font-family="sans-serif" font-size="12">\n<rect width="100%" height="100%" fill="white"/>\n'
+           + "\n".join(out) + "\n</svg>\n")
+    with open(path, "w") as f:
+        f.write(svg)
+
+
+def esc(s):
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def write_report(results, scen, meta, path):
+    by = summarise(results, meta["quick"])
+    chart = os.path.join(BENCH, "chart.svg")
+    svg_chart(by, scen, chart)
+    L = []
+    L.append("# Benchmarks")
+    L.append("")
+    L.append("Generated by `python3 bench/run.py%s` — do not edit by hand; notes on "
+             "reading these figures and profiles are in `bench/README.md`." % (" --quick" if meta["quick"] else ""))
+    L.append("")
+    L.append(f"- Date: {meta['date']}  ")
+    L.append(f"- Machine: {meta['machine']}; **shared** with other work during the run "
+             f"(load average {meta['load_before']} before, {meta['load_after']} after), so absolute "
+             "rates move between runs; ratios within one round move less.  ")
+    L.append(f"- Each server: a fresh process per measurement, `taskset -c {SERVER_CPU}`; the load "
+             f"generator `duplex bench`: one thread, `taskset -c {CLIENT_CPU}`. "
+             f"{meta['rounds']} round(s), servers interleaved within each round.  ")
+    L.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "  ")
+    L.append("- Duplex runs as `duplex serve --no-deflate` (release build); peers have no compression. "
+             "Every echo is checked byte for byte by the generator.")
+    L.append("")
+    L.append("Figures are medians over rounds, with the spread (min–max) in parentheses. "
+             "**Server CPU/msg** is the server process's user+system CPU time over the measured "
+             "window divided by the messages echoed in it; **× TCP** is that figure divided by the raw "
+             "TCP echo's from the same round (median over rounds) — the echo of the very same bytes "
+             "with no WebSocket work at all. On two cores the generator saturates its core first, so "
+             "msgs/s mostly measures the generator; CPU per message is what separates servers.")
+    L.append("")
+    L.append("![chart](bench/chart.svg)")
+    L.append("")
+    L.append("## Targets (issue 4)")
+    L.append("")
+    L.append("| target | measured | met |")
+    L.append("|---|---|---|")
+    for t, m, ok in targets(by):
+        L.append(f"| {t} | {m} | {'yes' if ok else '**no**'} |")
+    L.append("")
+    for key, title, mode, servers, args in scen:
+        L.append(f"## {title}")
+        L.append("")
+        L.append(f"`duplex bench {mode} URL {' '.join(args)}`")
+        L.append("")
+        if mode == "echo":
+            L.append("| server | server CPU µs/msg | × TCP | msgs/s | MB/s | p50 µs | p99 µs | server core | generator core | errors |")
+            L.append("|---|---|---|---|---|---|---|---|---|---|")
+            for s in servers:
+                cpu = vals(by, key, s, "server_cpu_us_per_msg")
+                rt = ratios(by, key, s)
+                n, first = errors_of(by, key, s)
+                L.append("| " + " | ".join([
+                    s, fmt_ms(cpu, cpu_digits(med(cpu))),
+                    "1" if s == "raw TCP echo" else fmt_ms(rt, 2),
+                    fmt_ms(vals(by, key, s, "msgs_per_s")),
+                    fmt_ms(vals(by, key, s, "mb_per_s"), 1),
+                    fmt_ms(vals(by, key, s, "p50_us")),
+                    fmt_ms(vals(by, key, s, "p99_us")),
+                    pct(med(vals(by, key, s, "server_cpu_util"))),
+                    pct(med(vals(by, key, s, "generator_cpu_util"))),
+                    str(n) + (f" ({esc(first)})" if first else "")]) + " |")
+        elif mode == "idle":
+            L.append("| server | RSS growth per connection, bytes | opened | deflate agreed | open time, s | server CPU µs per handshake | errors |")
+            L.append("|---|---|---|---|---|---|---|")
+            for s in servers:
+                n, first = errors_of(by, key, s)
+                L.append("| " + " | ".join([
+                    s, fmt_ms(vals(by, key, s, "rss_bytes_per_conn")),
+                    fmt(med(vals(by, key, s, "opened"))),
+                    fmt(med(vals(by, key, s, "deflate_negotiated"))),
+                    fmt_ms(vals(by, key, s, "open_s"), 2),
+                    fmt_ms(vals(by, key, s, "server_cpu_us_per_conn"), 1),
+                    str(n) + (f" ({esc(first)})" if first else "")]) + " |")
+        else:
+            L.append("| server | handshakes/s | upgrade p50 µs | p99 µs | server CPU µs per handshake | server core | generator core | errors |")
+            L.append("|---|---|---|---|---|---|---|---|")
+            for s in servers:
+                n, first = errors_of(by, key, s)
+                L.append("| " + " | ".join([
+                    s, fmt_ms(vals(by, key, s, "handshakes_per_s")),
+                    fmt_ms(vals(by, key, s, "p50_us")),
+                    fmt_ms(vals(by, key, s, "p99_us")),
+                    fmt_ms(vals(by, key, s, "server_cpu_us_per_handshake"), 1),
+                    pct(med(vals(by, key, s, "server_cpu_util"))),
+                    pct(med(vals(by, key, s, "generator_cpu_util"))),
+                    str(n) + (f" ({esc(first)})" if first else "")]) + " |")
+        L.append("")
+    L.append(f"Total run time: {meta['elapsed']:.0f} s.")
+    L.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(L))
+
+
+def pct(v):
+    return "–" if v is None else f"{100 * v:.0f}%"
+
+
+def loadavg():
+    try:
+        return " / ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short windows, 1,000 idle connections, 1 round")
+    ap.add_argument("--rounds", type=int, help="rounds (default 3, or 1 with --quick)")
+    ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
+    ap.add_argument("--only", help="comma-separated scenario keys to run")
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    a = ap.parse_args()
+    rounds = a.rounds or (1 if a.quick else 3)
+    if not a.no_build:
+        build()
+    scen = scenarios(a.quick)
+    if a.only:
+        keep = set(a.only.split(","))
+        scen = [s for s in scen if s[0] in keep]
+    t0 = time.time()
+    meta = {"quick": a.quick, "rounds": rounds, "load_before": loadavg(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(), "versions": tool_versions()}
+    os.makedirs(os.path.join(BENCH, "results"), exist_ok=True)
+    raw_path = os.path.join(BENCH, "results", time.strftime("run-%Y%m%d-%H%M%S.jsonl"))
+    results = []
+    with open(raw_path, "w") as raw:
+        for rnd in range(rounds):
+            for key, title, mode, servers, args in scen:
+                # Rotate the order each round so no server always runs first.
+                order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
+                for s in order:
+                    log(f"[round {rnd + 1}/{rounds}] {title}: {s}")
+                    timeout = 120 if mode == "idle" else 60
+                    j = run_one(s, mode, args, timeout)
+                    rec = {"key": key, "server": s, "round": rnd, "json": j}
+                    results.append(rec)
+                    raw.write(json.dumps(rec) + "\n")
+                    raw.flush()
+    meta["elapsed"] = time.time() - t0
+    meta["load_after"] = loadavg()
+    write_report(results, scen, meta, a.out)
+    log(f"wrote {a.out}, bench/chart.svg and {raw_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -91,8 +91,10 @@ pub struct Connection {
     utf8: Utf8Validator,
     events: VecDeque<Event>,
     out: Outbound,
-    deflater: Option<Deflater>,
-    inflater: Option<Inflater>,
+    // Boxed: a connection that negotiated no compression (or is idle and
+    // has not used it yet) pays 8 bytes each, not ~150.
+    deflater: Option<Box<Deflater>>,
+    inflater: Option<Box<Inflater>>,
     min_compress_size: usize,
     error: Option<Error>,
     /// An error found after complete messages in the same input: those are
@@ -121,8 +123,8 @@ impl Connection {
         let dcfg = config.deflate.clone().unwrap_or_default();
         let (deflater, inflater) = match &deflate {
             Some(p) => (
-                Some(Deflater::new(side, p, &dcfg)),
-                Some(Inflater::new(side, p)),
+                Some(Box::new(Deflater::new(side, p, &dcfg))),
+                Some(Box::new(Inflater::new(side, p))),
             ),
             None => (None, None),
         };

@@ -12,7 +12,7 @@ use crate::config::ServerConfig;
 use crate::echo;
 use crate::web;
 use duplex::tls::TlsAcceptor;
-use duplex::Handshake;
+use duplex::{Handshake, WebSocket};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,10 +81,11 @@ impl Server {
                     let admitted = Arc::ptr_eq(permit.semaphore(), &limit);
                     let config = config.clone();
                     let stop = stop_rx.clone();
-                    tasks.spawn(async move {
+                    let fut = async move {
                         handle(tcp, peer, config, stop, admitted).await;
                         drop(permit);
-                    });
+                    };
+                    tasks.spawn(fut);
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
@@ -113,23 +114,44 @@ async fn handle(
     let _ = tcp.set_nodelay(true);
     match &config.tls {
         None => serve_stream(tcp, peer, &config, stop, admitted, started).await,
+        // Boxed: the TLS state is several KiB, and a future's size is that
+        // of its largest branch, which plain connections would pay for too.
         Some(tls) => {
-            // The TLS handshake counts against the opening-handshake time.
-            let acceptor = TlsAcceptor::from(tls.clone());
-            let timeout = config.ws.handshake_timeout;
-            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    serve_stream(stream, peer, &config, stop, admitted, started).await
-                }
-                Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => info!(%peer, "TLS handshake timed out"),
-            }
+            Box::pin(serve_tls(
+                tcp,
+                tls.clone(),
+                peer,
+                &config,
+                stop,
+                admitted,
+                started,
+            ))
+            .await
         }
     }
 }
 
-/// Reads one request on a (possibly TLS) stream and routes it: the page at
-/// `/`, the echo socket at `/echo`, 404 elsewhere.
+async fn serve_tls(
+    tcp: TcpStream,
+    tls: Arc<duplex::tls::rustls::ServerConfig>,
+    peer: SocketAddr,
+    config: &ServerConfig,
+    stop: watch::Receiver<bool>,
+    admitted: bool,
+    started: Instant,
+) {
+    // The TLS handshake counts against the opening-handshake time.
+    let acceptor = TlsAcceptor::from(tls);
+    match tokio::time::timeout(config.ws.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => serve_stream(stream, peer, config, stop, admitted, started).await,
+        Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => info!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// Serves one connection: the request is read and routed in a future of
+/// its own, boxed and freed once the socket is open, so that a connection
+/// waiting for messages holds only the socket and the echo loop's state.
 async fn serve_stream<S>(
     stream: S,
     peer: SocketAddr,
@@ -140,18 +162,49 @@ async fn serve_stream<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Some(mut ws) = Box::pin(route(stream, peer, config, admitted)).await else {
+        return;
+    };
+    let stats = echo::run(&mut ws, stop).await;
+    info!(
+        %peer,
+        path = "/echo",
+        extensions = ws.extensions(),
+        protocol = ws.protocol().unwrap_or(""),
+        messages = stats.messages,
+        bytes = stats.bytes,
+        close_code = ws.close_code().map(|c| c.0),
+        clean = ws.was_clean(),
+        error = stats.error.as_deref().unwrap_or(""),
+        ms = started.elapsed().as_millis() as u64,
+        "connection closed"
+    );
+}
+
+/// Reads one request and answers it: the page at `/`, 404 for unknown
+/// paths, 503 over the connection limit; an upgrade at `/echo` (subject to
+/// the policy) returns the open socket.
+async fn route<S>(
+    stream: S,
+    peer: SocketAddr,
+    config: &ServerConfig,
+    admitted: bool,
+) -> Option<WebSocket<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let hs = match Handshake::read(stream, config.ws.clone()).await {
         Ok(h) => h,
         Err(e) => {
             info!(%peer, error = %e, "bad request");
-            return;
+            return None;
         }
     };
     let path = hs.request().path().to_string();
     if !admitted {
         let _ = hs.respond(503, "server is at its connection limit").await;
         warn!(%peer, %path, status = 503, "refused: connection limit");
-        return;
+        return None;
     }
     let is_upgrade = hs.request().is_upgrade();
     match path.as_str() {
@@ -167,35 +220,19 @@ async fn serve_stream<S>(
                 }
             }
             info!(%peer, %path, %method, "page");
+            None
         }
-        "/echo" => {
-            let mut ws = match hs.upgrade(|req| config.policy.decide(req)).await {
-                Ok(ws) => ws,
-                Err(e) => {
-                    info!(%peer, %path, error = %e, "upgrade refused");
-                    return;
-                }
-            };
-            let ext = ws.extensions().to_string();
-            let protocol = ws.protocol().unwrap_or("").to_string();
-            let stats = echo::run(&mut ws, stop).await;
-            info!(
-                %peer,
-                %path,
-                extensions = %ext,
-                protocol = %protocol,
-                messages = stats.messages,
-                bytes = stats.bytes,
-                close_code = ws.close_code().map(|c| c.0),
-                clean = ws.was_clean(),
-                error = stats.error.as_deref().unwrap_or(""),
-                ms = started.elapsed().as_millis() as u64,
-                "connection closed"
-            );
-        }
+        "/echo" => match hs.upgrade(|req| config.policy.decide(req)).await {
+            Ok(ws) => Some(ws),
+            Err(e) => {
+                info!(%peer, %path, error = %e, "upgrade refused");
+                None
+            }
+        },
         _ => {
             let _ = hs.respond(404, "not found").await;
             info!(%peer, %path, status = 404, "not found");
+            None
         }
     }
 }

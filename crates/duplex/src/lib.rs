@@ -21,6 +21,7 @@
 pub mod client;
 pub mod error;
 pub mod proxy;
+mod readbuf;
 pub mod server;
 pub mod split;
 pub mod tls;

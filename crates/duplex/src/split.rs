@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use bytes::BytesMut;
 use duplex_proto::{CloseCode, CloseFrame, Connection, Event, Message};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 struct Shared<S> {
@@ -151,10 +151,8 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                     None => None,
                 };
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-                self.rbuf.reserve(8192);
-            }
-            let read = self.reader.read_buf(&mut self.rbuf);
+            let pending = self.shared.conn().pending_frame_bytes();
+            let read = crate::readbuf::read_into(&mut self.reader, &mut self.rbuf, pending);
             let res = match deadline {
                 Some(d) => match tokio::time::timeout_at(Instant::from_std(d), read).await {
                     Ok(r) => r,
@@ -198,16 +196,7 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
         let _ = self.shared.flush().await;
         let _ = self.shared.writer.lock().await.shutdown().await;
         let linger = self.shared.conn().config().close_timeout;
-        let mut scratch = [0u8; 1024];
-        let reader = &mut self.reader;
-        let _ = tokio::time::timeout(linger, async {
-            while let Ok(n) = reader.read(&mut scratch).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
+        let _ = tokio::time::timeout(linger, crate::readbuf::drain(&mut self.reader)).await;
         self.rbuf = BytesMut::new();
     }
 

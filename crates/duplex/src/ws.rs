@@ -4,8 +4,10 @@ use crate::error::{Error, Result};
 use bytes::BytesMut;
 use duplex_proto::{CloseCode, CloseFrame, Connection, Event, Message, State};
 use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// The browser's `readyState`.
@@ -22,12 +24,15 @@ pub enum ReadyState {
     Closed,
 }
 
-/// Smallest read buffer reservation.
-const READ_MIN: usize = 8 << 10;
-/// A read buffer larger than this is released when it empties.
-const READ_KEEP: usize = 64 << 10;
 /// Most slices handed to one vectored write.
 const MAX_IOV: usize = 64;
+
+#[derive(Debug)]
+struct Meta {
+    protocol: Option<String>,
+    extensions: Option<String>,
+    url: Option<String>,
+}
 
 /// A WebSocket over the stream `S` (a `TcpStream`, a TLS stream, …), after
 /// the opening handshake. Pings are answered and close frames echoed
@@ -37,9 +42,9 @@ pub struct WebSocket<S> {
     stream: S,
     conn: Connection,
     rbuf: BytesMut,
-    protocol: Option<String>,
-    extensions: Option<String>,
-    url: Option<String>,
+    /// What the handshake agreed; boxed, and absent when there is nothing
+    /// to say, since every idle connection carries it.
+    meta: Option<Box<Meta>>,
     transport_closed: bool,
     reported_error: bool,
 }
@@ -67,9 +72,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             stream,
             conn,
             rbuf: leftover,
-            protocol,
-            extensions,
-            url,
+            meta: if protocol.is_none() && extensions.is_none() && url.is_none() {
+                None
+            } else {
+                Some(Box::new(Meta {
+                    protocol,
+                    extensions,
+                    url,
+                }))
+            },
             transport_closed: false,
             reported_error: false,
         }
@@ -77,18 +88,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The subprotocol the handshake agreed on.
     pub fn protocol(&self) -> Option<&str> {
-        self.protocol.as_deref()
+        self.meta.as_ref()?.protocol.as_deref()
     }
 
     /// The negotiated `Sec-WebSocket-Extensions` value (e.g.
     /// `permessage-deflate`), as the browser's `extensions`.
     pub fn extensions(&self) -> &str {
-        self.extensions.as_deref().unwrap_or("")
+        self.meta
+            .as_ref()
+            .and_then(|m| m.extensions.as_deref())
+            .unwrap_or("")
     }
 
     /// The URL this client connected to (`None` on the server side).
     pub fn url(&self) -> Option<&str> {
-        self.url.as_deref()
+        self.meta.as_ref()?.url.as_deref()
     }
 
     /// Bytes queued and not yet handed to the transport.
@@ -168,20 +182,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn flush(&mut self) -> Result<()> {
         let limit = self.conn.config().write_timeout;
         while self.conn.outbound_len() > 0 {
-            let n = {
-                let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                let count = self.conn.outbound_slices(&mut slices);
-                let write = async {
-                    if count == 1 {
-                        self.stream.write(&slices[0]).await
-                    } else {
-                        self.stream.write_vectored(&slices[..count]).await
-                    }
-                };
-                tokio::time::timeout(limit, write)
-                    .await
-                    .map_err(|_| Error::WriteTimeout)??
-            };
+            let write = std::future::poll_fn(|cx| self.poll_write_outbound(cx));
+            let n = tokio::time::timeout(limit, write)
+                .await
+                .map_err(|_| Error::WriteTimeout)??;
             if n == 0 {
                 return Err(Error::Io(std::io::ErrorKind::WriteZero.into()));
             }
@@ -189,6 +193,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
         self.stream.flush().await?;
         Ok(())
+    }
+
+    /// One (vectored) write of the queued frames. The slice array lives
+    /// only during the poll, not in the state of a waiting future.
+    fn poll_write_outbound(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let count = self.conn.outbound_slices(&mut slices);
+        let stream = Pin::new(&mut self.stream);
+        if count == 1 {
+            stream.poll_write(cx, &slices[0])
+        } else {
+            stream.poll_write_vectored(cx, &slices[..count])
+        }
     }
 
     /// The next data message. `None` once the connection has closed cleanly
@@ -220,8 +237,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 continue;
             }
             let deadline = self.conn.poll_timeout().map(Instant::from_std);
-            self.reserve_read();
-            let read = self.stream.read_buf(&mut self.rbuf);
+            let pending = self.conn.pending_frame_bytes();
+            let read = crate::readbuf::read_into(&mut self.stream, &mut self.rbuf, pending);
             let res = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, read).await {
                     Ok(r) => r,
@@ -240,21 +257,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     // A protocol error queues the close frame; it is reported
                     // after the close is written (next iterations).
                     let _ = self.conn.receive(&mut self.rbuf);
-                    if self.rbuf.is_empty() && self.rbuf.capacity() > READ_KEEP {
-                        self.rbuf = BytesMut::new();
-                    }
                 }
                 Err(e) => return self.abort(Error::Io(e)).await,
             }
-        }
-    }
-
-    fn reserve_read(&mut self) {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_MIN / 2 {
-            // Grow with what has arrived, not with what the peer declared.
-            let pending = self.conn.pending_frame_bytes();
-            let want = pending.min(self.rbuf.len().max(READ_KEEP)).max(READ_MIN);
-            self.rbuf.reserve(want);
         }
     }
 
@@ -292,16 +297,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
         let linger = self.conn.config().close_timeout;
-        let mut scratch = [0u8; 1024];
-        let drain = async {
-            loop {
-                match self.stream.read(&mut scratch).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        };
-        let _ = tokio::time::timeout(linger, drain).await;
+        let _ = tokio::time::timeout(linger, crate::readbuf::drain(&mut self.stream)).await;
         self.rbuf = BytesMut::new();
     }
 

@@ -1,0 +1,122 @@
+//! The read side's buffer: grows with what arrives, costs nothing while the
+//! connection waits.
+//!
+//! A connection with no partial frame pending holds no buffer at all: it
+//! waits for data by reading into a per-thread scratch buffer (borrowed only
+//! during the synchronous `poll_read`, never across an `.await`), then
+//! copies exactly what arrived into a buffer of its own, so the frames in it
+//! can be handed out as zero-copy slices. An idle connection therefore costs
+//! no read buffer, however large its last burst was. While a frame is
+//! incomplete, reads go straight into the connection's buffer, which grows
+//! with the bytes that have arrived (never with a length the peer declared).
+
+use bytes::BytesMut;
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+/// Size of the per-thread scratch buffer: the most one read takes while the
+/// connection holds no buffer.
+const SCRATCH: usize = 64 << 10;
+/// Smallest reservation while a frame is incomplete.
+const READ_MIN: usize = 8 << 10;
+/// Growth step cap: a partial frame grows the buffer by at most this much
+/// beyond what has already arrived (doubling, bounded).
+const READ_KEEP: usize = 64 << 10;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// Reads once from `stream` into `buf`; `pending_frame` is how many bytes
+/// the frame being received still needs (a growth hint, already bounded by
+/// the frame size limit). Returns the bytes read (0 at EOF).
+pub(crate) async fn read_into<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    pending_frame: usize,
+) -> io::Result<usize> {
+    if buf.is_empty() {
+        // Nothing pending: give the memory back and wait through the scratch.
+        if buf.capacity() > 0 {
+            *buf = BytesMut::new();
+        }
+        return poll_fn(|cx| {
+            SCRATCH_BUF.with(|s| {
+                let mut s = s.borrow_mut();
+                let mut rb = ReadBuf::new(&mut s[..]);
+                match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let got = rb.filled();
+                        buf.extend_from_slice(got);
+                        Poll::Ready(Ok(got.len()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+        })
+        .await;
+    }
+    if buf.capacity() - buf.len() < READ_MIN / 2 {
+        let want = pending_frame.min(buf.len().max(READ_KEEP)).max(READ_MIN);
+        buf.reserve(want);
+    }
+    stream.read_buf(buf).await
+}
+
+/// Reads and discards until EOF or an error (the linger after our FIN),
+/// through the per-thread scratch buffer so that waiting costs nothing.
+pub(crate) async fn drain<R: AsyncRead + Unpin>(stream: &mut R) {
+    loop {
+        let n = poll_fn(|cx| {
+            SCRATCH_BUF.with(|s| {
+                let mut s = s.borrow_mut();
+                let mut rb = ReadBuf::new(&mut s[..]);
+                Pin::new(&mut *stream)
+                    .poll_read(cx, &mut rb)
+                    .map(|r| r.map(|()| rb.filled().len()))
+            })
+        })
+        .await;
+        if !matches!(n, Ok(n) if n > 0) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn idle_reads_hold_no_buffer_and_partial_frames_grow_it() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let mut buf = BytesMut::with_capacity(1 << 16);
+        a.write_all(b"hello").await.unwrap();
+        assert_eq!(read_into(&mut b, &mut buf, 0).await.unwrap(), 5);
+        assert_eq!(&buf[..], b"hello");
+        // Exactly what arrived was allocated, not the old 64 KiB.
+        assert!(buf.capacity() < 1024, "{}", buf.capacity());
+        // A partial frame: reads go into the buffer, which grows.
+        a.write_all(&[7u8; 100_000]).await.unwrap();
+        let mut total = 5;
+        while total < 100_005 {
+            total += read_into(&mut b, &mut buf, 1 << 20).await.unwrap();
+        }
+        assert_eq!(buf.len(), 100_005);
+        assert!(buf[5..].iter().all(|&x| x == 7));
+        // Drained: the next read releases it first.
+        buf.clear();
+        a.write_all(b"x").await.unwrap();
+        assert_eq!(read_into(&mut b, &mut buf, 0).await.unwrap(), 1);
+        assert!(buf.capacity() < 1024);
+        drop(a);
+        buf.clear();
+        assert_eq!(read_into(&mut b, &mut buf, 0).await.unwrap(), 0);
+    }
+}

@@ -34,6 +34,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use rand::RngCore;
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Which end of the connection this is. Clients mask what they send and
@@ -84,7 +85,8 @@ struct InMessage {
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
-    config: Config,
+    /// Shared: a server passes one `Arc` to all its connections.
+    config: Arc<Config>,
     state: State,
     frame: Option<InFrame>,
     message: Option<InMessage>,
@@ -115,7 +117,11 @@ pub struct Connection {
 impl Connection {
     /// A connection in the `Open` state. `deflate` is what the opening
     /// handshake agreed (`None`: no compression).
-    pub fn new(role: Role, config: Config, deflate: Option<DeflateParams>) -> Self {
+    ///
+    /// `config` may be a `Config` or an `Arc<Config>` shared by many
+    /// connections (which saves its ~150 bytes per connection).
+    pub fn new(role: Role, config: impl Into<Arc<Config>>, deflate: Option<DeflateParams>) -> Self {
+        let config = config.into();
         let side = match role {
             Role::Client => Side::Client,
             Role::Server => Side::Server,

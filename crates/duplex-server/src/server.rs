@@ -27,6 +27,14 @@ use tracing::{info, warn};
 /// are closed without an answer, so a flood costs no memory.
 const REFUSAL_BACKLOG: usize = 64;
 
+/// What every connection task shares.
+struct Shared {
+    config: ServerConfig,
+    /// `config.ws` behind one `Arc`, handed to every connection (instead
+    /// of a copy each).
+    ws: Arc<duplex::Config>,
+}
+
 /// A bound server, ready to run.
 pub struct Server {
     listener: TcpListener,
@@ -50,7 +58,10 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let refusals = Arc::new(Semaphore::new(REFUSAL_BACKLOG));
-        let config = Arc::new(self.config);
+        let config = Arc::new(Shared {
+            ws: Arc::new(self.config.ws.clone()),
+            config: self.config,
+        });
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -92,7 +103,7 @@ impl Server {
         }
         info!(connections = tasks.len(), "shutting down");
         let _ = stop_tx.send(true);
-        let grace = config.shutdown_grace;
+        let grace = config.config.shutdown_grace;
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
             .await
             .is_err()
@@ -106,13 +117,13 @@ impl Server {
 async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
-    config: Arc<ServerConfig>,
+    config: Arc<Shared>,
     stop: watch::Receiver<bool>,
     admitted: bool,
 ) {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
-    match &config.tls {
+    match &config.config.tls {
         None => serve_stream(tcp, peer, &config, stop, admitted, started).await,
         // Boxed: the TLS state is several KiB, and a future's size is that
         // of its largest branch, which plain connections would pay for too.
@@ -135,7 +146,7 @@ async fn serve_tls(
     tcp: TcpStream,
     tls: Arc<duplex::tls::rustls::ServerConfig>,
     peer: SocketAddr,
-    config: &ServerConfig,
+    config: &Shared,
     stop: watch::Receiver<bool>,
     admitted: bool,
     started: Instant,
@@ -155,7 +166,7 @@ async fn serve_tls(
 async fn serve_stream<S>(
     stream: S,
     peer: SocketAddr,
-    config: &ServerConfig,
+    config: &Shared,
     stop: watch::Receiver<bool>,
     admitted: bool,
     started: Instant,
@@ -187,7 +198,7 @@ async fn serve_stream<S>(
 async fn route<S>(
     stream: S,
     peer: SocketAddr,
-    config: &ServerConfig,
+    config: &Shared,
     admitted: bool,
 ) -> Option<WebSocket<S>>
 where
@@ -222,7 +233,7 @@ where
             info!(%peer, %path, %method, "page");
             None
         }
-        "/echo" => match hs.upgrade(|req| config.policy.decide(req)).await {
+        "/echo" => match hs.upgrade(|req| config.config.policy.decide(req)).await {
             Ok(ws) => Some(ws),
             Err(e) => {
                 info!(%peer, %path, error = %e, "upgrade refused");

@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use duplex_proto::handshake::policy::{select_protocol, OriginPolicy};
 use duplex_proto::handshake::server::{self, Request, UpgradeRequest};
 use duplex_proto::{Config, Connection, Role};
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// What an [`accept_with`] callback decides.
@@ -86,14 +87,18 @@ pub struct Handshake<S> {
     stream: S,
     request: Request,
     leftover: BytesMut,
-    config: Config,
+    config: Arc<Config>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     /// Reads one request head, within `config.max_handshake_bytes` and
     /// `config.handshake_timeout`. A malformed or oversized head is answered
     /// (400 / 431) and returned as an error.
-    pub async fn read(mut stream: S, config: Config) -> Result<Self> {
+    ///
+    /// `config` is a `Config` or an `Arc<Config>` shared by all of a
+    /// server's connections.
+    pub async fn read(mut stream: S, config: impl Into<Arc<Config>>) -> Result<Self> {
+        let config: Arc<Config> = config.into();
         let timeout = config.handshake_timeout;
         let mut buf = BytesMut::with_capacity(1024);
         let res = tokio::time::timeout(timeout, async {
@@ -229,7 +234,11 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebS
 }
 
 /// Reads the request, lets `decide` see it, and answers.
-pub async fn accept_with<S, F>(stream: S, config: Config, decide: F) -> Result<WebSocket<S>>
+pub async fn accept_with<S, F>(
+    stream: S,
+    config: impl Into<Arc<Config>>,
+    decide: F,
+) -> Result<WebSocket<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&UpgradeRequest) -> Decision,

@@ -259,8 +259,11 @@ def targets(by):
     d = med(vals(by, "handshake", "duplex", "handshakes_per_s"))
     f = med(vals(by, "handshake", "fastwebsockets", "handshakes_per_s"))
     ok = d is not None and f is not None and d >= 1.1 * f
+    dc = med(vals(by, "handshake", "duplex", "server_cpu_us_per_handshake"))
+    fc = med(vals(by, "handshake", "fastwebsockets", "server_cpu_us_per_handshake"))
+    cpu = "" if dc is None or fc is None else f"; server CPU {dc:.1f} vs {fc:.1f} µs per handshake"
     rows.append(("Handshakes/s ≥ 1.1 × fastwebsockets",
-                 "–" if d is None or not f else f"{d:,.0f}/s = {d / f:.2f} ×", ok))
+                 "–" if d is None or not f else f"{d:,.0f}/s = {d / f:.2f} ×{cpu}", ok))
     return rows
 
 

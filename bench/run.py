@@ -99,8 +99,20 @@ def wait_port(addr, proc, timeout=10.0):
     raise RuntimeError("server did not start listening")
 
 
+def port_in_use(addr):
+    host, port = addr.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def run_one(server, mode, args, timeout):
     cmd, raw, env_add = SERVERS[server]
+    if port_in_use(ADDR):
+        # Never measure whatever else is listening there.
+        return {"errors": 1, "first_error": f"{ADDR} already in use before the server started", "exit_code": -1}
     env = dict(os.environ, **env_add)
     proc = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -259,8 +271,11 @@ def targets(by):
     d = med(vals(by, "handshake", "duplex", "handshakes_per_s"))
     f = med(vals(by, "handshake", "fastwebsockets", "handshakes_per_s"))
     ok = d is not None and f is not None and d >= 1.1 * f
+    dc = med(vals(by, "handshake", "duplex", "server_cpu_us_per_handshake"))
+    fc = med(vals(by, "handshake", "fastwebsockets", "server_cpu_us_per_handshake"))
+    cpu = "" if dc is None or fc is None else f"; server CPU {dc:.1f} vs {fc:.1f} µs per handshake"
     rows.append(("Handshakes/s ≥ 1.1 × fastwebsockets",
-                 "–" if d is None or not f else f"{d:,.0f}/s = {d / f:.2f} ×", ok))
+                 "–" if d is None or not f else f"{d:,.0f}/s = {d / f:.2f} ×{cpu}", ok))
     return rows
 
 
@@ -403,6 +418,12 @@ def write_report(results, scen, meta, path):
         L.append("")
     L.append(f"Total run time: {meta['elapsed']:.0f} s.")
     L.append("")
+    notes = os.path.join(BENCH, "notes.md")
+    if os.path.exists(notes):
+        # Hand-written analysis (profiles, what each change bought), kept
+        # in bench/notes.md and carried into every regenerated report.
+        L.append(open(notes).read().rstrip())
+        L.append("")
     with open(path, "w") as f:
         f.write("\n".join(L))
 
@@ -425,8 +446,18 @@ def main():
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
     ap.add_argument("--only", help="comma-separated scenario keys to run")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--report-only", metavar="JSONL",
+                    help="rewrite the report from a previous run's bench/results/*.jsonl")
     a = ap.parse_args()
     rounds = a.rounds or (1 if a.quick else 3)
+    if a.report_only:
+        meta = json.load(open(a.report_only.replace(".jsonl", ".meta.json")))
+        results = [json.loads(line) for line in open(a.report_only)]
+        keys = {r["key"] for r in results}
+        scen = [s for s in scenarios(meta["quick"]) if s[0] in keys]
+        write_report(results, scen, meta, a.out)
+        log(f"wrote {a.out} and bench/chart.svg from {a.report_only}")
+        return
     if not a.no_build:
         build()
     scen = scenarios(a.quick)
@@ -455,9 +486,14 @@ def main():
                     raw.flush()
     meta["elapsed"] = time.time() - t0
     meta["load_after"] = loadavg()
+    with open(raw_path.replace(".jsonl", ".meta.json"), "w") as f:
+        json.dump(meta, f)
     write_report(results, scen, meta, a.out)
     log(f"wrote {a.out}, bench/chart.svg and {raw_path}")
 
 
 if __name__ == "__main__":
+    # On SIGTERM, unwind so the running server is stopped (run_one's finally).
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()

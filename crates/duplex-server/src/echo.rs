@@ -28,10 +28,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut stats = EchoStats::default();
+    // One shutdown future for the whole connection: creating it per message
+    // registered and dropped a watch waiter each time (a lock, measurable at
+    // small messages). `biased` skips select's random branch choice.
+    let stop = shutdown.wait_for(|s| *s);
+    tokio::pin!(stop);
     loop {
         let step = tokio::select! {
+            biased;
             m = ws.recv() => Step::Msg(m),
-            _ = shutdown.wait_for(|s| *s) => Step::Shutdown,
+            _ = &mut stop => Step::Shutdown,
         };
         match step {
             Step::Msg(Some(Ok(m))) => {

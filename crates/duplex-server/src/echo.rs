@@ -56,9 +56,9 @@ where
             }
             Step::Msg(None) => break,
             Step::Shutdown => {
-                let _ = ws
-                    .close(CloseCode::GOING_AWAY, "server shutting down")
-                    .await;
+                // Boxed: the closing handshake's state is the largest of
+                // this loop's, and every idle connection would carry it.
+                let _ = Box::pin(ws.close(CloseCode::GOING_AWAY, "server shutting down")).await;
                 break;
             }
         }

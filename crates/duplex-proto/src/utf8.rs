@@ -119,10 +119,23 @@ fn sequence_len(first: u8) -> usize {
 /// Checks `bytes`; `Ok(n)` means all is valid except an incomplete (but so
 /// far valid) code point in the last `n` bytes.
 fn check(bytes: &[u8]) -> Result<usize, Error> {
-    match simdutf8::compat::from_utf8(bytes) {
-        Ok(_) => Ok(0),
-        Err(e) if e.error_len().is_none() => Ok(bytes.len() - e.valid_up_to()),
-        Err(_) => Err(Error::InvalidUtf8),
+    // Below this size the SIMD validator's setup costs more than std's
+    // scalar loop (criterion, 20-byte JSON: 13.7 -> 12.1 ns).
+    const SHORT: usize = 64;
+    let (valid_up_to, error_len) = if bytes.len() < SHORT {
+        match std::str::from_utf8(bytes) {
+            Ok(_) => return Ok(0),
+            Err(e) => (e.valid_up_to(), e.error_len()),
+        }
+    } else {
+        match simdutf8::compat::from_utf8(bytes) {
+            Ok(_) => return Ok(0),
+            Err(e) => (e.valid_up_to(), e.error_len()),
+        }
+    };
+    match error_len {
+        None => Ok(bytes.len() - valid_up_to),
+        Some(_) => Err(Error::InvalidUtf8),
     }
 }
 

@@ -3,12 +3,14 @@
 use crate::error::{Error, Result};
 use bytes::BytesMut;
 use duplex_proto::{CloseCode, CloseFrame, Connection, Event, Message, State};
+use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio::time::Sleep;
 
 /// The browser's `readyState`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,10 @@ pub struct WebSocket<S> {
     /// What the handshake agreed; boxed, and absent when there is nothing
     /// to say, since every idle connection carries it.
     meta: Option<Box<Meta>>,
+    /// The one timer of this connection (write timeout, ping and close
+    /// deadlines, the linger after our FIN), boxed and made on first use,
+    /// so waiting futures do not each carry a `Sleep` inline.
+    timer: Option<Pin<Box<Sleep>>>,
     transport_closed: bool,
     reported_error: bool,
 }
@@ -81,6 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     url,
                 }))
             },
+            timer: None,
             transport_closed: false,
             reported_error: false,
         }
@@ -182,10 +189,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     pub async fn flush(&mut self) -> Result<()> {
         let limit = self.conn.config().write_timeout;
         while self.conn.outbound_len() > 0 {
-            let write = std::future::poll_fn(|cx| self.poll_write_outbound(cx));
-            let n = tokio::time::timeout(limit, write)
-                .await
-                .map_err(|_| Error::WriteTimeout)??;
+            let (stream, conn) = (&mut self.stream, &self.conn);
+            let write = poll_fn(|cx| poll_write_outbound(stream, conn, cx));
+            let n = match bounded(&mut self.timer, Limit::After(limit), write).await {
+                Some(r) => r?,
+                None => return Err(Error::WriteTimeout),
+            };
             if n == 0 {
                 return Err(Error::Io(std::io::ErrorKind::WriteZero.into()));
             }
@@ -193,19 +202,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
         self.stream.flush().await?;
         Ok(())
-    }
-
-    /// One (vectored) write of the queued frames. The slice array lives
-    /// only during the poll, not in the state of a waiting future.
-    fn poll_write_outbound(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let count = self.conn.outbound_slices(&mut slices);
-        let stream = Pin::new(&mut self.stream);
-        if count == 1 {
-            stream.poll_write(cx, &slices[0])
-        } else {
-            stream.poll_write_vectored(cx, &slices[..count])
-        }
     }
 
     /// The next data message. `None` once the connection has closed cleanly
@@ -240,9 +236,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             let pending = self.conn.pending_frame_bytes();
             let read = crate::readbuf::read_into(&mut self.stream, &mut self.rbuf, pending);
             let res = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, read).await {
-                    Ok(r) => r,
-                    Err(_) => continue,
+                Some(d) => match bounded(&mut self.timer, Limit::At(d), read).await {
+                    Some(r) => r,
+                    None => continue,
                 },
                 None => read.await,
             };
@@ -297,7 +293,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
         let linger = self.conn.config().close_timeout;
-        let _ = tokio::time::timeout(linger, crate::readbuf::drain(&mut self.stream)).await;
+        let drain = crate::readbuf::drain(&mut self.stream);
+        let _ = bounded(&mut self.timer, Limit::After(linger), drain).await;
         self.rbuf = BytesMut::new();
     }
 
@@ -338,5 +335,84 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         &self.stream
+    }
+}
+
+/// One (vectored) write of the queued frames. The slice array lives only
+/// during the poll, not in the state of a waiting future.
+fn poll_write_outbound<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    conn: &Connection,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    let mut slices = [IoSlice::new(&[]); MAX_IOV];
+    let count = conn.outbound_slices(&mut slices);
+    let stream = Pin::new(stream);
+    if count == 1 {
+        stream.poll_write(cx, &slices[0])
+    } else {
+        stream.poll_write_vectored(cx, &slices[..count])
+    }
+}
+
+/// When a [`Deadline`] expires.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// This long after the first poll that finds `fut` pending.
+    After(Duration),
+    /// At this instant.
+    At(Instant),
+}
+
+pin_project_lite::pin_project! {
+    /// `fut` bounded in time by the connection's one reusable timer: the
+    /// clock is read and the timer armed only once `fut` is found pending,
+    /// and no `Sleep` lives inside the waiting future.
+    struct Deadline<'a, F> {
+        #[pin]
+        fut: F,
+        timer: &'a mut Option<Pin<Box<Sleep>>>,
+        limit: Limit,
+        armed: bool,
+    }
+}
+
+impl<F: Future> Future for Deadline<'_, F> {
+    /// `None` if the time ran out first.
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if !*this.armed {
+            *this.armed = true;
+            let deadline = match *this.limit {
+                Limit::After(d) => Instant::now() + d,
+                Limit::At(t) => t,
+            };
+            match this.timer.as_mut() {
+                Some(s) => s.as_mut().reset(deadline),
+                None => **this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match this.timer.as_mut().map(|s| s.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+fn bounded<F: Future>(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    limit: Limit,
+    fut: F,
+) -> Deadline<'_, F> {
+    Deadline {
+        fut,
+        timer,
+        limit,
+        armed: false,
     }
 }

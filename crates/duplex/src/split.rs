@@ -129,7 +129,11 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                         break;
                     }
                 }
-                c.handle_timeout(Instant::now().into_std());
+                if msg.is_none()
+                    && (c.poll_timeout().is_some() || c.config().ping_interval.is_some())
+                {
+                    c.handle_timeout(Instant::now().into_std());
+                }
                 (msg, c.outbound_len() > 0, c.is_closed(), c.poll_timeout())
             };
             if let Some(m) = msg {

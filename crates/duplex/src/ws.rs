@@ -227,10 +227,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             if self.transport_closed {
                 return self.take_error();
             }
-            let now = Instant::now();
-            self.conn.handle_timeout(now.into_std());
-            if self.conn.outbound_len() > 0 || self.conn.is_closed() {
-                continue;
+            // Timers only when some are armed (or keepalive must start):
+            // reading the clock per read is measurable where it is a system
+            // call (virtual machines without a vDSO clock).
+            if self.conn.poll_timeout().is_some() || self.conn.config().ping_interval.is_some() {
+                self.conn.handle_timeout(Instant::now().into_std());
+                if self.conn.outbound_len() > 0 || self.conn.is_closed() {
+                    continue;
+                }
             }
             let deadline = self.conn.poll_timeout().map(Instant::from_std);
             let pending = self.conn.pending_frame_bytes();

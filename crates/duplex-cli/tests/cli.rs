@@ -231,8 +231,12 @@ fn serve_rejects_a_malformed_allow_origin() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-origin"));
 }
 
-/// Runs `duplex connect` with `args`, feeding `input` on stdin.
-async fn connect_cli(args: &[&str], input: &str) -> std::process::Output {
+/// Starts `duplex connect` with `args`, writes `input` to its stdin and
+/// returns the child with its stdin still open.
+async fn spawn_connect(
+    args: &[&str],
+    input: &[u8],
+) -> (tokio::process::Child, tokio::process::ChildStdin) {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new(BIN)
         .arg("connect")
@@ -243,7 +247,13 @@ async fn connect_cli(args: &[&str], input: &str) -> std::process::Output {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).await.unwrap();
+    stdin.write_all(input).await.unwrap();
+    (child, stdin)
+}
+
+/// Runs `duplex connect` with `args`, feeding `input` on stdin then EOF.
+async fn connect_cli(args: &[&str], input: &str) -> std::process::Output {
+    let (child, stdin) = spawn_connect(args, input.as_bytes()).await;
     drop(stdin);
     tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
@@ -338,18 +348,7 @@ async fn connect_sends_headers_prints_binary_and_reports_the_peer_code() {
         }
         args.push(&url);
         // Stdin stays open: the server is the one that closes.
-        let mut child = tokio::process::Command::new(BIN)
-            .arg("connect")
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut stdin, b"hi\n")
-            .await
-            .unwrap();
+        let (child, stdin) = spawn_connect(&args, b"hi\n").await;
         let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
             .await
             .unwrap()
@@ -401,17 +400,7 @@ async fn connect_closes_with_1000_on_ctrl_c() {
         }
         (ws.close_code(), ws.was_clean())
     });
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["connect", &url])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"before interrupt\n")
-        .await
-        .unwrap();
+    let (mut child, stdin) = spawn_connect(&[&url], b"before interrupt\n").await;
     // Wait until the answer is on stdout, so the signal handler is installed.
     let mut stdout = BufReaderAsync::new(child.stdout.take().unwrap());
     let mut line = String::new();

@@ -155,34 +155,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     /// Validates the request as a WebSocket upgrade, asks `decide`, and
     /// answers: 101 and a [`WebSocket`], or the refusal (400/426 for an
     /// invalid upgrade, the callback's status otherwise).
-    pub async fn upgrade<F>(mut self, decide: F) -> Result<WebSocket<S>>
+    pub async fn upgrade<F>(self, decide: F) -> Result<WebSocket<S>>
     where
         F: FnOnce(&UpgradeRequest) -> Decision,
     {
-        let up = match UpgradeRequest::validate(self.request.clone()) {
+        let Handshake {
+            mut stream,
+            request,
+            leftover,
+            config,
+        } = self;
+        let up = match UpgradeRequest::validate(request) {
             Ok(u) => u,
             Err(e) => {
-                let _ = write_all_and_close(&mut self.stream, &server::reject_error(&e)).await;
+                let _ = write_all_and_close(&mut stream, &server::reject_error(&e)).await;
                 return Err(Error::Protocol(e));
             }
         };
         match decide(&up) {
             Decision::Reject { status, reason } => {
                 let _ =
-                    write_all_and_close(&mut self.stream, &server::reject(status, &reason, &[]))
-                        .await;
+                    write_all_and_close(&mut stream, &server::reject(status, &reason, &[])).await;
                 Err(Error::Refused { status, reason })
             }
             Decision::Accept { protocol, headers } => {
-                let acc = server::accept(&up, &self.config, protocol.as_deref(), &headers);
-                self.stream.write_all(&acc.response).await?;
-                self.stream.flush().await?;
+                let acc = server::accept(&up, &config, protocol.as_deref(), &headers);
+                drop(up);
+                stream.write_all(&acc.response).await?;
+                stream.flush().await?;
                 let extensions = acc.deflate.map(|d| d.to_header());
-                let conn = Connection::new(Role::Server, self.config, acc.deflate);
+                let conn = Connection::new(Role::Server, config, acc.deflate);
                 Ok(WebSocket::from_parts(
-                    self.stream,
+                    stream,
                     conn,
-                    self.leftover,
+                    leftover,
                     acc.protocol,
                     extensions,
                     None,

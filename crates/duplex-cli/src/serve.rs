@@ -156,8 +156,15 @@ pub async fn run(a: ServeArgs) -> ExitCode {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match server.run(shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
+    // The accept loop runs on a worker thread, beside the connections it
+    // spawns: run from `block_on` it sat on the main thread, and every
+    // accepted connection cost a cross-thread wake-up and context switch.
+    match tokio::spawn(server.run(shutdown)).await {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("duplex serve: {e}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("duplex serve: {e}");
             ExitCode::from(1)

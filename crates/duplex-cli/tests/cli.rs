@@ -368,38 +368,38 @@ async fn connect_sends_headers_prints_binary_and_reports_the_peer_code() {
     }
 }
 
-#[tokio::test]
-async fn connect_collects_answers_before_closing_at_eof() {
-    // A server that answers slowly: every answer must still be printed.
+/// A server for one connection that echoes each message after `delay`;
+/// the task ends with the peer's close code and whether the close was clean.
+async fn echo_once(
+    delay: Duration,
+) -> (String, tokio::task::JoinHandle<(Option<CloseCode>, bool)>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/", l.local_addr().unwrap());
     let server = tokio::spawn(async move {
         let (tcp, _) = l.accept().await.unwrap();
         let mut ws = duplex::accept(tcp).await.unwrap();
         while let Some(m) = ws.recv().await {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            ws.send(m.unwrap()).await.unwrap();
-        }
-        ws.close_code()
-    });
-    let out = connect_cli(&[&url], "1\n2\n3\n").await;
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), "1\n2\n3\n");
-    assert_eq!(server.await.unwrap(), Some(CloseCode::NORMAL));
-}
-
-#[tokio::test]
-async fn connect_closes_with_1000_on_ctrl_c() {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/", l.local_addr().unwrap());
-    let server = tokio::spawn(async move {
-        let (tcp, _) = l.accept().await.unwrap();
-        let mut ws = duplex::accept(tcp).await.unwrap();
-        while let Some(m) = ws.recv().await {
+            tokio::time::sleep(delay).await;
             ws.send(m.unwrap()).await.unwrap();
         }
         (ws.close_code(), ws.was_clean())
     });
+    (url, server)
+}
+
+#[tokio::test]
+async fn connect_collects_answers_before_closing_at_eof() {
+    // A server that answers slowly: every answer must still be printed.
+    let (url, server) = echo_once(Duration::from_millis(100)).await;
+    let out = connect_cli(&[&url], "1\n2\n3\n").await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "1\n2\n3\n");
+    assert_eq!(server.await.unwrap().0, Some(CloseCode::NORMAL));
+}
+
+#[tokio::test]
+async fn connect_closes_with_1000_on_ctrl_c() {
+    let (url, server) = echo_once(Duration::ZERO).await;
     let (mut child, stdin) = spawn_connect(&[&url], b"before interrupt\n").await;
     // Wait until the answer is on stdout, so the signal handler is installed.
     let mut stdout = BufReaderAsync::new(child.stdout.take().unwrap());

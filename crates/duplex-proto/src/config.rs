@@ -97,6 +97,12 @@ impl Config {
         self
     }
 
+    /// Sets how long to wait for the pong to a keepalive ping.
+    pub fn with_pong_timeout(mut self, d: Duration) -> Self {
+        self.pong_timeout = d;
+        self
+    }
+
     /// Sets the write timeout.
     pub fn with_write_timeout(mut self, d: Duration) -> Self {
         self.write_timeout = d;

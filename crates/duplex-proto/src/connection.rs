@@ -78,7 +78,17 @@ struct InMessage {
     whole: bool,
     /// Assembled payload (fragmented or compressed messages).
     buf: Vec<u8>,
-    fragments: usize,
+    /// Frames so far (saturating; `max_fragments` stops it long before).
+    fragments: u32,
+}
+
+/// permessage-deflate's state, boxed: a connection without compression
+/// pays 8 bytes for it.
+#[derive(Debug)]
+struct Codec {
+    deflater: Deflater,
+    inflater: Inflater,
+    min_compress_size: usize,
 }
 
 /// One WebSocket connection after the opening handshake.
@@ -93,26 +103,42 @@ pub struct Connection {
     utf8: Utf8Validator,
     events: VecDeque<Event>,
     out: Outbound,
-    // Boxed: a connection that negotiated no compression (or is idle and
-    // has not used it yet) pays 8 bytes each, not ~150.
-    deflater: Option<Box<Deflater>>,
-    inflater: Option<Box<Inflater>>,
-    min_compress_size: usize,
+    /// Present when permessage-deflate was negotiated.
+    codec: Option<Box<Codec>>,
+    /// Errors, close frames and timers: absent (8 bytes) until the
+    /// connection starts closing, fails or runs keepalive, since every
+    /// open, idle connection would otherwise carry ~220 bytes of `None`s.
+    cold: Option<Box<Cold>>,
+    /// The peer's close arrived after messages not yet polled: its echo is
+    /// queued once they are, so that answers to them still go out first.
+    deferred_close_reply: bool,
+    activity: bool,
+}
+
+/// The rarely used part of a [`Connection`], boxed.
+#[derive(Debug, Default)]
+struct Cold {
     error: Option<Error>,
     /// An error found after complete messages in the same input: those are
     /// delivered (and may be answered) first, then the connection fails.
     deferred_error: Option<Error>,
-    /// The peer's close arrived after messages not yet polled: its echo is
-    /// queued once they are, so that answers to them still go out first.
-    deferred_close_reply: bool,
     sent_close: Option<CloseFrame>,
     received_close: Option<Option<CloseFrame>>,
-    // timers
     close_deadline: Option<Instant>,
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
-    activity: bool,
 }
+
+/// What an absent [`Cold`] reads as.
+static NO_COLD: Cold = Cold {
+    error: None,
+    deferred_error: None,
+    sent_close: None,
+    received_close: None,
+    close_deadline: None,
+    next_ping: None,
+    pong_deadline: None,
+};
 
 impl Connection {
     /// A connection in the `Open` state. `deflate` is what the opening
@@ -127,13 +153,13 @@ impl Connection {
             Role::Server => Side::Server,
         };
         let dcfg = config.deflate.clone().unwrap_or_default();
-        let (deflater, inflater) = match &deflate {
-            Some(p) => (
-                Some(Box::new(Deflater::new(side, p, &dcfg))),
-                Some(Box::new(Inflater::new(side, p))),
-            ),
-            None => (None, None),
-        };
+        let codec = deflate.as_ref().map(|p| {
+            Box::new(Codec {
+                deflater: Deflater::new(side, p, &dcfg),
+                inflater: Inflater::new(side, p),
+                min_compress_size: dcfg.min_compress_size,
+            })
+        });
         Connection {
             role,
             state: State::Open,
@@ -142,20 +168,20 @@ impl Connection {
             utf8: Utf8Validator::new(),
             events: VecDeque::new(),
             out: Outbound::default(),
-            deflater,
-            inflater,
-            min_compress_size: dcfg.min_compress_size,
-            error: None,
-            deferred_error: None,
+            codec,
+            cold: None,
             deferred_close_reply: false,
-            sent_close: None,
-            received_close: None,
-            close_deadline: None,
-            next_ping: None,
-            pong_deadline: None,
             activity: false,
             config,
         }
+    }
+
+    fn cold(&self) -> &Cold {
+        self.cold.as_deref().unwrap_or(&NO_COLD)
+    }
+
+    fn cold_mut(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
     }
 
     /// This end's role.
@@ -180,28 +206,30 @@ impl Connection {
 
     /// Whether permessage-deflate is in use.
     pub fn is_compressed(&self) -> bool {
-        self.deflater.is_some()
+        self.codec.is_some()
     }
 
     /// The error that failed the connection, if one did.
     pub fn error(&self) -> Option<&Error> {
-        self.error.as_ref()
+        self.cold().error.as_ref()
     }
 
     /// The close frame we sent, if any.
     pub fn sent_close(&self) -> Option<&CloseFrame> {
-        self.sent_close.as_ref()
+        self.cold().sent_close.as_ref()
     }
 
     /// The peer's close frame: `None` if none arrived, `Some(None)` if it
     /// carried no status code.
     pub fn received_close(&self) -> Option<Option<&CloseFrame>> {
-        self.received_close.as_ref().map(|c| c.as_ref())
+        self.cold().received_close.as_ref().map(|c| c.as_ref())
     }
 
     /// True when both close frames were exchanged and no error occurred.
     pub fn was_clean(&self) -> bool {
-        self.error.is_none() && self.sent_close.is_some() && self.received_close.is_some()
+        self.cold().error.is_none()
+            && self.cold().sent_close.is_some()
+            && self.cold().received_close.is_some()
     }
 
     /// How many payload bytes the frame being received still needs; a reader
@@ -214,9 +242,9 @@ impl Connection {
     }
 
     fn input_closed(&self) -> bool {
-        self.received_close.is_some()
-            || self.error.is_some()
-            || self.deferred_error.is_some()
+        self.cold().received_close.is_some()
+            || self.cold().error.is_some()
+            || self.cold().deferred_error.is_some()
             || self.state == State::Closed
     }
 
@@ -241,7 +269,7 @@ impl Connection {
                 // Messages that arrived intact before the bad frame are
                 // delivered first; the failure follows once they are polled.
                 buf.clear();
-                self.deferred_error = Some(e);
+                self.cold_mut().deferred_error = Some(e);
                 Ok(())
             }
             Err(e) => {
@@ -325,8 +353,8 @@ impl Connection {
                 let msg = self.message.as_mut().expect("message in progress");
                 let before = msg.buf.len();
                 let inflated = if msg.compressed {
-                    let inflater = self.inflater.as_mut().ok_or(Error::ReservedBitsSet)?;
-                    inflater.inflate(chunk, &mut msg.buf, limit)
+                    let codec = self.codec.as_mut().ok_or(Error::ReservedBitsSet)?;
+                    codec.inflater.inflate(chunk, &mut msg.buf, limit)
                 } else {
                     msg.buf.extend_from_slice(chunk);
                     Ok(())
@@ -349,8 +377,8 @@ impl Connection {
                 if msg.compressed {
                     let before = msg.buf.len();
                     let limit = self.config.max_message_size;
-                    let inflater = self.inflater.as_mut().ok_or(Error::ReservedBitsSet)?;
-                    let inflated = inflater.finish_message(&mut msg.buf, limit);
+                    let codec = self.codec.as_mut().ok_or(Error::ReservedBitsSet)?;
+                    let inflated = codec.inflater.finish_message(&mut msg.buf, limit);
                     if msg.text {
                         self.utf8.feed(&msg.buf[before..])?;
                     }
@@ -405,8 +433,8 @@ impl Connection {
                 if h.rsv1 {
                     return Err(Error::ReservedBitsSet);
                 }
-                msg.fragments += 1;
-                if msg.fragments > max_frags {
+                msg.fragments = msg.fragments.saturating_add(1);
+                if msg.fragments as usize > max_frags {
                     return Err(Error::TooManyFragments { limit: max_frags });
                 }
                 if !msg.compressed && msg.buf.len() as u64 + h.payload_len > max_msg as u64 {
@@ -417,7 +445,7 @@ impl Connection {
                 if self.message.is_some() {
                     return Err(Error::ExpectedContinuation);
                 }
-                if h.rsv1 && self.inflater.is_none() {
+                if h.rsv1 && self.codec.is_none() {
                     return Err(Error::ReservedBitsSet);
                 }
                 if !h.rsv1 && h.payload_len > max_msg as u64 {
@@ -445,12 +473,14 @@ impl Connection {
                 self.events.push_back(Event::Ping(payload));
             }
             OpCode::Pong => {
-                self.pong_deadline = None;
+                if let Some(c) = self.cold.as_mut() {
+                    c.pong_deadline = None;
+                }
                 self.events.push_back(Event::Pong(payload));
             }
             OpCode::Close => {
                 let frame = CloseFrame::parse(payload)?;
-                self.received_close = Some(frame.clone());
+                self.cold_mut().received_close = Some(frame.clone());
                 match self.state {
                     State::Open if !self.events.is_empty() => self.deferred_close_reply = true,
                     State::Open => self.reply_to_close(),
@@ -469,20 +499,19 @@ impl Connection {
         if self.state != State::Open {
             return;
         }
-        let code = self
-            .received_close
-            .as_ref()
-            .and_then(|f| f.as_ref())
-            .map(|f| f.code);
+        let code = self.received_close().flatten().map(|f| f.code);
         let echo = code.map(|c| CloseFrame::new(c, ""));
         self.queue_close(echo.as_ref());
-        self.sent_close = Some(echo.unwrap_or(CloseFrame::new(CloseCode::NO_STATUS, "")));
+        self.cold_mut().sent_close =
+            Some(echo.unwrap_or(CloseFrame::new(CloseCode::NO_STATUS, "")));
         self.finish_closing();
     }
 
     /// Both sides are done: Closed once our queued bytes are written.
     fn finish_closing(&mut self) {
-        self.close_deadline = None;
+        if let Some(c) = self.cold.as_mut() {
+            c.close_deadline = None;
+        }
         self.state = if self.out.len() == 0 {
             State::Closed
         } else {
@@ -501,10 +530,10 @@ impl Connection {
                 }
                 let f = CloseFrame::new(code, reason);
                 self.queue_close(Some(&f));
-                self.sent_close = Some(f);
+                self.cold_mut().sent_close = Some(f);
             }
         }
-        self.error = Some(e);
+        self.cold_mut().error = Some(e);
         self.message = None;
         self.frame = None;
         self.finish_closing();
@@ -518,7 +547,7 @@ impl Connection {
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front();
         if ev.is_none() {
-            if let Some(e) = self.deferred_error.take() {
+            if let Some(e) = self.cold.as_mut().and_then(|c| c.deferred_error.take()) {
                 self.fail(e);
             }
             if std::mem::take(&mut self.deferred_close_reply) {
@@ -539,12 +568,12 @@ impl Connection {
             Message::Text(t) => (OpCode::Text, t.into_bytes()),
             Message::Binary(b) => (OpCode::Binary, b),
         };
-        if let Some(d) = self
-            .deflater
+        if let Some(c) = self
+            .codec
             .as_mut()
-            .filter(|_| payload.len() >= self.min_compress_size)
+            .filter(|c| payload.len() >= c.min_compress_size)
         {
-            let compressed = d.compress(&payload)?;
+            let compressed = c.deflater.compress(&payload)?;
             self.write_frame_bytes(op, true, Bytes::from(compressed));
         } else {
             self.write_frame_bytes(op, false, payload);
@@ -609,7 +638,8 @@ impl Connection {
             }
         }
         self.queue_close(frame.as_ref());
-        self.sent_close = Some(frame.unwrap_or(CloseFrame::new(CloseCode::NO_STATUS, "")));
+        self.cold_mut().sent_close =
+            Some(frame.unwrap_or(CloseFrame::new(CloseCode::NO_STATUS, "")));
         self.state = State::CloseSent;
         Ok(())
     }
@@ -720,10 +750,10 @@ impl Connection {
     /// [`poll_timeout`](Self::poll_timeout) when to call it again.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
-            State::CloseSent => match self.close_deadline {
-                None => self.close_deadline = Some(now + self.config.close_timeout),
+            State::CloseSent => match self.cold().close_deadline {
+                None => self.cold_mut().close_deadline = Some(now + self.config.close_timeout),
                 Some(d) if now >= d => {
-                    self.close_deadline = None;
+                    self.cold_mut().close_deadline = None;
                     self.state = State::Closed;
                 }
                 _ => {}
@@ -733,24 +763,24 @@ impl Connection {
                     return;
                 };
                 if std::mem::take(&mut self.activity) {
-                    self.pong_deadline = None;
-                    self.next_ping = Some(now + interval);
+                    self.cold_mut().pong_deadline = None;
+                    self.cold_mut().next_ping = Some(now + interval);
                 }
-                if let Some(d) = self.pong_deadline {
+                if let Some(d) = self.cold().pong_deadline {
                     if now >= d {
-                        self.pong_deadline = None;
-                        self.error = Some(Error::KeepaliveTimeout);
+                        self.cold_mut().pong_deadline = None;
+                        self.cold_mut().error = Some(Error::KeepaliveTimeout);
                         self.state = State::Closed;
                         return;
                     }
                 }
-                match self.next_ping {
-                    None => self.next_ping = Some(now + interval),
+                match self.cold().next_ping {
+                    None => self.cold_mut().next_ping = Some(now + interval),
                     Some(t) if now >= t => {
                         self.write_frame(OpCode::Ping, false, b"keepalive");
-                        self.next_ping = Some(now + interval);
-                        if self.pong_deadline.is_none() {
-                            self.pong_deadline = Some(now + self.config.pong_timeout);
+                        self.cold_mut().next_ping = Some(now + interval);
+                        if self.cold().pong_deadline.is_none() {
+                            self.cold_mut().pong_deadline = Some(now + self.config.pong_timeout);
                         }
                     }
                     _ => {}
@@ -760,15 +790,47 @@ impl Connection {
         }
     }
 
+    /// Whether [`handle_timeout`](Self::handle_timeout) has anything to
+    /// arm or check: a driver may skip reading the clock while this is
+    /// false (closing started and keepalive both arm timers on their first
+    /// call).
+    pub fn wants_clock(&self) -> bool {
+        match self.state {
+            State::CloseSent => true,
+            State::Open => self.config.ping_interval.is_some(),
+            _ => false,
+        }
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::CloseSent => self.close_deadline,
-            State::Open => match (self.next_ping, self.pong_deadline) {
+            State::CloseSent => self.cold().close_deadline,
+            State::Open => match (self.cold().next_ping, self.cold().pong_deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
             _ => None,
         }
+    }
+}
+#[cfg(test)]
+mod sizes_tmp {
+    use super::*;
+    #[test]
+    fn print_sizes() {
+        use std::mem::size_of;
+        eprintln!("Connection {}", size_of::<Connection>());
+        eprintln!("InFrame opt {}", size_of::<Option<InFrame>>());
+        eprintln!("FrameHeader {}", size_of::<FrameHeader>());
+        eprintln!("InMessage opt {}", size_of::<Option<InMessage>>());
+        eprintln!("Utf8Validator {}", size_of::<Utf8Validator>());
+        eprintln!("events {}", size_of::<VecDeque<Event>>());
+        eprintln!("Event {}", size_of::<Event>());
+        eprintln!("Outbound {}", size_of::<Outbound>());
+        eprintln!("Error opt {}", size_of::<Option<Error>>());
+        eprintln!("CloseFrame opt {}", size_of::<Option<CloseFrame>>());
+        eprintln!("recv close {}", size_of::<Option<Option<CloseFrame>>>());
+        eprintln!("Instant opt {}", size_of::<Option<Instant>>());
     }
 }

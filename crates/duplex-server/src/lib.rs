@@ -11,6 +11,7 @@
 pub mod config;
 pub mod echo;
 pub mod server;
+pub mod shutdown;
 pub mod tls;
 pub mod web;
 

@@ -9,18 +9,20 @@
 //! `shutdown_grace` for them to finish.
 
 use crate::config::ServerConfig;
-use crate::echo;
+use crate::echo::{self, EchoStats};
+use crate::shutdown::{Shutdown, Stage};
 use crate::web;
 use duplex::tls::TlsAcceptor;
 use duplex::{Handshake, WebSocket};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 /// How many over-the-limit connections may be answered 503 at once; more
@@ -33,6 +35,13 @@ struct Shared {
     /// `config.ws` behind one `Arc`, handed to every connection (instead
     /// of a copy each).
     ws: Arc<duplex::Config>,
+    shutdown: Shutdown,
+    /// Admitted connections (`max_connections` permits).
+    limit: Semaphore,
+    /// Connections being answered 503 (`REFUSAL_BACKLOG` permits).
+    refusals: Semaphore,
+    /// When the server started: connections keep their start relative to it.
+    epoch: Instant,
 }
 
 /// A bound server, ready to run.
@@ -55,128 +64,197 @@ impl Server {
 
     /// Serves until `shutdown` completes, then closes connections gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
-        let refusals = Arc::new(Semaphore::new(REFUSAL_BACKLOG));
-        let config = Arc::new(Shared {
+        let max = self.config.max_connections;
+        let shared = Arc::new(Shared {
             ws: Arc::new(self.config.ws.clone()),
             config: self.config,
+            shutdown: Shutdown::new(),
+            limit: Semaphore::new(max),
+            refusals: Semaphore::new(REFUSAL_BACKLOG),
+            epoch: Instant::now(),
         });
-        let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = self.listener.accept() => {
-                    let (tcp, peer) = match accepted {
-                        Ok(x) => x,
-                        Err(e) => {
-                            // Out of descriptors and similar: back off briefly.
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    // Over the limit, a few connections at a time are told
-                    // so with a 503; beyond that they are dropped at once.
-                    let permit = match limit.clone().try_acquire_owned() {
-                        Ok(p) => p,
-                        Err(_) => match refusals.clone().try_acquire_owned() {
-                            Ok(p) => p,
-                            Err(_) => {
-                                warn!(%peer, "dropped: connection limit and refusal backlog full");
-                                continue;
-                            }
-                        },
-                    };
-                    let admitted = Arc::ptr_eq(permit.semaphore(), &limit);
-                    let config = config.clone();
-                    let stop = stop_rx.clone();
-                    let fut = async move {
-                        handle(tcp, peer, config, stop, admitted).await;
-                        drop(permit);
-                    };
-                    tasks.spawn(fut);
-                }
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
+                accepted = self.listener.accept() => match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and similar: back off briefly.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            // Over the limit, a few connections at a time are told so with
+            // a 503; beyond that they are dropped at once.
+            let Some(slot) = Slot::take(&shared) else {
+                warn!(%peer, "dropped: connection limit and refusal backlog full");
+                continue;
+            };
+            // The request is read and routed in a boxed future, freed once
+            // the socket is open; the task then holds the session alone.
+            let opening = Box::pin(open(tcp, peer, slot));
+            tokio::spawn(Task::Opening { opening });
         }
-        info!(connections = tasks.len(), "shutting down");
-        let _ = stop_tx.send(true);
-        let grace = config.config.shutdown_grace;
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        // Every connection holds a permit of `limit` or `refusals` until it
+        // ends: all permits back means all connections are done.
+        info!(
+            connections = max - shared.limit.available_permits(),
+            "shutting down"
+        );
+        shared.shutdown.advance(Stage::Closing);
+        let all_done = async {
+            let a = shared
+                .limit
+                .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
+                .await;
+            let b = shared.refusals.acquire_many(REFUSAL_BACKLOG as u32).await;
+            drop((a, b));
+        };
+        if tokio::time::timeout(shared.config.shutdown_grace, all_done)
             .await
             .is_err()
         {
-            tasks.abort_all();
+            shared.shutdown.advance(Stage::Now);
         }
         Ok(())
     }
 }
 
-async fn handle(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    config: Arc<Shared>,
-    stop: watch::Receiver<bool>,
+/// A connection's place under the limit (or in the refusal backlog),
+/// given back when it ends. Holds the shared state too, so a connection
+/// carries one pointer for both.
+struct Slot {
+    shared: Arc<Shared>,
+    /// When the connection was accepted, in milliseconds since the server
+    /// started (beside `admitted`, this fits where the padding was).
+    started_ms: u32,
     admitted: bool,
-) {
-    let started = Instant::now();
-    let _ = tcp.set_nodelay(true);
-    match &config.config.tls {
-        None => serve_stream(tcp, peer, &config, stop, admitted, started).await,
-        // Boxed: the TLS state is several KiB, and a future's size is that
-        // of its largest branch, which plain connections would pay for too.
-        Some(tls) => {
-            Box::pin(serve_tls(
-                tcp,
-                tls.clone(),
-                peer,
-                &config,
-                stop,
-                admitted,
-                started,
-            ))
-            .await
+}
+
+impl Slot {
+    fn take(shared: &Arc<Shared>) -> Option<Slot> {
+        let admitted = match shared.limit.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                true
+            }
+            Err(_) => {
+                shared.refusals.try_acquire().ok()?.forget();
+                false
+            }
+        };
+        Some(Slot {
+            started_ms: u32::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u32::MAX),
+            shared: shared.clone(),
+            admitted,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        match self.admitted {
+            true => self.shared.limit.add_permits(1),
+            false => self.shared.refusals.add_permits(1),
         }
     }
 }
 
-async fn serve_tls(
-    tcp: TcpStream,
-    tls: Arc<duplex::tls::rustls::ServerConfig>,
+/// An open plain-TCP WebSocket on `/echo`: what an idle connection's task
+/// holds.
+struct Session {
+    ws: WebSocket<TcpStream>,
     peer: SocketAddr,
-    config: &Shared,
-    stop: watch::Receiver<bool>,
-    admitted: bool,
-    started: Instant,
-) {
-    // The TLS handshake counts against the opening-handshake time.
-    let acceptor = TlsAcceptor::from(tls);
-    match tokio::time::timeout(config.ws.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => serve_stream(stream, peer, config, stop, admitted, started).await,
-        Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => info!(%peer, "TLS handshake timed out"),
+    slot: Slot,
+}
+
+impl Session {
+    /// Echoes, then logs. A plain function returning an `async move`
+    /// block, not an `async fn`: an `async fn` stores its by-value
+    /// arguments twice (as argument and as local), which here would be the
+    /// whole session.
+    fn run(self) -> impl Future<Output = ()> {
+        let mut this = self;
+        async move {
+            let stats = echo::run(&mut this.ws, &this.slot.shared.shutdown).await;
+            log_close(&this.ws, this.peer, &this.slot, &stats);
+        }
     }
 }
 
-/// Serves one connection: the request is read and routed in a future of
-/// its own, boxed and freed once the socket is open, so that a connection
-/// waiting for messages holds only the socket and the echo loop's state.
-async fn serve_stream<S>(
-    stream: S,
-    peer: SocketAddr,
-    config: &Shared,
-    stop: watch::Receiver<bool>,
-    admitted: bool,
-    started: Instant,
-) where
+pin_project_lite::pin_project! {
+    /// One connection's task: the boxed opening phase, then the session in
+    /// place (so the session is not stored twice, as it would be in an
+    /// `async` block that awaits one and then the other).
+    #[project = TaskProj]
+    enum Task<O, R> {
+        Opening { opening: Pin<Box<O>> },
+        Serving { #[pin] session: R },
+        Done,
+    }
+}
+
+impl<O, R> Future for Task<O, R>
+where
+    O: Future<Output = Option<R>>,
+    R: Future<Output = ()>,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                TaskProj::Opening { opening } => match ready!(opening.as_mut().poll(cx)) {
+                    Some(session) => self.set(Task::Serving { session }),
+                    None => {
+                        self.set(Task::Done);
+                        return Poll::Ready(());
+                    }
+                },
+                TaskProj::Serving { session } => {
+                    ready!(session.poll(cx));
+                    self.set(Task::Done);
+                    return Poll::Ready(());
+                }
+                TaskProj::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// Reads and answers the request; returns the session's future if a plain
+/// socket was opened. TLS connections are served to the end in here
+/// (their state is several KiB anyway).
+async fn open(tcp: TcpStream, peer: SocketAddr, slot: Slot) -> Option<impl Future<Output = ()>> {
+    let _ = tcp.set_nodelay(true);
+    let shared = &slot.shared;
+    let Some(tls) = &shared.config.tls else {
+        let ws = route(tcp, peer, shared, slot.admitted).await?;
+        return Some(Session { ws, peer, slot }.run());
+    };
+    // The TLS handshake counts against the opening-handshake time.
+    let acceptor = TlsAcceptor::from(tls.clone());
+    let accept = acceptor.accept(tcp);
+    match tokio::time::timeout(shared.ws.handshake_timeout, accept).await {
+        Ok(Ok(stream)) => {
+            if let Some(mut ws) = route(stream, peer, shared, slot.admitted).await {
+                let stats = echo::run(&mut ws, &shared.shutdown).await;
+                log_close(&ws, peer, &slot, &stats);
+            }
+        }
+        Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => info!(%peer, "TLS handshake timed out"),
+    }
+    None
+}
+
+fn log_close<S>(ws: &WebSocket<S>, peer: SocketAddr, slot: &Slot, stats: &EchoStats)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(mut ws) = Box::pin(route(stream, peer, config, admitted)).await else {
-        return;
-    };
-    let stats = echo::run(&mut ws, stop).await;
     info!(
         %peer,
         path = "/echo",
@@ -187,7 +265,7 @@ async fn serve_stream<S>(
         close_code = ws.close_code().map(|c| c.0),
         clean = ws.was_clean(),
         error = stats.error.as_deref().unwrap_or(""),
-        ms = started.elapsed().as_millis() as u64,
+        ms = (slot.shared.epoch.elapsed().as_millis() as u64).saturating_sub(slot.started_ms.into()),
         "connection closed"
     );
 }
@@ -245,5 +323,44 @@ where
             info!(%peer, %path, status = 404, "not found");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the task an open, idle connection lives in.
+    fn task_size<O, R>(_: &Pin<Box<O>>) -> usize
+    where
+        O: Future<Output = Option<R>>,
+    {
+        std::mem::size_of::<Task<O, R>>()
+    }
+
+    /// tokio allocates a task as its future plus ~100 bytes of header and
+    /// trailer, rounded up to 128 bytes: at most 536 bytes of future keep
+    /// an idle connection's task in a 640-byte allocation. Growing past it
+    /// costs every idle connection 128 bytes (see BENCHMARKS.md).
+    #[tokio::test]
+    async fn an_idle_connection_task_fits_its_memory_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        let (tcp, peer) = accepted.unwrap();
+        let shared = Arc::new(Shared {
+            ws: Arc::new(duplex::Config::default()),
+            config: ServerConfig::default(),
+            shutdown: Shutdown::new(),
+            limit: Semaphore::new(1),
+            refusals: Semaphore::new(1),
+            epoch: Instant::now(),
+        });
+        let slot = Slot::take(&shared).unwrap();
+        let opening = Box::pin(open(tcp, peer, slot));
+        let size = task_size(&opening);
+        assert!(size <= 536, "idle connection task is {size} bytes");
+        drop((opening, client));
+        assert_eq!(shared.limit.available_permits(), 1, "the slot came back");
     }
 }

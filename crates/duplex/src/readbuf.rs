@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// Size of the per-thread scratch buffer: the most one read takes while the
@@ -45,36 +45,42 @@ pub(crate) async fn read_into<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     pending_frame: usize,
 ) -> io::Result<usize> {
+    poll_fn(|cx| poll_read_into(stream, buf, pending_frame, cx)).await
+}
+
+/// The poll form of [`read_into`]: holds nothing between polls, so a
+/// waiting connection's state is its buffer (empty when idle) alone.
+pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    pending_frame: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
     if buf.is_empty() {
         if buf.capacity() >= READ_MIN / 2 {
             // Data may be waiting already (a busy connection): read it into
             // the buffer in hand, which avoids the copy from the scratch.
-            let direct = stream.read_buf(buf);
-            tokio::pin!(direct);
-            if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(direct.as_mut().poll(cx))).await {
-                return r;
+            if let Poll::Ready(r) = poll_read_buf(stream, buf, cx) {
+                return Poll::Ready(r);
             }
         }
         // Nothing waiting: give the memory back and wait through the scratch.
         if buf.capacity() > 0 {
             *buf = BytesMut::new();
         }
-        return poll_fn(|cx| {
-            SCRATCH_BUF.with(|s| {
-                let mut s = s.borrow_mut();
-                let mut rb = ReadBuf::new(&mut s[..]);
-                match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let got = rb.filled();
-                        buf.extend_from_slice(got);
-                        Poll::Ready(Ok(got.len()))
-                    }
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
+        return SCRATCH_BUF.with(|s| {
+            let mut s = s.borrow_mut();
+            let mut rb = ReadBuf::new(&mut s[..]);
+            match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let got = rb.filled();
+                    buf.extend_from_slice(got);
+                    Poll::Ready(Ok(got.len()))
                 }
-            })
-        })
-        .await;
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        });
     }
     if buf.capacity() - buf.len() < READ_MIN / 2 {
         let want = pending_frame
@@ -82,25 +88,41 @@ pub(crate) async fn read_into<R: AsyncRead + Unpin>(
             .max(READ_MIN);
         buf.reserve(want);
     }
-    stream.read_buf(buf).await
+    poll_read_buf(stream, buf, cx)
+}
+
+/// One read into `buf`'s spare capacity. tokio's `read_buf` future holds
+/// only its two references, so polling a fresh one is free.
+fn poll_read_buf<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let read = stream.read_buf(buf);
+    tokio::pin!(read);
+    read.poll(cx)
 }
 
 /// Reads and discards until EOF or an error (the linger after our FIN),
 /// through the per-thread scratch buffer so that waiting costs nothing.
 pub(crate) async fn drain<R: AsyncRead + Unpin>(stream: &mut R) {
+    poll_fn(|cx| poll_drain(stream, cx)).await
+}
+
+/// The poll form of [`drain`]: ready at EOF or on an error.
+pub(crate) fn poll_drain<R: AsyncRead + Unpin>(stream: &mut R, cx: &mut Context<'_>) -> Poll<()> {
     loop {
-        let n = poll_fn(|cx| {
-            SCRATCH_BUF.with(|s| {
-                let mut s = s.borrow_mut();
-                let mut rb = ReadBuf::new(&mut s[..]);
-                Pin::new(&mut *stream)
-                    .poll_read(cx, &mut rb)
-                    .map(|r| r.map(|()| rb.filled().len()))
-            })
-        })
-        .await;
-        if !matches!(n, Ok(n) if n > 0) {
-            return;
+        let n = SCRATCH_BUF.with(|s| {
+            let mut s = s.borrow_mut();
+            let mut rb = ReadBuf::new(&mut s[..]);
+            Pin::new(&mut *stream)
+                .poll_read(cx, &mut rb)
+                .map(|r| r.map(|()| rb.filled().len()))
+        });
+        match n {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(n)) if n > 0 => continue,
+            Poll::Ready(_) => return Poll::Ready(()),
         }
     }
 }

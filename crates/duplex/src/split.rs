@@ -129,9 +129,7 @@ impl<S: AsyncRead + AsyncWrite> WsReceiver<S> {
                         break;
                     }
                 }
-                if msg.is_none()
-                    && (c.poll_timeout().is_some() || c.config().ping_interval.is_some())
-                {
+                if msg.is_none() && c.wants_clock() {
                     c.handle_timeout(Instant::now().into_std());
                 }
                 (msg, c.outbound_len() > 0, c.is_closed(), c.poll_timeout())

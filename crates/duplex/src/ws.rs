@@ -6,9 +6,9 @@ use duplex_proto::{CloseCode, CloseFrame, Connection, Event, Message, State};
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio::time::Sleep;
 
@@ -29,11 +29,19 @@ pub enum ReadyState {
 /// Most slices handed to one vectored write.
 const MAX_IOV: usize = 64;
 
-#[derive(Debug)]
-struct Meta {
+/// The rarely used part of a `WebSocket`, boxed and made on first need:
+/// every idle connection carries its pointer only.
+#[derive(Debug, Default)]
+struct Extra {
+    /// What the handshake agreed.
     protocol: Option<String>,
     extensions: Option<String>,
     url: Option<String>,
+    /// The one timer of this connection (write timeout, ping and close
+    /// deadlines, the linger after our FIN), made on first use.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The transport error being reported once the shutdown is done.
+    aborted: Option<Error>,
 }
 
 /// A WebSocket over the stream `S` (a `TcpStream`, a TLS stream, …), after
@@ -44,13 +52,10 @@ pub struct WebSocket<S> {
     stream: S,
     conn: Connection,
     rbuf: BytesMut,
-    /// What the handshake agreed; boxed, and absent when there is nothing
-    /// to say, since every idle connection carries it.
-    meta: Option<Box<Meta>>,
-    /// The one timer of this connection (write timeout, ping and close
-    /// deadlines, the linger after our FIN), boxed and made on first use,
-    /// so waiting futures do not each carry a `Sleep` inline.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Handshake results, the timer, a pending error: absent until needed.
+    extra: Option<Box<Extra>>,
+    timer_use: Timer,
+    phase: Phase,
     transport_closed: bool,
     reported_error: bool,
 }
@@ -78,16 +83,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             stream,
             conn,
             rbuf: leftover,
-            meta: if protocol.is_none() && extensions.is_none() && url.is_none() {
+            extra: if protocol.is_none() && extensions.is_none() && url.is_none() {
                 None
             } else {
-                Some(Box::new(Meta {
+                Some(Box::new(Extra {
                     protocol,
                     extensions,
                     url,
+                    ..Extra::default()
                 }))
             },
-            timer: None,
+            timer_use: Timer::None,
+            phase: Phase::Open,
             transport_closed: false,
             reported_error: false,
         }
@@ -95,13 +102,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The subprotocol the handshake agreed on.
     pub fn protocol(&self) -> Option<&str> {
-        self.meta.as_ref()?.protocol.as_deref()
+        self.extra.as_ref()?.protocol.as_deref()
     }
 
     /// The negotiated `Sec-WebSocket-Extensions` value (e.g.
     /// `permessage-deflate`), as the browser's `extensions`.
     pub fn extensions(&self) -> &str {
-        self.meta
+        self.extra
             .as_ref()
             .and_then(|m| m.extensions.as_deref())
             .unwrap_or("")
@@ -109,7 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The URL this client connected to (`None` on the server side).
     pub fn url(&self) -> Option<&str> {
-        self.meta.as_ref()?.url.as_deref()
+        self.extra.as_ref()?.url.as_deref()
     }
 
     /// Bytes queued and not yet handed to the transport.
@@ -187,70 +194,153 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Writes everything queued, coalescing frames into vectored writes.
     pub async fn flush(&mut self) -> Result<()> {
-        let limit = self.conn.config().write_timeout;
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// The poll form of [`flush`](Self::flush). A write that makes no
+    /// progress for `write_timeout` fails with [`Error::WriteTimeout`].
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         while self.conn.outbound_len() > 0 {
-            let (stream, conn) = (&mut self.stream, &self.conn);
-            let write = poll_fn(|cx| poll_write_outbound(stream, conn, cx));
-            let n = match bounded(&mut self.timer, Limit::After(limit), write).await {
-                Some(r) => r?,
-                None => return Err(Error::WriteTimeout),
-            };
-            if n == 0 {
-                return Err(Error::Io(std::io::ErrorKind::WriteZero.into()));
+            match poll_write_outbound(&mut self.stream, &self.conn, cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Error::Io(std::io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.conn.consume_outbound(n);
+                    self.disarm(Timer::Write);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
+                Poll::Pending => {
+                    let limit = self.conn.config().write_timeout;
+                    return match self.poll_timer(cx, Timer::Write, Limit::After(limit)) {
+                        Poll::Ready(()) => Poll::Ready(Err(Error::WriteTimeout)),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
             }
-            self.conn.consume_outbound(n);
         }
-        self.stream.flush().await?;
+        Pin::new(&mut self.stream).poll_flush(cx).map_err(Error::Io)
+    }
+
+    /// Ready when a message may be queued without going over
+    /// `write_buffer_size`, flushing first if the queue is full
+    /// (backpressure; `Sink::poll_ready`).
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.conn.outbound_len() >= self.conn.config().write_buffer_size {
+            ready!(self.poll_flush(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues a message without waiting (`Sink::start_send`): it leaves
+    /// with the next flush, or when [`recv`](Self::recv) waits for input.
+    /// Call [`poll_ready`](Self::poll_ready) first to respect
+    /// `write_buffer_size`.
+    pub fn start_send(&mut self, msg: Message) -> Result<()> {
+        self.conn.send(msg)?;
         Ok(())
+    }
+
+    /// Closes with 1000 (unless closing has started) and polls until the
+    /// closing handshake and the transport are done (`Sink::poll_close`).
+    /// Data messages that arrive meanwhile are discarded.
+    pub fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.conn.state() == State::Open {
+            self.conn
+                .close(Some(CloseFrame::new(CloseCode::NORMAL, "")))?;
+        }
+        loop {
+            match ready!(self.poll_recv(cx)) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
     }
 
     /// The next data message. `None` once the connection has closed cleanly
     /// (see [`close_code`](Self::close_code)); `Some(Err(_))` once if it was
     /// failed or dropped, then `None`.
     pub async fn recv(&mut self) -> Option<Result<Message>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The poll form of [`recv`](Self::recv). All its state lives in the
+    /// `WebSocket`, so a task waiting on it holds nothing else.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
         loop {
+            match self.phase {
+                Phase::Open => {}
+                Phase::Aborting => {
+                    // Errors are moot: the connection has failed already.
+                    let _ = ready!(Pin::new(&mut self.stream).poll_shutdown(cx));
+                    self.phase = Phase::Done;
+                    let e = self.extra_mut().aborted.take();
+                    return Poll::Ready(self.report(e.unwrap_or(Error::AbnormalClosure)));
+                }
+                Phase::Finishing(_) => {
+                    ready!(self.poll_finish(cx));
+                    self.phase = Phase::Done;
+                    return Poll::Ready(self.take_error());
+                }
+                Phase::Done => return Poll::Ready(self.take_error()),
+            }
             while let Some(ev) = self.conn.poll_event() {
                 if let Event::Message(m) = ev {
-                    return Some(Ok(m));
+                    return Poll::Ready(Some(Ok(m)));
                 }
             }
             if self.conn.outbound_len() > 0 {
-                if let Err(e) = self.flush().await {
-                    return self.abort(e).await;
+                if let Err(e) = ready!(self.poll_flush(cx)) {
+                    self.start_abort(e);
                 }
                 continue;
             }
             if self.conn.is_closed() {
-                self.finish().await;
-                return self.take_error();
+                if !self.transport_closed {
+                    self.transport_closed = true;
+                    self.phase = Phase::Finishing(Finish::Flush);
+                    continue;
+                }
+                return Poll::Ready(self.take_error());
             }
             if self.transport_closed {
-                return self.take_error();
+                return Poll::Ready(self.take_error());
             }
             // Timers only when some are armed (or keepalive must start):
             // reading the clock per read is measurable where it is a system
             // call (virtual machines without a vDSO clock).
-            if self.conn.poll_timeout().is_some() || self.conn.config().ping_interval.is_some() {
+            if self.conn.wants_clock() {
                 self.conn.handle_timeout(Instant::now().into_std());
                 if self.conn.outbound_len() > 0 || self.conn.is_closed() {
                     continue;
                 }
             }
-            let deadline = self.conn.poll_timeout().map(Instant::from_std);
             let pending = self.conn.pending_frame_bytes();
-            let read = crate::readbuf::read_into(&mut self.stream, &mut self.rbuf, pending);
-            let res = match deadline {
-                Some(d) => match bounded(&mut self.timer, Limit::At(d), read).await {
-                    Some(r) => r,
-                    None => continue,
+            let read =
+                crate::readbuf::poll_read_into(&mut self.stream, &mut self.rbuf, pending, cx);
+            let res = match read {
+                Poll::Ready(r) => r,
+                Poll::Pending => match self.conn.poll_timeout() {
+                    // A timer fired: the loop hands the time to `conn`.
+                    Some(d) => {
+                        match self.poll_timer(cx, Timer::Read, Limit::At(Instant::from_std(d))) {
+                            Poll::Ready(()) => {
+                                self.disarm(Timer::Read);
+                                continue;
+                            }
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                    None => return Poll::Pending,
                 },
-                None => read.await,
             };
+            self.disarm(Timer::Read);
             match res {
                 Ok(0) => {
                     self.transport_closed = true;
                     if self.conn.received_close().is_none() && self.conn.error().is_none() {
-                        return self.report(Error::AbnormalClosure);
+                        return Poll::Ready(self.report(Error::AbnormalClosure));
                     }
                 }
                 Ok(_) => {
@@ -258,7 +348,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     // after the close is written (next iterations).
                     let _ = self.conn.receive(&mut self.rbuf);
                 }
-                Err(e) => return self.abort(Error::Io(e)).await,
+                Err(e) => self.start_abort(Error::Io(e)),
             }
         }
     }
@@ -280,26 +370,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
-    async fn abort(&mut self, e: Error) -> Option<Result<Message>> {
+    /// The transport failed: shut it down, then report `e`.
+    fn start_abort(&mut self, e: Error) {
         self.transport_closed = true;
-        let _ = self.stream.shutdown().await;
-        self.report(e)
+        self.extra_mut().aborted = Some(e);
+        self.phase = Phase::Aborting;
     }
 
     /// After the closing handshake: send FIN, then wait (bounded by
     /// `close_timeout`) for the peer's FIN so that nothing in flight is
     /// reset, and release the buffers.
-    async fn finish(&mut self) {
-        if self.transport_closed {
-            return;
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let Phase::Finishing(step) = self.phase else {
+                return Poll::Ready(());
+            };
+            let next = match step {
+                Finish::Flush => {
+                    // An error here only means the peer is gone already.
+                    let _ = ready!(self.poll_flush(cx));
+                    Finish::Shutdown
+                }
+                Finish::Shutdown => {
+                    let _ = ready!(Pin::new(&mut self.stream).poll_shutdown(cx));
+                    Finish::Drain
+                }
+                Finish::Drain => {
+                    if crate::readbuf::poll_drain(&mut self.stream, cx).is_pending() {
+                        let linger = self.conn.config().close_timeout;
+                        ready!(self.poll_timer(cx, Timer::Linger, Limit::After(linger)));
+                    }
+                    self.disarm(Timer::Linger);
+                    self.rbuf = BytesMut::new();
+                    return Poll::Ready(());
+                }
+            };
+            self.phase = Phase::Finishing(next);
         }
-        self.transport_closed = true;
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
-        let linger = self.conn.config().close_timeout;
-        let drain = crate::readbuf::drain(&mut self.stream);
-        let _ = bounded(&mut self.timer, Limit::After(linger), drain).await;
-        self.rbuf = BytesMut::new();
+    }
+
+    /// Polls the connection's one timer for `use_`, arming it first if it
+    /// is armed for something else (or not at all) or for another instant.
+    fn poll_timer(&mut self, cx: &mut Context<'_>, use_: Timer, limit: Limit) -> Poll<()> {
+        let deadline = match (limit, self.timer_use == use_) {
+            (Limit::After(_), true) => None,
+            (Limit::After(d), false) => Some(Instant::now() + d),
+            (Limit::At(t), same) => {
+                let armed = self.timer().map(|s| s.deadline());
+                (!same || armed != Some(t)).then_some(t)
+            }
+        };
+        if let Some(d) = deadline {
+            self.timer_use = use_;
+            let timer = &mut self.extra_mut().timer;
+            match timer.as_mut() {
+                Some(s) => s.as_mut().reset(d),
+                None => *timer = Some(Box::pin(tokio::time::sleep_until(d))),
+            }
+        }
+        match self.extra.as_mut().and_then(|x| x.timer.as_mut()) {
+            Some(s) => s.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    fn timer(&self) -> Option<&Pin<Box<Sleep>>> {
+        self.extra.as_ref()?.timer.as_ref()
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn disarm(&mut self, use_: Timer) {
+        if self.timer_use == use_ {
+            self.timer_use = Timer::None;
+        }
     }
 
     /// Starts the closing handshake and waits until it completes (or
@@ -342,6 +488,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 }
 
+/// Data messages until the connection ends (as [`WebSocket::recv`]).
+impl<S: AsyncRead + AsyncWrite + Unpin> futures_core::Stream for WebSocket<S> {
+    type Item = Result<Message>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+/// Messages queued with backpressure; `close` runs the closing handshake
+/// with 1000.
+impl<S: AsyncRead + AsyncWrite + Unpin> futures_sink::Sink<Message> for WebSocket<S> {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        WebSocket::poll_ready(self.get_mut(), cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, msg: Message) -> Result<()> {
+        WebSocket::start_send(self.get_mut(), msg)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        WebSocket::poll_flush(self.get_mut(), cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        WebSocket::poll_close(self.get_mut(), cx)
+    }
+}
+
 /// One (vectored) write of the queued frames. The slice array lives only
 /// during the poll, not in the state of a waiting future.
 fn poll_write_outbound<S: AsyncWrite + Unpin>(
@@ -359,64 +536,44 @@ fn poll_write_outbound<S: AsyncWrite + Unpin>(
     }
 }
 
-/// When a [`Deadline`] expires.
+/// When the connection's timer should fire.
 #[derive(Clone, Copy)]
 enum Limit {
-    /// This long after the first poll that finds `fut` pending.
+    /// This long after it is first found needed.
     After(Duration),
     /// At this instant.
     At(Instant),
 }
 
-pin_project_lite::pin_project! {
-    /// `fut` bounded in time by the connection's one reusable timer: the
-    /// clock is read and the timer armed only once `fut` is found pending,
-    /// and no `Sleep` lives inside the waiting future.
-    struct Deadline<'a, F> {
-        #[pin]
-        fut: F,
-        timer: &'a mut Option<Pin<Box<Sleep>>>,
-        limit: Limit,
-        armed: bool,
-    }
+/// What the connection's one timer is armed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    None,
+    /// No write progress since it was armed (`write_timeout`).
+    Write,
+    /// The protocol's next deadline (close or keepalive).
+    Read,
+    /// The wait for the peer's FIN after ours (`close_timeout`).
+    Linger,
 }
 
-impl<F: Future> Future for Deadline<'_, F> {
-    /// `None` if the time ran out first.
-    type Output = Option<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(v) = this.fut.poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        if !*this.armed {
-            *this.armed = true;
-            let deadline = match *this.limit {
-                Limit::After(d) => Instant::now() + d,
-                Limit::At(t) => t,
-            };
-            match this.timer.as_mut() {
-                Some(s) => s.as_mut().reset(deadline),
-                None => **this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
-        match this.timer.as_mut().map(|s| s.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(None),
-            _ => Poll::Pending,
-        }
-    }
+/// Where a connection stands, beyond what `Connection` knows.
+#[derive(Debug)]
+enum Phase {
+    Open,
+    /// The transport failed: shutting it down, then `Extra::aborted` is
+    /// reported.
+    Aborting,
+    /// The closing handshake is complete: finishing the transport.
+    Finishing(Finish),
+    /// Nothing more will happen.
+    Done,
 }
 
-fn bounded<F: Future>(
-    timer: &mut Option<Pin<Box<Sleep>>>,
-    limit: Limit,
-    fut: F,
-) -> Deadline<'_, F> {
-    Deadline {
-        fut,
-        timer,
-        limit,
-        armed: false,
-    }
+/// The steps after the closing handshake.
+#[derive(Debug, Clone, Copy)]
+enum Finish {
+    Flush,
+    Shutdown,
+    Drain,
 }

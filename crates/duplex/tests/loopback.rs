@@ -180,12 +180,30 @@ async fn unreachable_port_is_a_connect_error() {
     assert!(matches!(err, Error::Io(_)), "{err}");
 }
 
-#[tokio::test]
-async fn frames_sent_with_the_handshake_response_are_seen_at_once() {
+/// A server that completes the opening handshake by hand, then hands the
+/// raw socket to `then` (which misbehaves in its own way).
+async fn raw_peer<F, Fut>(then: F) -> (String, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    raw_peer_with_first_bytes(&[], then).await
+}
+
+/// Like [`raw_peer`], sending `first` right behind the 101 response.
+async fn raw_peer_with_first_bytes<F, Fut>(
+    first: &[u8],
+    then: F,
+) -> (String, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/", l.local_addr().unwrap());
-    let server = tokio::spawn(async move {
+    let first = first.to_vec();
+    let h = tokio::spawn(async move {
         let (mut tcp, _) = l.accept().await.unwrap();
         let mut buf = vec![0u8; 4096];
         let mut got = Vec::new();
@@ -204,17 +222,113 @@ async fn frames_sent_with_the_handshake_response_are_seen_at_once() {
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: {accept}\r\n\r\n"
         );
-        // Response and a first text frame in one write; then wait for the echo.
         let mut out = resp.into_bytes();
-        out.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+        out.extend_from_slice(&first);
         tcp.write_all(&out).await.unwrap();
-        let mut echo = [0u8; 8];
-        tcp.read_exact(&mut echo).await.unwrap();
-        assert_eq!(echo[0], 0x81);
-        assert_eq!(echo[1], 0x82, "masked, 2 bytes");
-        let mask = [echo[2], echo[3], echo[4], echo[5]];
-        assert_eq!([echo[6] ^ mask[0], echo[7] ^ mask[1]], *b"hi");
+        then(tcp).await;
     });
+    (url, h)
+}
+
+/// Reads and discards until EOF, answering nothing.
+async fn swallow(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 1 << 16];
+    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+fn client_with(config: duplex::Config) -> ClientOptions {
+    ClientOptions {
+        config,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn write_timeout_fails_a_peer_that_stops_reading() {
+    let (url, server) = raw_peer(|tcp| async move {
+        // Holds the socket open without reading a byte.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        drop(tcp);
+    })
+    .await;
+    let cfg = duplex::Config::default().with_write_timeout(Duration::from_millis(300));
+    let mut ws = duplex::connect_with(&url, client_with(cfg)).await.unwrap();
+    let big = bytes::Bytes::from(vec![7u8; 1 << 20]);
+    let started = std::time::Instant::now();
+    let err = loop {
+        // The kernel's buffers take a few MiB; then writes stall.
+        if let Err(e) = ws.send(Message::Binary(big.clone())).await {
+            break e;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never timed out"
+        );
+    };
+    assert!(matches!(err, Error::WriteTimeout), "{err}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn keepalive_fails_a_peer_that_never_answers_pings() {
+    let (url, server) = raw_peer(swallow).await;
+    let cfg = duplex::Config::default()
+        .with_ping_interval(Some(Duration::from_millis(50)))
+        .with_pong_timeout(Duration::from_millis(150));
+    let mut ws = duplex::connect_with(&url, client_with(cfg)).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), ws.recv())
+        .await
+        .expect("keepalive gave up in time");
+    let err = r.expect("an error, not a clean end").unwrap_err();
+    assert!(err.to_string().contains("pong"), "{err}");
+    assert!(ws.recv().await.is_none());
+    assert_eq!(ws.ready_state(), ReadyState::Closed);
+    assert!(!ws.was_clean());
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn close_gives_up_on_a_peer_that_never_answers() {
+    let (url, server) = raw_peer(|tcp| async move {
+        // Reads our close but neither answers it nor closes its side.
+        use tokio::io::AsyncReadExt;
+        let mut tcp = tcp;
+        let mut buf = [0u8; 64];
+        let _ = tcp.read(&mut buf).await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    })
+    .await;
+    let cfg = duplex::Config::default().with_close_timeout(Duration::from_millis(200));
+    let mut ws = duplex::connect_with(&url, client_with(cfg)).await.unwrap();
+    let started = std::time::Instant::now();
+    ws.close(CloseCode::NORMAL, "bye").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(ws.ready_state(), ReadyState::Closed);
+    assert_eq!(ws.close_code(), Some(CloseCode::ABNORMAL));
+    assert!(!ws.was_clean());
+    server.abort();
+}
+
+#[tokio::test]
+async fn frames_sent_with_the_handshake_response_are_seen_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Response and a first text frame in one write; then wait for the echo.
+    let (url, server) =
+        raw_peer_with_first_bytes(&[0x81, 0x02, b'h', b'i'], |mut tcp| async move {
+            let mut echo = [0u8; 8];
+            tcp.read_exact(&mut echo).await.unwrap();
+            assert_eq!(echo[0], 0x81);
+            assert_eq!(echo[1], 0x82, "masked, 2 bytes");
+            let mask = [echo[2], echo[3], echo[4], echo[5]];
+            assert_eq!([echo[6] ^ mask[0], echo[7] ^ mask[1]], *b"hi");
+            let _ = tcp.shutdown().await;
+        })
+        .await;
     let mut ws = duplex::connect(&url).await.unwrap();
     let m = tokio::time::timeout(Duration::from_secs(5), ws.recv())
         .await
@@ -223,5 +337,36 @@ async fn frames_sent_with_the_handshake_response_are_seen_at_once() {
         .unwrap();
     assert_eq!(m, Message::text("hi"));
     ws.send(m).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn stream_and_sink_carry_messages_and_close() {
+    use futures_util::{SinkExt, StreamExt};
+    let (url, server) = one_shot(|tcp| async move {
+        let mut ws = duplex::accept(tcp).await.unwrap();
+        // Echo through the Stream and Sink impls.
+        while let Some(m) = ws.next().await {
+            ws.feed(m.unwrap()).await.unwrap();
+        }
+        assert_eq!(ws.close_code(), Some(CloseCode::NORMAL));
+        assert!(ws.was_clean());
+    })
+    .await;
+    let mut ws = duplex::connect(&url).await.unwrap();
+    for i in 0..50 {
+        SinkExt::feed(&mut ws, Message::binary(vec![i as u8; i]))
+            .await
+            .unwrap();
+    }
+    SinkExt::flush(&mut ws).await.unwrap();
+    for i in 0..50 {
+        let m = ws.next().await.unwrap().unwrap();
+        assert_eq!(m, Message::binary(vec![i as u8; i]));
+    }
+    SinkExt::close(&mut ws).await.unwrap();
+    assert_eq!(ws.ready_state(), ReadyState::Closed);
+    assert!(ws.was_clean());
+    assert!(ws.next().await.is_none());
     server.await.unwrap();
 }

@@ -814,23 +814,3 @@ impl Connection {
         }
     }
 }
-#[cfg(test)]
-mod sizes_tmp {
-    use super::*;
-    #[test]
-    fn print_sizes() {
-        use std::mem::size_of;
-        eprintln!("Connection {}", size_of::<Connection>());
-        eprintln!("InFrame opt {}", size_of::<Option<InFrame>>());
-        eprintln!("FrameHeader {}", size_of::<FrameHeader>());
-        eprintln!("InMessage opt {}", size_of::<Option<InMessage>>());
-        eprintln!("Utf8Validator {}", size_of::<Utf8Validator>());
-        eprintln!("events {}", size_of::<VecDeque<Event>>());
-        eprintln!("Event {}", size_of::<Event>());
-        eprintln!("Outbound {}", size_of::<Outbound>());
-        eprintln!("Error opt {}", size_of::<Option<Error>>());
-        eprintln!("CloseFrame opt {}", size_of::<Option<CloseFrame>>());
-        eprintln!("recv close {}", size_of::<Option<Option<CloseFrame>>>());
-        eprintln!("Instant opt {}", size_of::<Option<Instant>>());
-    }
-}

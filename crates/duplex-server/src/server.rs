@@ -5,8 +5,9 @@
 //! over the limit is answered 503 instead of being queued — at most
 //! `REFUSAL_BACKLOG` (64) of those at a time, further ones are closed at once —
 //! so a flood cannot grow memory. Shutdown: stop accepting, tell every connection
-//! through a watch channel (each sends close 1001), and wait at most
-//! `shutdown_grace` for them to finish.
+//! through the shared [`Shutdown`] signal (each sends close 1001), wait at
+//! most `shutdown_grace` for every permit to come back, then tell the rest
+//! to stop at once.
 
 use crate::config::ServerConfig;
 use crate::echo::{self, EchoStats};

@@ -5,7 +5,6 @@
 //! part of what an idle connection costs: here one intrusive `Notify`
 //! waiter (no allocation, no channel version) and a shared stage.
 
-use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use tokio::sync::futures::Notified;
@@ -58,18 +57,16 @@ impl Shutdown {
     }
 
     /// Completes once the stage is `stage` or later.
-    pub fn reached(&self, stage: Stage) -> impl Future<Output = ()> + '_ {
-        async move {
-            loop {
-                let mut woken = pin!(self.notify.notified());
-                // Registered before the check, so an `advance` between the
-                // check and the wait is not missed.
-                woken.as_mut().enable();
-                if self.stage() >= stage {
-                    return;
-                }
-                woken.await;
+    pub async fn reached(&self, stage: Stage) {
+        loop {
+            let mut woken = pin!(self.notify.notified());
+            // Registered before the check, so an `advance` between the
+            // check and the wait is not missed.
+            woken.as_mut().enable();
+            if self.stage() >= stage {
+                return;
             }
+            woken.await;
         }
     }
 }

@@ -370,3 +370,67 @@ async fn stream_and_sink_carry_messages_and_close() {
     assert!(ws.next().await.is_none());
     server.await.unwrap();
 }
+
+/// A client that opens the socket by hand and then speaks raw frames.
+async fn raw_client(url: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("ws://").split('/').next().unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /chat HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.unwrap();
+        got.push(byte[0]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    tcp
+}
+
+/// A masked client frame (mask key 0: the payload goes as is).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn server_closes_the_tcp_connection_first_after_a_clean_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (url, server) = one_shot(|tcp| async move {
+        let mut ws = duplex::accept(tcp).await.unwrap();
+        assert!(ws.recv().await.is_none());
+        assert!(ws.was_clean());
+        let _ = done_tx.send(());
+    })
+    .await;
+    let mut tcp = raw_client(&url).await;
+    // Close, with a ping behind it that the server must read away (closing
+    // with unread input would reset the connection and could destroy the
+    // close frame in our buffer).
+    let mut out = client_frame(0x8, &1000u16.to_be_bytes());
+    out.extend_from_slice(&client_frame(0x9, b"late"));
+    tcp.write_all(&out).await.unwrap();
+    // The server is done without waiting for our FIN, which never comes.
+    tokio::time::timeout(Duration::from_secs(2), done_rx)
+        .await
+        .expect("the server finished while the client kept its side open")
+        .unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut reply))
+        .await
+        .expect("EOF from the server")
+        .expect("a FIN, not a reset");
+    assert_eq!(reply, [0x88, 0x02, 0x03, 0xe8], "close 1000 echoed");
+    server.await.unwrap();
+}

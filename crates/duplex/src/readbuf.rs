@@ -5,12 +5,9 @@
 //! waits for data by reading into a per-thread scratch buffer (borrowed only
 //! during the synchronous `poll_read`, never across an `.await`), then
 //! copies exactly what arrived into a buffer of its own, so the frames in it
-//! can be handed out as zero-copy slices. A read that brought a lot (a
-//! large message, a burst) takes the scratch buffer itself instead of
-//! copying it, and the thread makes itself a new one. A busy connection
-//! whose next bytes are already waiting keeps reading straight into its
-//! buffer. An idle connection therefore costs no read buffer, however
-//! large its last burst was. While a frame is
+//! can be handed out as zero-copy slices. A busy connection whose next
+//! bytes are already waiting keeps reading straight into its buffer. An idle connection therefore costs
+//! no read buffer, however large its last burst was. While a frame is
 //! incomplete, reads go straight into the connection's buffer, which grows
 //! with the bytes that have arrived (never with a length the peer declared).
 
@@ -18,8 +15,9 @@ use bytes::BytesMut;
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// Size of the per-thread scratch buffer: the most one read takes while the
 /// connection holds no buffer.
@@ -35,13 +33,8 @@ const READ_KEEP: usize = 64 << 10;
 /// proportional to what it sent.
 const GROWTH: usize = 4;
 
-/// A read through the scratch of at least this many bytes hands the
-/// scratch to the connection instead of copying out of it: the copy would
-/// cost more than the allocation that replaces the scratch.
-const HANDOFF: usize = 4 << 10;
-
 thread_local! {
-    static SCRATCH_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
 }
 
 /// Reads once from `stream` into `buf`; `pending_frame` is how many bytes
@@ -77,17 +70,16 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
         }
         return SCRATCH_BUF.with(|s| {
             let mut s = s.borrow_mut();
-            s.clear();
-            if s.capacity() < SCRATCH {
-                *s = BytesMut::with_capacity(SCRATCH);
+            let mut rb = ReadBuf::new(&mut s[..]);
+            match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let got = rb.filled();
+                    buf.extend_from_slice(got);
+                    Poll::Ready(Ok(got.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
             }
-            let n = ready!(poll_read_buf(stream, &mut s, cx))?;
-            if n >= HANDOFF {
-                *buf = std::mem::take(&mut *s);
-            } else {
-                buf.extend_from_slice(&s[..n]);
-            }
-            Poll::Ready(Ok(n))
         });
     }
     if buf.capacity() - buf.len() < READ_MIN / 2 {
@@ -119,20 +111,20 @@ pub(crate) async fn drain<R: AsyncRead + Unpin>(stream: &mut R) {
 
 /// The poll form of [`drain`]: ready at EOF or on an error.
 pub(crate) fn poll_drain<R: AsyncRead + Unpin>(stream: &mut R, cx: &mut Context<'_>) -> Poll<()> {
-    SCRATCH_BUF.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.capacity() < SCRATCH {
-            *s = BytesMut::with_capacity(SCRATCH);
+    loop {
+        let n = SCRATCH_BUF.with(|s| {
+            let mut s = s.borrow_mut();
+            let mut rb = ReadBuf::new(&mut s[..]);
+            Pin::new(&mut *stream)
+                .poll_read(cx, &mut rb)
+                .map(|r| r.map(|()| rb.filled().len()))
+        });
+        match n {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(n)) if n > 0 => continue,
+            Poll::Ready(_) => return Poll::Ready(()),
         }
-        loop {
-            s.clear();
-            match poll_read_buf(stream, &mut s, cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(n)) if n > 0 => continue,
-                Poll::Ready(_) => return Poll::Ready(()),
-            }
-        }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -174,29 +166,5 @@ mod tests {
         drop(a);
         buf.clear();
         assert_eq!(read_into(&mut b, &mut buf, 0).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_large_read_takes_the_scratch_and_small_ones_copy_out_of_it() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 20);
-        let mut buf = BytesMut::new();
-        // Nothing in hand, 40 KiB waiting: one read through the scratch,
-        // which the buffer then keeps (no copy).
-        let big: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
-        a.write_all(&big).await.unwrap();
-        let n = read_into(&mut b, &mut buf, 0).await.unwrap();
-        assert!(n >= HANDOFF, "{n}");
-        assert_eq!(&buf[..], &big[..n]);
-        assert!(buf.capacity() >= SCRATCH, "{}", buf.capacity());
-        // The thread made itself a new scratch: small reads still work and
-        // copy exactly what arrived.
-        let mut small = BytesMut::new();
-        let (mut c, mut d) = tokio::io::duplex(1 << 16);
-        c.write_all(b"tiny").await.unwrap();
-        assert_eq!(read_into(&mut d, &mut small, 0).await.unwrap(), 4);
-        assert_eq!(&small[..], b"tiny");
-        assert!(small.capacity() < 1024, "{}", small.capacity());
-        // The big buffer is unaffected by the scratch's reuse.
-        assert_eq!(&buf[..], &big[..n]);
     }
 }

@@ -231,14 +231,26 @@ where
 /// (their state is several KiB anyway).
 async fn open(tcp: TcpStream, peer: SocketAddr, slot: Slot) -> Option<impl Future<Output = ()>> {
     let _ = tcp.set_nodelay(true);
+    if let Some(tls) = slot.shared.config.tls.clone() {
+        // Boxed: the TLS state is several KiB, and every plain connection
+        // would otherwise allocate (and move) this future at that size.
+        Box::pin(serve_tls(tcp, tls, peer, slot)).await;
+        return None;
+    }
+    let ws = route(tcp, peer, &slot.shared, slot.admitted).await?;
+    Some(Session { ws, peer, slot }.run())
+}
+
+/// A TLS connection, from the TLS handshake to the end.
+async fn serve_tls(
+    tcp: TcpStream,
+    tls: Arc<duplex::tls::rustls::ServerConfig>,
+    peer: SocketAddr,
+    slot: Slot,
+) {
     let shared = &slot.shared;
-    let Some(tls) = &shared.config.tls else {
-        let ws = route(tcp, peer, shared, slot.admitted).await?;
-        return Some(Session { ws, peer, slot }.run());
-    };
     // The TLS handshake counts against the opening-handshake time.
-    let acceptor = TlsAcceptor::from(tls.clone());
-    let accept = acceptor.accept(tcp);
+    let accept = TlsAcceptor::from(tls).accept(tcp);
     match tokio::time::timeout(shared.ws.handshake_timeout, accept).await {
         Ok(Ok(stream)) => {
             if let Some(mut ws) = route(stream, peer, shared, slot.admitted).await {
@@ -249,7 +261,6 @@ async fn open(tcp: TcpStream, peer: SocketAddr, slot: Slot) -> Option<impl Futur
         Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => info!(%peer, "TLS handshake timed out"),
     }
-    None
 }
 
 fn log_close<S>(ws: &WebSocket<S>, peer: SocketAddr, slot: &Slot, stats: &EchoStats)

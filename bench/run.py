@@ -38,6 +38,8 @@ CLIENT_CPU = "1"
 SERVERS = {
     "duplex": ([DUPLEX, "serve", "--listen", ADDR, "--no-deflate", "--max-connections", "20000"], False, {"DUPLEX_LOG": "warn"}),
     "duplex (deflate)": ([DUPLEX, "serve", "--listen", ADDR, "--max-connections", "20000"], False, {"DUPLEX_LOG": "warn"}),
+    "duplex (deflate, context takeover)": ([DUPLEX, "serve", "--listen", ADDR, "--max-connections", "20000",
+                                            "--deflate-context-takeover"], False, {"DUPLEX_LOG": "warn"}),
     "fastwebsockets": ([os.path.join(PEERS, "fastwebsockets-echo"), ADDR], False, {}),
     "tokio-tungstenite": ([os.path.join(PEERS, "tungstenite-echo"), ADDR], False, {}),
     "node ws": (["node", os.path.join(BENCH, "node", "echo.js"), ADDR], False, {}),
@@ -63,8 +65,13 @@ def scenarios(quick):
          ["-c", "4", "--depth", "1", "--size", "16MiB"] + w),
         ("idle", f"{int(idle_n):,} idle connections", "idle", WS_SERVERS,
          ["-c", idle_n, "--concurrency", "64", "--duration", "2"]),
-        ("idle-deflate", f"{int(idle_n):,} idle connections, permessage-deflate offered", "idle",
-         ["duplex (deflate)"], ["-c", idle_n, "--concurrency", "64", "--duration", "2", "--deflate"]),
+        ("idle-used", f"{int(idle_n):,} idle connections, each after one echoed message", "idle",
+         ["duplex", "fastwebsockets", "tokio-tungstenite", "node ws"],
+         ["-c", idle_n, "--concurrency", "64", "--duration", "2", "--messages", "1"]),
+        ("idle-deflate", f"{int(idle_n):,} idle connections, permessage-deflate agreed, "
+         "each after one compressed message echoed", "idle",
+         ["duplex (deflate)", "duplex (deflate, context takeover)"],
+         ["-c", idle_n, "--concurrency", "64", "--duration", "2", "--deflate", "--messages", "1"]),
         ("handshake", "handshakes (connect, upgrade, close), 16 at a time", "handshake", WS_SERVERS,
          ["-c", "16"] + hw),
     ]
@@ -266,7 +273,7 @@ def targets(by):
     rows.append(("Idle RSS per connection ≤ 1 KiB", "–" if m is None else f"{m:,.0f} B", m is not None and m <= 1024))
     m = med(vals(by, "idle-deflate", "duplex (deflate)", "rss_bytes_per_conn"))
     neg = med(vals(by, "idle-deflate", "duplex (deflate)", "deflate_negotiated"))
-    rows.append(("Idle with permessage-deflate negotiated ≤ 12 KiB",
+    rows.append(("Idle with permessage-deflate negotiated (one compressed message echoed first) ≤ 12 KiB",
                  "–" if m is None else f"{m:,.0f} B ({fmt(neg)} negotiated)", m is not None and m <= 12 * 1024))
     d = med(vals(by, "handshake", "duplex", "handshakes_per_s"))
     f = med(vals(by, "handshake", "fastwebsockets", "handshakes_per_s"))
@@ -281,7 +288,8 @@ def targets(by):
 
 def svg_chart(by, scen, path):
     """Three panels of horizontal bars, hand-written SVG."""
-    colors = {"duplex": "#2b6cb0", "duplex (deflate)": "#63b3ed", "fastwebsockets": "#dd6b20",
+    colors = {"duplex": "#2b6cb0", "duplex (deflate)": "#63b3ed",
+              "duplex (deflate, context takeover)": "#90cdf4", "fastwebsockets": "#dd6b20",
               "tokio-tungstenite": "#38a169", "node ws": "#805ad5", "raw TCP echo": "#718096"}
     panels = []
     echo = [s for s in scen if s[2] == "echo"]
@@ -296,7 +304,7 @@ def svg_chart(by, scen, path):
     groups = [(title, [(s, med(vals(by, key, s, "handshakes_per_s"))) for s in servers]) for key, title, _, servers, _ in hs]
     panels.append(("Handshakes per second (higher is better)", groups, "{:,.0f}/s", None))
 
-    width, left, bar_h, gap = 760, 150, 14, 4
+    width, left, bar_h, gap = 820, 210, 14, 4
     out, y = [], 10
     for ptitle, groups, vfmt, ref in panels:
         out.append(f'<text x="10" y="{y + 14}" font-weight="bold">{esc(ptitle)}</text>')
@@ -391,7 +399,7 @@ def write_report(results, scen, meta, path):
                     pct(med(vals(by, key, s, "generator_cpu_util"))),
                     str(n) + (f" ({esc(first)})" if first else "")]) + " |")
         elif mode == "idle":
-            L.append("| server | RSS growth per connection, bytes | opened | deflate agreed | open time, s | server CPU µs per handshake | errors |")
+            L.append("| server | RSS growth per connection, bytes | opened | deflate agreed | open time, s | server CPU µs per connection opened | errors |")
             L.append("|---|---|---|---|---|---|---|")
             for s in servers:
                 n, first = errors_of(by, key, s)

@@ -25,6 +25,8 @@
 //! saturates its core first.
 
 use clap::{Args, Subcommand};
+use duplex::proto::deflate::{DeflateParams, Deflater, Inflater, Side};
+use duplex::DeflateConfig;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -111,6 +113,12 @@ struct IdleArgs {
     /// Offer permessage-deflate (as browsers do) in every handshake.
     #[arg(long)]
     deflate: bool,
+    /// Text messages each connection sends (compressed when
+    /// permessage-deflate is agreed) and whose echo it reads and checks
+    /// before it idles, so that the server's per-connection state for
+    /// messages (compression contexts among it) is in the figure.
+    #[arg(long, default_value_t = 0)]
+    messages: u32,
 }
 
 #[derive(Args, Debug)]
@@ -314,6 +322,8 @@ async fn open(t: &Target, request: &[u8]) -> Result<Opened, String> {
 const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
+/// The first byte's bit that marks a compressed message (RFC 7692).
+const RSV1: u8 = 0x40;
 
 /// The fixed masking key of every frame this generator sends.
 const MASK: [u8; 4] = [0x3c, 0xa5, 0x0f, 0x96];
@@ -1015,6 +1025,7 @@ async fn echo_conn(o: Opened, plan: &EchoPlan, sh: &Shared) -> Result<(), String
 async fn idle(a: IdleArgs) -> Result<Report, String> {
     let target = Rc::new(resolve(&a.common.url).await?);
     let request = Rc::new(upgrade_request(&target, a.deflate));
+    let message = Rc::new(IdleMessage::new()?);
     let sh = Shared::new();
     let held: Rc<RefCell<Vec<TcpStream>>> = Rc::new(RefCell::new(Vec::new()));
     let negotiated = Rc::new(Cell::new(0u64));
@@ -1025,30 +1036,42 @@ async fn idle(a: IdleArgs) -> Result<Report, String> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let s0 = sample(a.common.server_pid);
     eprintln!(
-        "idle: opening {} connections to {}{}",
+        "idle: opening {} connections to {}{}{}",
         a.connections,
         a.common.url,
         if a.deflate {
             ", offering permessage-deflate"
         } else {
             ""
+        },
+        match a.messages {
+            0 => String::new(),
+            m => format!(", {m} echoed message(s) each"),
         }
     );
     for _ in 0..workers {
-        let (target, request, sh, held, negotiated, next, finished) = (
+        let (target, request, message, sh, held, negotiated, next, finished) = (
             target.clone(),
             request.clone(),
+            message.clone(),
             sh.clone(),
             held.clone(),
             negotiated.clone(),
             next.clone(),
             finished.clone(),
         );
-        let n = a.connections;
+        let (n, messages) = (a.connections, a.messages);
         tokio::task::spawn_local(async move {
             while next.get() < n {
                 next.set(next.get() + 1);
-                match open(&target, &request).await {
+                let opened = async {
+                    let mut o = open(&target, &request).await?;
+                    for _ in 0..messages {
+                        message.exchange(&mut o).await?;
+                    }
+                    Ok::<_, String>(o)
+                };
+                match opened.await {
                     Ok(o) => {
                         if o.deflate {
                             negotiated.set(negotiated.get() + 1);
@@ -1123,6 +1146,7 @@ async fn idle(a: IdleArgs) -> Result<Report, String> {
         .int("connections", a.connections as u64)
         .int("opened", opened)
         .bool("deflate_offered", a.deflate)
+        .int("messages_per_conn", a.messages as u64)
         .int("deflate_negotiated", negotiated.get())
         .num("open_s", open_w.secs)
         .num("hold_s", a.duration)
@@ -1139,6 +1163,119 @@ async fn idle(a: IdleArgs) -> Result<Report, String> {
         json,
         ok: errors == 0 && opened == a.connections as u64,
     })
+}
+
+/// The message idle connections exchange before they idle: a JSON-like
+/// chat line, as a plain and as a compressed masked text frame.
+struct IdleMessage {
+    text: Vec<u8>,
+    plain: Vec<u8>,
+    compressed: Vec<u8>,
+}
+
+impl IdleMessage {
+    fn new() -> Result<Self, String> {
+        let text = br#"{"type":"chat","room":"lobby","user":"guest-4711","text":"hello, is anyone around to play a round tonight?","ts":1764000000}"#.to_vec();
+        let mut plain = Vec::new();
+        put_frame(&mut plain, OP_TEXT, &text, true);
+        // A client compressor; fresh per message, so any peer can inflate it.
+        let params = DeflateParams {
+            client_no_context_takeover: true,
+            ..DeflateParams::default()
+        };
+        let mut deflater = Deflater::new(Side::Client, &params, &DeflateConfig::default());
+        let payload = deflater.compress(&text).map_err(|e| e.to_string())?;
+        let mut compressed = Vec::new();
+        put_frame(&mut compressed, OP_TEXT, &payload, true);
+        compressed[0] |= RSV1;
+        Ok(IdleMessage {
+            text,
+            plain,
+            compressed,
+        })
+    }
+
+    /// Sends the message and checks its echo: a final text frame, inflated
+    /// first if the server compressed it.
+    async fn exchange(&self, o: &mut Opened) -> Result<(), String> {
+        let frame = if o.deflate {
+            &self.compressed
+        } else {
+            &self.plain
+        };
+        o.tcp
+            .write_all(frame)
+            .await
+            .map_err(|e| format!("send message: {e}"))?;
+        let mut buf = std::mem::take(&mut o.leftover);
+        let (b0, start, len) = loop {
+            if let Some(h) = unmasked_header(&buf)? {
+                if buf.len() >= h.1 + h.2 {
+                    break h;
+                }
+            }
+            let have = buf.len();
+            buf.resize(have + 4096, 0);
+            let n = o
+                .tcp
+                .read(&mut buf[have..])
+                .await
+                .map_err(|e| format!("read echo: {e}"))?;
+            buf.truncate(have + n);
+            if n == 0 {
+                return Err("server closed before the echo".into());
+            }
+        };
+        if b0 & 0x8f != 0x80 | OP_TEXT {
+            return Err(format!("echo is not a final text frame (byte 0 {b0:#04x})"));
+        }
+        let payload = &buf[start..start + len];
+        let got = if b0 & RSV1 != 0 {
+            if !o.deflate {
+                return Err("compressed echo without permessage-deflate".into());
+            }
+            let mut out = Vec::new();
+            let mut inflater = Inflater::new(Side::Client, &DeflateParams::default());
+            let limit = self.text.len();
+            inflater
+                .inflate(payload, &mut out, limit)
+                .and_then(|()| inflater.finish_message(&mut out, limit))
+                .map_err(|e| format!("inflate echo: {e}"))?;
+            out
+        } else {
+            payload.to_vec()
+        };
+        if got != self.text {
+            return Err("echo differs from the message".into());
+        }
+        o.leftover = buf.split_off(start + len);
+        Ok(())
+    }
+}
+
+/// A server frame's first byte, header length and payload length, if `b`
+/// holds the whole header (server frames are unmasked).
+fn unmasked_header(b: &[u8]) -> Result<Option<(u8, usize, usize)>, String> {
+    if b.len() < 2 {
+        return Ok(None);
+    }
+    if b[1] & 0x80 != 0 {
+        return Err("server frame is masked".into());
+    }
+    let (n, len) = match b[1] & 0x7f {
+        126 if b.len() >= 4 => (4, u16::from_be_bytes([b[2], b[3]]) as u64),
+        127 if b.len() >= 10 => {
+            let mut l = [0u8; 8];
+            l.copy_from_slice(&b[2..10]);
+            (10, u64::from_be_bytes(l))
+        }
+        126 | 127 => return Ok(None),
+        l => (2, l as u64),
+    };
+    if len > 1 << 20 {
+        return Err(format!("echo frame of {len} bytes"));
+    }
+    Ok(Some((b[0], n, len as usize)))
 }
 
 // ------------------------------------------------------------- handshake --

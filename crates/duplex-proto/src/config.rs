@@ -136,6 +136,25 @@ pub struct DeflateConfig {
     pub min_compress_size: usize,
 }
 
+impl DeflateConfig {
+    /// No context takeover either way: we reset our compressor after every
+    /// message and ask the peer to reset its own (RFC 7692 lets a server
+    /// ask this of any client). Neither side then keeps a compression
+    /// history, so a connection holds no zlib state between messages — the
+    /// states are borrowed from a per-thread pool for each message — where
+    /// with takeover every connection that has exchanged a compressed
+    /// message keeps about 340 KB. Repetitive small messages compress less
+    /// well. What a server holding many connections wants; the default of
+    /// `duplex_server`'s `ServerConfig`.
+    pub fn without_context_takeover() -> Self {
+        DeflateConfig {
+            no_context_takeover: true,
+            request_peer_no_context_takeover: true,
+            ..DeflateConfig::default()
+        }
+    }
+}
+
 impl Default for DeflateConfig {
     fn default() -> Self {
         DeflateConfig {

@@ -732,6 +732,17 @@ impl Connection {
         }
     }
 
+    /// Gives back the memory of the outbound buffer and the event queue if
+    /// both are empty. A driver calls it when it is about to wait for input
+    /// with nothing left to write, so that an idle connection holds no
+    /// buffers however busy it was; the next message allocates them again.
+    pub fn release_idle_buffers(&mut self) {
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        self.out.release_if_empty();
+    }
+
     /// Removes and returns the first run of queued bytes (no copy), for
     /// writers that hand buffers to another task. Counts as written.
     pub fn take_outbound_chunk(&mut self) -> Option<Bytes> {

@@ -11,6 +11,13 @@
 //! encoder never emits a distance beyond `window - 262` (250 for 9 bits), so
 //! its output still decodes with a 256-byte window. Inflation always uses a
 //! window at least as large as the peer's, which decodes anything it sends.
+//!
+//! Without context takeover a codec keeps no zlib state between messages:
+//! it borrows a reset one from a small per-thread pool for the message and
+//! gives it back after (see [`pool`]). An idle connection then costs no
+//! zlib memory at all (with takeover it keeps about 340 KB: the compressor's
+//! window and hash tables and the inflater's 32 KiB window), and a message
+//! costs a reset instead of building and freeing a state.
 
 use crate::config::DeflateConfig;
 use crate::error::Error;
@@ -342,36 +349,46 @@ impl Deflater {
     /// flushed, trailing `00 00 ff ff` removed).
     pub fn compress(&mut self, input: &[u8]) -> Result<Vec<u8>, Error> {
         let (level, bits) = (self.level, self.window_bits);
+        if self.reset_each_message {
+            let mut c = pool::take_compress(level, bits).unwrap_or_else(|| {
+                Compress::new_with_window_bits(Compression::new(level), false, bits)
+            });
+            let out = compress_message(&mut c, input);
+            c.reset();
+            pool::give_compress(level, bits, c);
+            return out;
+        }
         let c = self.inner.get_or_insert_with(|| {
             Compress::new_with_window_bits(Compression::new(level), false, bits)
         });
-        let mut out = Vec::with_capacity(input.len() / 2 + 64);
-        let mut consumed = 0;
-        loop {
-            if out.capacity() - out.len() < 64 {
-                out.reserve(out.capacity().max(256));
-            }
-            let before = c.total_in();
-            c.compress_vec(&input[consumed..], &mut out, FlushCompress::Sync)
-                .map_err(|e| Error::InflateFailed(format!("deflate: {e}")))?;
-            consumed += (c.total_in() - before) as usize;
-            if consumed == input.len() && out.len() < out.capacity() {
-                break;
-            }
-        }
-        if out.ends_with(&TAIL) {
-            out.truncate(out.len() - 4);
-        }
-        if out.is_empty() {
-            // zlib emits nothing for an empty input right after a sync flush;
-            // RFC 7692 §7.2.3.6: an empty message is the single byte 0x00.
-            out.push(0x00);
-        }
-        if self.reset_each_message {
-            self.inner = None;
-        }
-        Ok(out)
+        compress_message(c, input)
     }
+}
+
+fn compress_message(c: &mut Compress, input: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(input.len() / 2 + 64);
+    let mut consumed = 0;
+    loop {
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(256));
+        }
+        let before = c.total_in();
+        c.compress_vec(&input[consumed..], &mut out, FlushCompress::Sync)
+            .map_err(|e| Error::InflateFailed(format!("deflate: {e}")))?;
+        consumed += (c.total_in() - before) as usize;
+        if consumed == input.len() && out.len() < out.capacity() {
+            break;
+        }
+    }
+    if out.ends_with(&TAIL) {
+        out.truncate(out.len() - 4);
+    }
+    if out.is_empty() {
+        // zlib emits nothing for an empty input right after a sync flush;
+        // RFC 7692 §7.2.3.6: an empty message is the single byte 0x00.
+        out.push(0x00);
+    }
+    Ok(out)
 }
 
 /// Inflates incoming messages with a cap on the output.
@@ -419,9 +436,9 @@ impl Inflater {
                 "data after the final deflate block".into(),
             ));
         }
-        let d = self
-            .inner
-            .get_or_insert_with(|| Decompress::new_with_window_bits(false, 15));
+        let d = self.inner.get_or_insert_with(|| {
+            pool::take_decompress().unwrap_or_else(|| Decompress::new_with_window_bits(false, 15))
+        });
         loop {
             if out.len() == out.capacity() {
                 let room = (limit + 1).saturating_sub(out.len());
@@ -464,10 +481,83 @@ impl Inflater {
             self.inflate(&TAIL, out, limit)?;
         }
         if self.reset_each_message || self.stream_ended {
-            self.inner = None;
+            if let Some(mut d) = self.inner.take() {
+                d.reset(false);
+                pool::give_decompress(d);
+            }
             self.stream_ended = false;
         }
         Ok(())
+    }
+}
+
+/// Reset zlib states kept per thread for codecs without context takeover.
+///
+/// A state is taken for one message and given back reset, so what comes out
+/// never depends on which connection used it before. The pool is bounded:
+/// beyond [`pool::KEEP`] states per kind, returned ones are freed. States
+/// are only borrowed within one thread; a connection that moves threads
+/// between messages simply takes from the other thread's pool.
+pub mod pool {
+    use flate2::{Compress, Decompress};
+    use std::cell::RefCell;
+
+    /// How many idle states of each kind a thread keeps.
+    pub const KEEP: usize = 4;
+
+    #[derive(Default)]
+    struct Pool {
+        /// (level, window bits, state).
+        compress: Vec<(u32, u8, Compress)>,
+        decompress: Vec<Decompress>,
+    }
+
+    thread_local! {
+        static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+    }
+
+    /// `f` on this thread's pool; `None` while the thread is being torn
+    /// down (the caller then builds or frees a state itself).
+    fn with<R>(f: impl FnOnce(&mut Pool) -> R) -> Option<R> {
+        POOL.try_with(|p| p.try_borrow_mut().ok().map(|mut p| f(&mut p)))
+            .ok()
+            .flatten()
+    }
+
+    pub(crate) fn take_compress(level: u32, bits: u8) -> Option<Compress> {
+        with(|p| {
+            let i = p
+                .compress
+                .iter()
+                .position(|(l, b, _)| (*l, *b) == (level, bits))?;
+            Some(p.compress.swap_remove(i).2)
+        })
+        .flatten()
+    }
+
+    pub(crate) fn give_compress(level: u32, bits: u8, c: Compress) {
+        with(|p| {
+            if p.compress.len() < KEEP {
+                p.compress.push((level, bits, c));
+            }
+        });
+    }
+
+    pub(crate) fn take_decompress() -> Option<Decompress> {
+        with(|p| p.decompress.pop()).flatten()
+    }
+
+    pub(crate) fn give_decompress(d: Decompress) {
+        with(|p| {
+            if p.decompress.len() < KEEP {
+                p.decompress.push(d);
+            }
+        });
+    }
+
+    /// Idle states this thread holds: (compressors, inflaters).
+    pub fn idle_states() -> (usize, usize) {
+        with(|p| (p.compress.len(), p.decompress.len())).unwrap_or((0, 0))
     }
 }
 
@@ -633,5 +723,100 @@ mod tests {
         let mut out = Vec::new();
         let r = i.inflate(&[0xff; 32], &mut out, 1000);
         assert!(matches!(r, Err(Error::InflateFailed(_))), "{r:?}");
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    fn no_takeover() -> DeflateParams {
+        DeflateParams {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            ..Default::default()
+        }
+    }
+
+    /// What a compressor built for this one message produces.
+    fn fresh(input: &[u8], cfg: &DeflateConfig) -> Vec<u8> {
+        let mut c =
+            Compress::new_with_window_bits(Compression::new(cfg.level), false, cfg.max_window_bits);
+        compress_message(&mut c, input).unwrap()
+    }
+
+    #[test]
+    fn pooled_compressors_give_what_fresh_ones_give_and_hold_nothing_between_messages() {
+        let cfg = DeflateConfig::default();
+        let p = no_takeover();
+        let mut a = Deflater::new(Side::Server, &p, &cfg);
+        let mut b = Deflater::new(Side::Server, &p, &cfg);
+        let long = b"{\"type\":\"move\",\"x\":12,\"y\":40} ".repeat(300);
+        let msgs: [&[u8]; 5] = [b"first message", &long, b"", b"first message", &long];
+        for m in msgs {
+            // Interleaved: each borrows the state the other just gave back.
+            assert_eq!(a.compress(m).unwrap(), fresh(m, &cfg));
+            assert!(a.inner.is_none(), "no state kept between messages");
+            assert_eq!(b.compress(m).unwrap(), fresh(m, &cfg));
+        }
+        let (compressors, _) = pool::idle_states();
+        assert!((1..=pool::KEEP).contains(&compressors), "{compressors}");
+        // Another level or window is never served a mismatched state.
+        let small = DeflateConfig {
+            max_window_bits: 9,
+            level: 6,
+            ..DeflateConfig::default()
+        };
+        let mut c = Deflater::new(Side::Server, &p, &small);
+        assert_eq!(c.compress(&long).unwrap(), fresh(&long, &small));
+    }
+
+    #[test]
+    fn pooled_inflaters_interleaved_mid_message_stay_apart() {
+        let cfg = DeflateConfig::default();
+        let p = no_takeover();
+        let (m1, m2) = (
+            b"alpha alpha alpha alpha beta ".repeat(200),
+            b"gamma delta gamma delta ".repeat(300),
+        );
+        let mut d = Deflater::new(Side::Client, &p, &cfg);
+        let (z1, z2) = (d.compress(&m1).unwrap(), d.compress(&m2).unwrap());
+        for _ in 0..3 {
+            let mut x = Inflater::new(Side::Server, &p);
+            let mut y = Inflater::new(Side::Server, &p);
+            let (mut ox, mut oy) = (Vec::new(), Vec::new());
+            let limit = 1 << 20;
+            // Both messages in flight at once, each fed in two pieces.
+            let (hx, hy) = (z1.len() / 2, z2.len() / 2);
+            x.inflate(&z1[..hx], &mut ox, limit).unwrap();
+            y.inflate(&z2[..hy], &mut oy, limit).unwrap();
+            x.inflate(&z1[hx..], &mut ox, limit).unwrap();
+            x.finish_message(&mut ox, limit).unwrap();
+            y.inflate(&z2[hy..], &mut oy, limit).unwrap();
+            y.finish_message(&mut oy, limit).unwrap();
+            assert_eq!(ox, m1);
+            assert_eq!(oy, m2);
+            assert!(x.inner.is_none() && y.inner.is_none());
+        }
+        let (_, inflaters) = pool::idle_states();
+        assert!((1..=pool::KEEP).contains(&inflaters), "{inflaters}");
+    }
+
+    #[test]
+    fn a_failed_message_does_not_poison_the_pool() {
+        let p = no_takeover();
+        let mut bad = Inflater::new(Side::Server, &p);
+        let mut out = Vec::new();
+        assert!(bad
+            .inflate(&[0xff, 0xff, 0xff, 0xff], &mut out, 1 << 20)
+            .is_err());
+        drop(bad);
+        // The next message on this thread inflates correctly.
+        let mut d = Deflater::new(Side::Client, &p, &DeflateConfig::default());
+        let z = d.compress(b"after the failure").unwrap();
+        let mut good = Inflater::new(Side::Server, &p);
+        good.inflate(&z, &mut out, 1 << 20).unwrap();
+        good.finish_message(&mut out, 1 << 20).unwrap();
+        assert_eq!(out, b"after the failure");
     }
 }

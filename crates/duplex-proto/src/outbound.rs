@@ -83,6 +83,18 @@ impl Outbound {
         Some(b)
     }
 
+    /// Frees the buffers if nothing is queued.
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.len == 0 {
+            if self.tail.capacity() > 0 {
+                self.tail = BytesMut::new();
+            }
+            if self.chunks.capacity() > 0 {
+                self.chunks = VecDeque::new();
+            }
+        }
+    }
+
     pub(crate) fn consume(&mut self, mut n: usize) {
         n = n.min(self.len);
         self.len -= n;
@@ -106,5 +118,27 @@ impl Outbound {
             // A burst grew the buffer; give the memory back once drained.
             self.tail = BytesMut::new();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_released_only_when_drained() {
+        let mut q = Outbound::default();
+        q.push_bytes(Bytes::from_static(b"small frame"));
+        q.push_bytes(Bytes::from(vec![7u8; ZERO_COPY_MIN]));
+        q.release_if_empty();
+        assert_eq!(q.len(), 11 + ZERO_COPY_MIN, "queued bytes are kept");
+        assert_eq!(q.pop_chunk().as_deref(), Some(&b"small frame"[..]));
+        q.consume(ZERO_COPY_MIN);
+        assert!(q.tail.capacity() > 0 || q.chunks.capacity() > 0);
+        q.release_if_empty();
+        assert_eq!((q.tail.capacity(), q.chunks.capacity()), (0, 0));
+        // And the queue works as before afterwards.
+        q.push_bytes(Bytes::from_static(b"again"));
+        assert_eq!(q.first(), b"again");
     }
 }

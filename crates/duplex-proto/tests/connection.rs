@@ -522,3 +522,29 @@ fn compressed_frames_set_rsv1_only_on_the_first_frame_and_control_frames_never()
     b.extend(raw(true, 4, 0, K, b"b"));
     assert_eq!(feed(&mut s, &b), Err(Error::ReservedBitsSet));
 }
+
+#[test]
+fn releasing_idle_buffers_keeps_whatever_is_queued() {
+    let mut s = server();
+    feed(&mut s, &raw(true, 0, 1, K, b"one")).unwrap();
+    feed(&mut s, &raw(true, 0, 9, K, b"ping")).unwrap();
+    s.send(Message::text("reply")).unwrap();
+    let queued = s.outbound_len();
+    s.release_idle_buffers();
+    // Events not yet polled and bytes not yet written survive.
+    assert_eq!(s.outbound_len(), queued);
+    assert_eq!(s.poll_event(), Some(Event::Message(Message::text("one"))));
+    assert!(matches!(s.poll_event(), Some(Event::Ping(_))));
+    let frames = queued_frames(&s);
+    assert!(frames
+        .iter()
+        .any(|(h, p)| h.opcode == OpCode::Pong && p == b"ping"));
+    assert!(frames
+        .iter()
+        .any(|(h, p)| h.opcode == OpCode::Text && p == b"reply"));
+    s.consume_outbound(s.outbound_len());
+    s.release_idle_buffers();
+    // Drained and released, the connection still sends.
+    s.send(Message::text("later")).unwrap();
+    assert_eq!(queued_frames(&s)[0].1, b"later");
+}

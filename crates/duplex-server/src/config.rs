@@ -11,7 +11,9 @@ use std::time::Duration;
 pub struct ServerConfig {
     /// Address to listen on. Default: 127.0.0.1:8080.
     pub listen: SocketAddr,
-    /// Protocol limits for every WebSocket connection.
+    /// Protocol limits for every WebSocket connection. Default: the
+    /// library's, with permessage-deflate negotiated without context
+    /// takeover either way ([`default_ws_config`]).
     pub ws: duplex::Config,
     /// Most simultaneous connections; further ones get 503. Default: 10 000.
     pub max_connections: usize,
@@ -26,11 +28,20 @@ pub struct ServerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// The server's protocol settings: the library defaults, except that
+/// permessage-deflate runs without context takeover
+/// ([`duplex::DeflateConfig::without_context_takeover`]), so a connection
+/// keeps no zlib state between messages (about 340 KB per connection that
+/// has exchanged a compressed message otherwise).
+pub fn default_ws_config() -> duplex::Config {
+    duplex::Config::default().with_deflate(Some(duplex::DeflateConfig::without_context_takeover()))
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            ws: duplex::Config::default(),
+            ws: default_ws_config(),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(5),
             policy: Policy::default(),

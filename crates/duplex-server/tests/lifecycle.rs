@@ -69,3 +69,46 @@ async fn connections_over_the_limit_get_503() {
     b.close(CloseCode::NORMAL, "").await.unwrap();
     c.close(CloseCode::NORMAL, "").await.unwrap();
 }
+
+/// The server's default permessage-deflate keeps no compression history
+/// (so an idle connection holds no zlib state): it says so in its response,
+/// clients comply, and interleaved clients' compressed messages, each
+/// inflated and compressed with a state borrowed from the thread's pool,
+/// come back intact.
+#[tokio::test]
+async fn default_deflate_runs_without_context_takeover() {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let url = format!("ws://{addr}/echo");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let ws = duplex::connect(&url).await.unwrap();
+        let ext = ws.extensions().to_string();
+        assert!(ext.starts_with("permessage-deflate"), "{ext}");
+        assert!(ext.contains("server_no_context_takeover"), "{ext}");
+        assert!(ext.contains("client_no_context_takeover"), "{ext}");
+        clients.push(ws);
+    }
+    // Repetitive messages: with a shared history each would be a few
+    // back-references into the one before, which a reset inflater could
+    // not decode.
+    for round in 0..20 {
+        for (i, ws) in clients.iter_mut().enumerate() {
+            let text = format!("{{\"player\":{i},\"round\":{round},\"move\":\"e2e4\"}}").repeat(8);
+            ws.send(Message::text(text.clone())).await.unwrap();
+            assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text(text));
+        }
+    }
+    for mut ws in clients {
+        ws.close(CloseCode::NORMAL, "done").await.unwrap();
+        assert!(ws.was_clean());
+    }
+}

@@ -65,9 +65,9 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
             }
         }
         // Nothing waiting: give the memory back and wait through the scratch.
-        if buf.capacity() > 0 {
-            *buf = BytesMut::new();
-        }
+        // Unconditionally: an empty buffer may still share (and keep alive)
+        // the storage of the frames split off it.
+        *buf = BytesMut::new();
         return SCRATCH_BUF.with(|s| {
             let mut s = s.borrow_mut();
             let mut rb = ReadBuf::new(&mut s[..]);

@@ -321,19 +321,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 crate::readbuf::poll_read_into(&mut self.stream, &mut self.rbuf, pending, cx);
             let res = match read {
                 Poll::Ready(r) => r,
-                Poll::Pending => match self.conn.poll_timeout() {
-                    // A timer fired: the loop hands the time to `conn`.
-                    Some(d) => {
-                        match self.poll_timer(cx, Timer::Read, Limit::At(Instant::from_std(d))) {
-                            Poll::Ready(()) => {
-                                self.disarm(Timer::Read);
-                                continue;
+                Poll::Pending => {
+                    // Waiting with nothing queued either way: an idle
+                    // connection keeps no buffers.
+                    self.conn.release_idle_buffers();
+                    match self.conn.poll_timeout() {
+                        // A timer fired: the loop hands the time to `conn`.
+                        Some(d) => {
+                            match self.poll_timer(cx, Timer::Read, Limit::At(Instant::from_std(d)))
+                            {
+                                Poll::Ready(()) => {
+                                    self.disarm(Timer::Read);
+                                    continue;
+                                }
+                                Poll::Pending => return Poll::Pending,
                             }
-                            Poll::Pending => return Poll::Pending,
                         }
+                        None => return Poll::Pending,
                     }
-                    None => return Poll::Pending,
-                },
+                }
             };
             self.disarm(Timer::Read);
             match res {

@@ -74,6 +74,7 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
             match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let got = rb.filled();
+                    buf.reserve(first_allocation(got));
                     buf.extend_from_slice(got);
                     Poll::Ready(Ok(got.len()))
                 }
@@ -89,6 +90,24 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
         buf.reserve(want);
     }
     poll_read_buf(stream, buf, cx)
+}
+
+/// The buffer to allocate for `got`, the bytes a wait through the scratch
+/// brought: exactly `got` unless they start a frame that `got` does not
+/// hold whole, which gets room for the rest of that frame up to [`GROWTH`]
+/// times what arrived — so the rest of a large frame is read in place
+/// instead of costing a reallocation (a copy of everything so far), and the
+/// allocation still follows what arrived, not what the peer declared.
+fn first_allocation(got: &[u8]) -> usize {
+    match duplex_proto::frame::FrameHeader::parse(got) {
+        Ok(Some((h, n))) => {
+            let frame = (n as u64).saturating_add(h.payload_len);
+            let bounded = frame.min(got.len().saturating_mul(GROWTH) as u64) as usize;
+            bounded.max(got.len())
+        }
+        // A partial or bad header: the connection reads or rejects it.
+        _ => got.len(),
+    }
 }
 
 /// One read into `buf`'s spare capacity. tokio's `read_buf` future holds
@@ -131,6 +150,32 @@ pub(crate) fn poll_drain<R: AsyncRead + Unpin>(stream: &mut R, cx: &mut Context<
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn a_partial_frame_from_the_scratch_gets_room_bounded_by_what_arrived() {
+        let header = |len: u64| {
+            let mut h = vec![0x82, 0xff];
+            h.extend_from_slice(&len.to_be_bytes());
+            h.extend_from_slice(&[1, 2, 3, 4]);
+            h
+        };
+        // 60,000 of a 65,550-byte frame: room for exactly the whole frame.
+        let mut got = header(65_536);
+        got.resize(60_000, 0);
+        assert_eq!(first_allocation(&got), 65_550);
+        // 1,000 bytes of it: at most 4x what arrived.
+        got.truncate(1_000);
+        assert_eq!(first_allocation(&got), 4_000);
+        // A declared 2^62 bytes changes nothing beyond that bound.
+        let mut huge = header(1 << 62);
+        huge.resize(100, 0);
+        assert_eq!(first_allocation(&huge), 400);
+        // Whole small frames, partial and bad headers: what arrived.
+        let two = [0x81, 0x80, 1, 2, 3, 4, 0x81, 0x80, 1, 2, 3, 4];
+        assert_eq!(first_allocation(&two), two.len());
+        assert_eq!(first_allocation(&[0x82]), 1);
+        assert_eq!(first_allocation(&[0x83, 0x80, 0, 0, 0, 0]), 6);
+    }
 
     #[tokio::test]
     async fn idle_reads_hold_no_buffer_and_partial_frames_grow_it() {

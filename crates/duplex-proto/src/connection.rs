@@ -37,6 +37,11 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The event queue's first allocation: a read usually brings several
+/// messages when it brings more than one (pipelining), and growing from 4
+/// would reallocate on the way.
+const EVENTS_START: usize = 16;
+
 /// Which end of the connection this is. Clients mask what they send and
 /// expect unmasked frames; servers the reverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,6 +403,10 @@ impl Connection {
         } else {
             Message::Binary(payload)
         };
+        if self.events.capacity() == 0 {
+            // After a release: room for a read's worth of messages at once.
+            self.events.reserve(EVENTS_START);
+        }
         self.events.push_back(Event::Message(m));
         Ok(())
     }

@@ -11,6 +11,10 @@ use std::io::IoSlice;
 
 /// Payloads at least this long are queued by reference instead of copied.
 const ZERO_COPY_MIN: usize = 4096;
+/// The first allocation of a released (or never used) buffer: room for a
+/// batch of small frames at once, so a burst after a wait does not grow the
+/// buffer step by step (each step a reallocation).
+const TAIL_START: usize = 1024;
 
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
@@ -22,6 +26,9 @@ pub(crate) struct Outbound {
 impl Outbound {
     /// The buffer to append small data to. Callers must call `added` after.
     pub(crate) fn tail(&mut self) -> &mut BytesMut {
+        if self.tail.capacity() == 0 {
+            self.tail.reserve(TAIL_START);
+        }
         &mut self.tail
     }
 
@@ -33,7 +40,7 @@ impl Outbound {
     pub(crate) fn push_bytes(&mut self, b: Bytes) {
         self.len += b.len();
         if b.len() < ZERO_COPY_MIN {
-            self.tail.extend_from_slice(&b);
+            self.tail().extend_from_slice(&b);
         } else {
             if !self.tail.is_empty() {
                 self.chunks.push_back(self.tail.split().freeze());

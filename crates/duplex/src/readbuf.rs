@@ -33,8 +33,53 @@ const READ_KEEP: usize = 64 << 10;
 /// proportional to what it sent.
 const GROWTH: usize = 4;
 
+/// Frames at least this large may take the thread's warm buffer.
+const LARGE_MIN: usize = 1 << 20;
+/// The largest buffer a thread keeps warm; larger ones are freed.
+const LARGE_KEEP: usize = 32 << 20;
+
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+    /// The buffer of the largest recent frame on this thread (one at most,
+    /// [`LARGE_KEEP`] at most), given back by the connection that received
+    /// it when it waits for input again, and lent to the next connection
+    /// that receives a frame it can hold. Memory already faulted in and
+    /// grown: a run of large messages costs no reallocation copies and no
+    /// page faults, while an idle connection still holds no buffer.
+    static WARM: RefCell<Option<BytesMut>> = const { RefCell::new(None) };
+}
+
+/// Before a wait: if `buf` held a large frame and no message shares its
+/// storage any more, the storage becomes the thread's warm buffer (when it
+/// is larger than the one kept).
+fn keep_warm(buf: &mut BytesMut) {
+    if !buf.try_reclaim(LARGE_MIN) || buf.capacity() > LARGE_KEEP {
+        return;
+    }
+    let b = std::mem::take(buf);
+    let _ = WARM.try_with(|w| {
+        let mut w = w.borrow_mut();
+        if w.as_ref().is_none_or(|kept| kept.capacity() < b.capacity()) {
+            *w = Some(b);
+        }
+    });
+}
+
+/// The thread's warm buffer if it has room for `need` bytes. Only memory
+/// that exists already: a declared length picks it, never allocates it.
+fn take_warm(need: u64) -> Option<BytesMut> {
+    if need < LARGE_MIN as u64 {
+        return None;
+    }
+    WARM.try_with(|w| {
+        let mut w = w.borrow_mut();
+        match w.as_ref() {
+            Some(b) if b.capacity() as u64 >= need => w.take(),
+            _ => None,
+        }
+    })
+    .ok()
+    .flatten()
 }
 
 /// Reads once from `stream` into `buf`; `pending_frame` is how many bytes
@@ -66,7 +111,9 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
         }
         // Nothing waiting: give the memory back and wait through the scratch.
         // Unconditionally: an empty buffer may still share (and keep alive)
-        // the storage of the frames split off it.
+        // the storage of the frames split off it. A large one is kept warm
+        // for the thread.
+        keep_warm(buf);
         *buf = BytesMut::new();
         return SCRATCH_BUF.with(|s| {
             let mut s = s.borrow_mut();
@@ -74,6 +121,12 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
             match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let got = rb.filled();
+                    if let Some(w) = frame_len(got)
+                        .filter(|&f| f > got.len() as u64)
+                        .and_then(take_warm)
+                    {
+                        *buf = w;
+                    }
                     buf.reserve(first_allocation(got));
                     buf.extend_from_slice(got);
                     Poll::Ready(Ok(got.len()))
@@ -84,6 +137,12 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
         });
     }
     if buf.capacity() - buf.len() < READ_MIN / 2 {
+        let need = (buf.len() as u64).saturating_add(pending_frame as u64);
+        if let Some(mut w) = take_warm(need) {
+            w.extend_from_slice(buf);
+            *buf = w;
+            return poll_read_buf(stream, buf, cx);
+        }
         let want = pending_frame
             .min(buf.len().saturating_mul(GROWTH).max(READ_KEEP))
             .max(READ_MIN);
@@ -99,14 +158,21 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
 /// instead of costing a reallocation (a copy of everything so far), and the
 /// allocation still follows what arrived, not what the peer declared.
 fn first_allocation(got: &[u8]) -> usize {
-    match duplex_proto::frame::FrameHeader::parse(got) {
-        Ok(Some((h, n))) => {
-            let frame = (n as u64).saturating_add(h.payload_len);
+    match frame_len(got) {
+        Some(frame) => {
             let bounded = frame.min(got.len().saturating_mul(GROWTH) as u64) as usize;
             bounded.max(got.len())
         }
         // A partial or bad header: the connection reads or rejects it.
-        _ => got.len(),
+        None => got.len(),
+    }
+}
+
+/// The length, header included, that the frame starting `b` declares.
+fn frame_len(b: &[u8]) -> Option<u64> {
+    match duplex_proto::frame::FrameHeader::parse(b) {
+        Ok(Some((h, n))) => Some((n as u64).saturating_add(h.payload_len)),
+        _ => None,
     }
 }
 
@@ -150,6 +216,39 @@ pub(crate) fn poll_drain<R: AsyncRead + Unpin>(stream: &mut R, cx: &mut Context<
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn a_large_frame_buffer_is_kept_warm_for_the_thread_once_unshared() {
+        let mut buf = BytesMut::with_capacity(2 << 20);
+        buf.resize(2 << 20, 7);
+        let start = buf.as_ptr();
+        let message = buf.split_to(2 << 20).freeze();
+        // Still shared with a message being written: nothing is kept, and
+        // the connection's buffer keeps nothing either once replaced.
+        keep_warm(&mut buf);
+        assert!(take_warm(2 << 20).is_none());
+        drop(message);
+        keep_warm(&mut buf);
+        assert_eq!(buf.capacity(), 0, "the connection gave the storage up");
+        // Small frames and frames it cannot hold do not take it.
+        assert!(take_warm(64 << 10).is_none());
+        assert!(take_warm(3 << 20).is_none());
+        let warm = take_warm(2 << 20).expect("the warm buffer");
+        assert_eq!(
+            warm.as_ptr(),
+            start,
+            "the same memory, not a new allocation"
+        );
+        assert!(warm.is_empty() && warm.capacity() >= 2 << 20);
+        assert!(
+            take_warm(1 << 20).is_none(),
+            "lent to one connection at a time"
+        );
+        // A small buffer is never kept.
+        let mut small = BytesMut::with_capacity(4096);
+        keep_warm(&mut small);
+        assert!(take_warm(LARGE_MIN as u64).is_none());
+    }
 
     #[test]
     fn a_partial_frame_from_the_scratch_gets_room_bounded_by_what_arrived() {

@@ -59,7 +59,10 @@ fn keep_warm(buf: &mut BytesMut) {
     let b = std::mem::take(buf);
     let _ = WARM.try_with(|w| {
         let mut w = w.borrow_mut();
-        if w.as_ref().is_none_or(|kept| kept.capacity() < b.capacity()) {
+        if !w
+            .as_ref()
+            .is_some_and(|kept| kept.capacity() >= b.capacity())
+        {
             *w = Some(b);
         }
     });

@@ -2,20 +2,40 @@
 
 use duplex::{CloseCode, Message};
 use duplex_server::{Server, ServerConfig};
+use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-#[tokio::test]
-async fn shutdown_closes_open_connections_with_1001() {
+/// A running server on a free loopback port, shut down when `stop` is sent
+/// or dropped.
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(config: ServerConfig) -> Running {
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
+        ..config
     };
     let server = Server::bind(config).await.unwrap();
     let addr = server.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(async {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
+    Running { addr, stop, task }
+}
+
+#[tokio::test]
+async fn shutdown_closes_open_connections_with_1001() {
+    let Running {
+        addr,
+        stop,
+        task: running,
+    } = start(ServerConfig::default()).await;
     let mut ws = duplex::connect(&format!("ws://{addr}/echo")).await.unwrap();
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("hello"));
@@ -32,18 +52,12 @@ async fn shutdown_closes_open_connections_with_1001() {
 
 #[tokio::test]
 async fn connections_over_the_limit_get_503() {
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+    let srv = start(ServerConfig {
         max_connections: 2,
         ..Default::default()
-    };
-    let server = Server::bind(config).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    let url = format!("ws://{addr}/echo");
+    })
+    .await;
+    let url = format!("ws://{}/echo", srv.addr);
     let mut a = duplex::connect(&url).await.unwrap();
     let mut b = duplex::connect(&url).await.unwrap();
     let err = duplex::connect(&url).await.unwrap_err();
@@ -77,17 +91,8 @@ async fn connections_over_the_limit_get_503() {
 /// come back intact.
 #[tokio::test]
 async fn default_deflate_runs_without_context_takeover() {
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    let server = Server::bind(config).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    let url = format!("ws://{addr}/echo");
+    let srv = start(ServerConfig::default()).await;
+    let url = format!("ws://{}/echo", srv.addr);
     let mut clients = Vec::new();
     for _ in 0..3 {
         let ws = duplex::connect(&url).await.unwrap();

@@ -3,8 +3,11 @@
 #   browser  Chromium (Debian's /usr/bin/chromium through playwright-core)
 #   node     Node `ws`, as client of `duplex serve` and as server for `duplex connect`
 #   python   Python `websockets`, the same both ways
+#   api      PyPI `cent` (Centrifugo server-API client) against the hub's /api/<method>
+#   centrifuge  npm `centrifuge` (centrifuge-js 5.x) against the hub's /connection/websocket
+#            and /api, in Node (ws) and in Chromium (the SDK's browser bundle)
 #
-# Usage: tests/interop/run.sh [browser] [node] [python]    (default: all three)
+# Usage: tests/interop/run.sh [browser] [node] [python] [api] [centrifuge]   (default: all)
 #
 # Installs what is missing: npm packages from package-lock.json (`npm ci`),
 # Python `websockets` (pip), and, as root, Debian's chromium (apt-get).
@@ -17,7 +20,7 @@ root="$(cd "$here/../.." && pwd)"
 cd "$here"
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(browser node python)
+[ ${#suites[@]} -gt 0 ] || suites=(browser node python api centrifuge)
 SUITE_TIMEOUT="${INTEROP_SUITE_TIMEOUT:-180}"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 export CHROMIUM
@@ -27,7 +30,7 @@ die() { echo "interop: $*" >&2; echo "interop: 0 passed, 1 failed"; exit 1; }
 wants() { local s; for s in "${suites[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 for s in "${suites[@]}"; do
-  case "$s" in browser | node | python) ;; *) die "unknown suite '$s' (browser, node, python)" ;; esac
+  case "$s" in browser | node | python | api | centrifuge) ;; *) die "unknown suite '$s' (browser, node, python, api, centrifuge)" ;; esac
 done
 
 # ------------------------------------------------------------- prerequisites
@@ -39,10 +42,10 @@ fi
 [ -x "$DUPLEX_BIN" ] || die "no duplex binary at $DUPLEX_BIN"
 command -v openssl >/dev/null || die "openssl is needed to make test certificates"
 
-if wants browser || wants node; then
+if wants browser || wants node || wants centrifuge; then
   command -v node >/dev/null || die "node is needed (Debian: apt-get install nodejs npm)"
-  if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ]; then
-    step "npm ci (playwright-core, ws)"
+  if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] || [ ! -d node_modules/centrifuge ]; then
+    step "npm ci (playwright-core, ws, centrifuge)"
     # playwright-core downloads no browser; the variable makes sure of it.
     PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund || die "npm ci failed"
   fi
@@ -55,7 +58,18 @@ if wants python; then
   fi
 fi
 
-if wants browser && [ ! -x "$CHROMIUM" ]; then
+if wants api; then
+  if ! python3 -c 'import websockets.asyncio.client' 2>/dev/null; then
+    step "pip install websockets (the asyncio API needs websockets >= 14)"
+    python3 -m pip install --quiet --disable-pip-version-check 'websockets>=14' || die "pip install websockets failed"
+  fi
+  if ! python3 -c 'import importlib.metadata as m, cent; assert m.version("cent").startswith("5.")' 2>/dev/null; then
+    step "pip install cent 5.x (Centrifugo server-API client)"
+    python3 -m pip install --quiet --disable-pip-version-check 'cent>=5,<6' || die "pip install cent failed"
+  fi
+fi
+
+if { wants browser || wants centrifuge; } && [ ! -x "$CHROMIUM" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     step "apt-get install chromium"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
@@ -96,6 +110,8 @@ run_suite() {
 wants browser && run_suite browser node browser.mjs
 wants node && run_suite node node node_ws.mjs
 wants python && run_suite python python3 python_ws.py
+wants api && run_suite api python3 centrifugo_api.py
+wants centrifuge && run_suite centrifuge node centrifuge.mjs
 
 step "interop summary"
 for line in "${report[@]}"; do echo "  $line"; done

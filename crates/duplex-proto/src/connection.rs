@@ -29,6 +29,7 @@ use crate::frame::{FrameHeader, OpCode};
 use crate::mask::apply_mask;
 use crate::message::{Event, Message};
 use crate::outbound::Outbound;
+use crate::prepared::PreparedMessage;
 use crate::utf8::{Utf8Bytes, Utf8Validator};
 use bytes::{Buf, Bytes, BytesMut};
 use rand::RngCore;
@@ -587,6 +588,51 @@ impl Connection {
         } else {
             self.write_frame_bytes(op, false, payload);
         }
+        Ok(())
+    }
+
+    /// Queues a message framed beforehand ([`PreparedMessage`]), shared
+    /// with every other connection it goes to: a server queues the prepared
+    /// frame's bytes by reference. Compressed once for all receivers when
+    /// permessage-deflate runs without server context takeover at the
+    /// prepared message's first receiver's window and level; a receiver
+    /// with other parameters (or with context takeover, or a client, which
+    /// must mask) frames the message itself, as [`send`](Self::send) does.
+    pub fn send_prepared(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
+        if self.state != State::Open {
+            return Err(Error::Closed);
+        }
+        if self.role == Role::Client {
+            let m = if msg.is_text() {
+                Message::Text(Utf8Bytes::try_from_bytes(msg.payload().clone())?)
+            } else {
+                Message::Binary(msg.payload().clone())
+            };
+            return self.send(m);
+        }
+        let frame = match self
+            .codec
+            .as_ref()
+            .filter(|c| msg.payload().len() >= c.min_compress_size)
+        {
+            None => msg.frame().clone(),
+            Some(c) => match c.deflater.shared_params() {
+                Some((level, bits)) => match msg.compressed(level, bits) {
+                    Some(r) => r?,
+                    None => return self.send_prepared_alone(msg),
+                },
+                None => return self.send_prepared_alone(msg),
+            },
+        };
+        self.out.push_frame(frame);
+        Ok(())
+    }
+
+    fn send_prepared_alone(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
+        let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
+        let c = self.codec.as_mut().expect("checked by the caller");
+        let compressed = c.deflater.compress(msg.payload())?;
+        self.write_frame_bytes(op, true, Bytes::from(compressed));
         Ok(())
     }
 

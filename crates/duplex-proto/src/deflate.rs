@@ -345,6 +345,14 @@ impl Deflater {
         }
     }
 
+    /// `(level, window bits)` when each message is compressed on its own
+    /// (no context takeover), so its output can be shared with other
+    /// connections compressing at the same level and window.
+    pub fn shared_params(&self) -> Option<(u32, u8)> {
+        self.reset_each_message
+            .then_some((self.level, self.window_bits))
+    }
+
     /// Compresses one whole message; the result is the frame payload (sync
     /// flushed, trailing `00 00 ff ff` removed).
     pub fn compress(&mut self, input: &[u8]) -> Result<Vec<u8>, Error> {

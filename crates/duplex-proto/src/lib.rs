@@ -28,6 +28,7 @@ pub mod mask;
 pub mod message;
 mod outbound;
 pub mod pair;
+pub mod prepared;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
@@ -35,4 +36,5 @@ pub use config::{Config, DeflateConfig};
 pub use connection::{Connection, Role, State};
 pub use error::Error;
 pub use message::{Event, Message};
+pub use prepared::PreparedMessage;
 pub use utf8::Utf8Bytes;

@@ -49,6 +49,20 @@ impl Outbound {
         }
     }
 
+    /// Queues a whole frame, by reference if it is not tiny.
+    pub(crate) fn push_frame(&mut self, b: Bytes) {
+        if b.len() < 256 {
+            self.len += b.len();
+            self.tail().extend_from_slice(&b);
+            return;
+        }
+        self.len += b.len();
+        if !self.tail.is_empty() {
+            self.chunks.push_back(self.tail.split().freeze());
+        }
+        self.chunks.push_back(b);
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }

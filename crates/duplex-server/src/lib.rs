@@ -8,8 +8,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod echo;
+pub mod hub;
+pub mod metrics;
 pub mod server;
 pub mod shutdown;
 pub mod tls;

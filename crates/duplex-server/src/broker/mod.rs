@@ -1,0 +1,121 @@
+//! Brokers: what the hub calls for fan-out across nodes, history and
+//! presence. [`local::LocalBroker`] keeps everything in this process; a
+//! broker shared by several nodes (Redis) implements the same trait, and
+//! neither the hub nor the fronts know which one they have.
+
+pub mod local;
+
+use crate::hub::{ClientInfo, HistoryLimits, Publication, StreamPosition};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+
+/// A boxed future, as the broker's methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a broker call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerError {
+    /// The broker cannot be reached; the caller should fail fast.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerError::Unavailable(why) => write!(f, "broker unavailable: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for BrokerError {}
+
+/// What a history read asks for.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Only publications after this position. A position in another epoch
+    /// reads nothing (the caller compares epochs).
+    pub since: Option<StreamPosition>,
+    /// At most this many.
+    pub limit: usize,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// A history read's answer.
+#[derive(Debug, Clone)]
+pub struct HistoryResult {
+    /// The publications read.
+    pub publications: Vec<Arc<Publication>>,
+    /// The stream's current position.
+    pub position: StreamPosition,
+    /// The offset of the oldest publication still held, if any.
+    pub first_offset: Option<u64>,
+}
+
+/// Where a broker delivers what was published on any node: the hub.
+pub trait BrokerHandler: Send + Sync {
+    /// A publication for `channel` (in offset order per channel).
+    fn on_publication(&self, channel: &str, publication: Arc<Publication>);
+    /// A client joined `channel`.
+    fn on_join(&self, channel: &str, info: Arc<ClientInfo>);
+    /// A client left `channel`.
+    fn on_leave(&self, channel: &str, info: Arc<ClientInfo>);
+}
+
+/// Fan-out, history and presence for the hub.
+pub trait Broker: Send + Sync + 'static {
+    /// Where deliveries go; set once by the hub.
+    fn set_handler(&self, handler: Weak<dyn BrokerHandler>);
+
+    /// Appends to history (kept as `limits` say; `None`: the channel has no
+    /// history and its publications carry no position) and delivers to
+    /// every node with subscribers. Returns the publication's position once
+    /// it is stored.
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        publication: Publication,
+        limits: Option<HistoryLimits>,
+    ) -> BoxFuture<'a, Result<Option<StreamPosition>, BrokerError>>;
+
+    /// Announces a join to every node.
+    fn publish_join<'a>(&'a self, channel: &'a str, info: Arc<ClientInfo>) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Announces a leave to every node.
+    fn publish_leave<'a>(&'a self, channel: &'a str, info: Arc<ClientInfo>) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// This node has subscribers on `channel` (the first one arrived).
+    fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// This node has no subscriber on `channel` any more.
+    fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Reads history (creating the stream, and so its epoch, if needed).
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        query: HistoryQuery,
+        limits: HistoryLimits,
+    ) -> BoxFuture<'a, Result<HistoryResult, BrokerError>>;
+
+    /// Drops a channel's history; its offset and epoch stay.
+    fn remove_history<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Adds or refreshes a presence entry for `ttl_ms`.
+    fn add_presence<'a>(
+        &'a self,
+        channel: &'a str,
+        info: Arc<ClientInfo>,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Removes a presence entry.
+    fn remove_presence<'a>(&'a self, channel: &'a str, client: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Presence members (at most `limit`).
+    fn presence<'a>(&'a self, channel: &'a str, limit: usize) -> BoxFuture<'a, Result<Vec<Arc<ClientInfo>>, BrokerError>>;
+
+    /// Presence counts: (clients, distinct users).
+    fn presence_stats<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(usize, usize), BrokerError>>;
+}

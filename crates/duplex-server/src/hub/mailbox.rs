@@ -1,0 +1,183 @@
+//! A connection's outbound queue of hub events, bounded in bytes.
+//!
+//! The hub pushes shared [`Delivery`]s (reference counts, never copies); the
+//! connection's task drains them into its socket. A push past the byte
+//! bound empties the queue, marks the mailbox overflowed and wakes the
+//! connection, which then disconnects its client ("slow", 3008 on the
+//! Centrifugo front): a client that does not read never grows server
+//! memory past its mailbox, and never slows the publisher or the others.
+
+use super::Delivery;
+use atomic_waker::AtomicWaker;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// A connection's mailbox.
+#[derive(Debug)]
+pub struct Mailbox {
+    state: Mutex<State>,
+    waker: AtomicWaker,
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Arc<Delivery>>,
+    bytes: usize,
+    overflowed: bool,
+    closed: bool,
+}
+
+/// What the connection finds when it looks at its mailbox.
+#[derive(Debug)]
+pub enum Next {
+    /// Events to send, oldest first.
+    Events(Vec<Arc<Delivery>>),
+    /// The bound was passed: disconnect the client.
+    Overflowed,
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The mailbox passed its bound by this push (the first refusal).
+    Overflow,
+    /// The mailbox is closed or overflowed already.
+    Closed,
+}
+
+impl Mailbox {
+    /// A mailbox holding at most `limit` bytes of queued events.
+    pub fn new(limit: usize) -> Self {
+        Mailbox {
+            state: Mutex::new(State::default()),
+            waker: AtomicWaker::new(),
+            limit,
+        }
+    }
+
+    /// Queues `d`, counting [`Delivery::cost`] bytes against the bound.
+    pub fn push(&self, d: Arc<Delivery>) -> Result<(), PushError> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.closed || s.overflowed {
+            return Err(PushError::Closed);
+        }
+        let cost = d.cost();
+        if s.bytes + cost > self.limit {
+            s.overflowed = true;
+            s.queue = VecDeque::new();
+            s.bytes = 0;
+            drop(s);
+            self.waker.wake();
+            return Err(PushError::Overflow);
+        }
+        s.bytes += cost;
+        s.queue.push_back(d);
+        let first = s.queue.len() == 1;
+        drop(s);
+        if first {
+            self.waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Takes up to `max` queued events, or registers the task to be woken.
+    pub fn poll_next(&self, cx: &mut Context<'_>, max: usize) -> Poll<Next> {
+        if let Some(n) = self.try_next(max) {
+            return Poll::Ready(n);
+        }
+        self.waker.register(cx.waker());
+        match self.try_next(max) {
+            Some(n) => Poll::Ready(n),
+            None => Poll::Pending,
+        }
+    }
+
+    fn try_next(&self, max: usize) -> Option<Next> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.overflowed {
+            return Some(Next::Overflowed);
+        }
+        if s.queue.is_empty() {
+            return None;
+        }
+        let n = max.min(s.queue.len());
+        let out: Vec<_> = s.queue.drain(..n).collect();
+        s.bytes -= out.iter().map(|d| d.cost()).sum::<usize>();
+        if s.queue.is_empty() && s.queue.capacity() > 16 {
+            s.queue = VecDeque::new();
+        }
+        Some(Next::Events(out))
+    }
+
+    /// Refuses further pushes and drops what is queued.
+    pub fn close(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.closed = true;
+        s.queue = VecDeque::new();
+        s.bytes = 0;
+    }
+
+    /// Bytes queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Event, Publication};
+    use bytes::Bytes;
+    use std::task::Waker;
+
+    fn delivery(n: usize) -> Arc<Delivery> {
+        Delivery::new(Event::Publication {
+            channel: "c".into(),
+            publication: Arc::new(Publication::new(Bytes::from(vec![b'x'; n]), None)),
+        })
+    }
+
+    #[test]
+    fn overflow_empties_the_queue_and_is_reported() {
+        let m = Mailbox::new(1000);
+        let one = delivery(100).cost();
+        let fit = 1000 / one;
+        for _ in 0..fit {
+            m.push(delivery(100)).unwrap();
+        }
+        assert_eq!(m.queued_bytes(), fit * one);
+        assert_eq!(m.push(delivery(100)), Err(PushError::Overflow));
+        assert_eq!(m.push(delivery(1)), Err(PushError::Closed));
+        assert_eq!(m.queued_bytes(), 0, "nothing is held after the overflow");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(m.poll_next(&mut cx, 10), Poll::Ready(Next::Overflowed)));
+    }
+
+    #[test]
+    fn events_come_out_in_order_and_free_their_bytes() {
+        let m = Mailbox::new(1 << 20);
+        for n in 1..=5 {
+            m.push(delivery(n)).unwrap();
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let Poll::Ready(Next::Events(first)) = m.poll_next(&mut cx, 3) else {
+            panic!("events expected")
+        };
+        let Poll::Ready(Next::Events(rest)) = m.poll_next(&mut cx, 10) else {
+            panic!("events expected")
+        };
+        let sizes: Vec<usize> = first
+            .iter()
+            .chain(&rest)
+            .map(|d| match &d.event {
+                Event::Publication { publication, .. } => publication.data.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(sizes, [1, 2, 3, 4, 5]);
+        assert_eq!(m.queued_bytes(), 0);
+        assert!(m.poll_next(&mut cx, 10).is_pending());
+    }
+}

@@ -1,0 +1,780 @@
+//! The hub: channels, subscriptions, publications, history, recovery and
+//! presence, shared by every front and unaware of wire protocols.
+//!
+//! Fronts register each connection's [`Mailbox`] and call the hub; the hub
+//! calls its [`Broker`] for anything that crosses nodes (fan-out, history,
+//! presence) and, when the broker delivers, queues one shared [`Delivery`]
+//! per event into the mailbox of every local subscriber. A delivery is
+//! serialised once per front ([`Delivery::encoded`]), however many
+//! connections receive it.
+//!
+//! Positions: every publication in a channel with history gets an `offset`
+//! (+1 per publication) within an `epoch` (a random string that changes when
+//! the channel's history is lost). [`Hub::subscribe`] with a position gives
+//! exactly the publications after it and `recovered: true`, or none and
+//! `recovered: false` — never a partial replay.
+
+pub mod history;
+pub mod mailbox;
+pub mod namespace;
+pub mod presence;
+
+use crate::broker::{Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult};
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use duplex_proto::PreparedMessage;
+pub use history::HistoryLimits;
+pub use mailbox::Mailbox;
+use namespace::{ChannelError, ChannelOptions, Namespaces};
+use rand::Rng;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// A publication: its payload (raw JSON on the JSON fronts), its position
+/// and who published it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// Offset in its channel's stream (0: the channel keeps no history).
+    pub offset: u64,
+    /// The payload.
+    pub data: Bytes,
+    /// The publishing client, when a client published it.
+    pub info: Option<Arc<ClientInfo>>,
+    /// When it was stored (ms since the Unix epoch, or virtual time).
+    pub time_ms: u64,
+}
+
+impl Publication {
+    /// A publication not yet stored.
+    pub fn new(data: Bytes, info: Option<Arc<ClientInfo>>) -> Self {
+        Publication {
+            offset: 0,
+            data,
+            info,
+            time_ms: 0,
+        }
+    }
+}
+
+/// A position in a channel's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamPosition {
+    /// The latest publication's offset.
+    pub offset: u64,
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+}
+
+/// Who a client is, as presence and join/leave show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The connection's unique id.
+    pub client: Arc<str>,
+    /// The user id ("" for anonymous clients).
+    pub user: Arc<str>,
+    /// Connection info from the token (raw JSON).
+    pub conn_info: Option<Bytes>,
+    /// Channel info from the subscription token (raw JSON).
+    pub chan_info: Option<Bytes>,
+}
+
+/// An event for subscribers.
+#[derive(Debug)]
+pub enum Event {
+    /// A publication in a channel.
+    Publication {
+        /// The channel.
+        channel: Arc<str>,
+        /// The publication.
+        publication: Arc<Publication>,
+    },
+    /// A client joined a channel.
+    Join {
+        /// The channel.
+        channel: Arc<str>,
+        /// Who.
+        info: Arc<ClientInfo>,
+    },
+    /// A client left a channel.
+    Leave {
+        /// The channel.
+        channel: Arc<str>,
+        /// Who.
+        info: Arc<ClientInfo>,
+    },
+    /// The server unsubscribes the receiver from a channel.
+    Unsubscribe {
+        /// The channel.
+        channel: Arc<str>,
+    },
+    /// The server disconnects the receiver.
+    Disconnect {
+        /// Close code.
+        code: u16,
+        /// Reason.
+        reason: Arc<str>,
+    },
+}
+
+/// Fronts that encode deliveries (an index into [`Delivery`]'s cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum FrontKind {
+    /// The Centrifugo client protocol (JSON).
+    Centrifuge = 0,
+}
+
+const FRONTS: usize = 1;
+
+/// An event as queued to every receiving connection: shared, and encoded
+/// at most once per front.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The event.
+    pub event: Event,
+    encoded: [OnceLock<PreparedMessage>; FRONTS],
+}
+
+impl Delivery {
+    /// A delivery of `event`.
+    pub fn new(event: Event) -> Arc<Self> {
+        Arc::new(Delivery {
+            event,
+            encoded: Default::default(),
+        })
+    }
+
+    /// The event as `front` frames it, made by `encode` for the first
+    /// receiver and shared by the rest.
+    pub fn encoded(&self, front: FrontKind, encode: impl FnOnce(&Event) -> PreparedMessage) -> &PreparedMessage {
+        self.encoded[front as usize].get_or_init(|| encode(&self.event))
+    }
+
+    /// What the delivery counts against a mailbox's bound: its payload and
+    /// a fixed overhead for framing and bookkeeping.
+    pub fn cost(&self) -> usize {
+        const OVERHEAD: usize = 128;
+        OVERHEAD
+            + match &self.event {
+                Event::Publication {
+                    channel,
+                    publication,
+                } => channel.len() + publication.data.len(),
+                Event::Join { channel, info } | Event::Leave { channel, info } => {
+                    channel.len()
+                        + info.conn_info.as_ref().map_or(0, |b| b.len())
+                        + info.chan_info.as_ref().map_or(0, |b| b.len())
+                }
+                Event::Unsubscribe { channel } => channel.len(),
+                Event::Disconnect { reason, .. } => reason.len(),
+            }
+    }
+}
+
+/// Time, in milliseconds since the Unix epoch; tests pass a virtual one.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// A fresh epoch: 8 random letters and digits.
+pub fn new_epoch() -> Arc<str> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let s: String = (0..8)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    s.into()
+}
+
+/// A fresh client id (UUID v4 form).
+pub fn new_client_id() -> Arc<str> {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16)).into()
+}
+
+/// The hub's settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Namespaces and their options.
+    pub namespaces: Namespaces,
+    /// Longest channel name (bytes). Default 255.
+    pub max_channel_length: usize,
+    /// Most subscriptions one connection may hold. Default 128.
+    pub max_subscriptions: usize,
+    /// Largest publication payload (bytes). Default 64 KiB.
+    pub max_publication_size: usize,
+    /// Most publications one history call or recovery returns. Default 1000.
+    pub max_history_per_call: usize,
+    /// Most presence members one call returns. Default 1000.
+    pub max_presence_members: usize,
+    /// How long a presence entry lives unless its connection refreshes it.
+    /// Default 60 s.
+    pub presence_ttl: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            namespaces: Namespaces::default(),
+            max_channel_length: 255,
+            max_subscriptions: 128,
+            max_publication_size: 64 * 1024,
+            max_history_per_call: 1000,
+            max_presence_members: 1000,
+            presence_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a hub call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubError {
+    /// The channel's namespace is not configured.
+    UnknownChannel,
+    /// The channel name is not acceptable.
+    BadChannel,
+    /// The feature is off for the channel's namespace.
+    NotAvailable,
+    /// Already subscribed.
+    AlreadySubscribed,
+    /// A limit was reached.
+    LimitExceeded,
+    /// The publication is larger than allowed.
+    TooLarge,
+    /// The broker failed.
+    Broker(BrokerError),
+}
+
+impl From<BrokerError> for HubError {
+    fn from(e: BrokerError) -> Self {
+        HubError::Broker(e)
+    }
+}
+
+impl From<ChannelError> for HubError {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::BadName => HubError::BadChannel,
+            ChannelError::Unknown => HubError::UnknownChannel,
+        }
+    }
+}
+
+impl std::fmt::Display for HubError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HubError::UnknownChannel => f.write_str("unknown channel"),
+            HubError::BadChannel => f.write_str("bad channel name"),
+            HubError::NotAvailable => f.write_str("not available"),
+            HubError::AlreadySubscribed => f.write_str("already subscribed"),
+            HubError::LimitExceeded => f.write_str("limit exceeded"),
+            HubError::TooLarge => f.write_str("publication too large"),
+            HubError::Broker(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for HubError {}
+
+/// What a subscribe returns.
+#[derive(Debug, Clone, Default)]
+pub struct Subscribed {
+    /// The stream's position when the channel keeps history.
+    pub position: Option<StreamPosition>,
+    /// Recovered publications, oldest first.
+    pub publications: Vec<Arc<Publication>>,
+    /// The client asked to recover.
+    pub was_recovering: bool,
+    /// Recovery gave exactly what was missed.
+    pub recovered: bool,
+}
+
+const SHARDS: usize = 32;
+
+type Subscribers = HashMap<Arc<str>, Arc<Mailbox>>;
+
+/// A client known to the hub (for the API's disconnect and unsubscribe).
+#[derive(Debug, Clone)]
+struct Registered {
+    info: Arc<ClientInfo>,
+    mailbox: Arc<Mailbox>,
+}
+
+/// The hub.
+pub struct Hub {
+    config: HubConfig,
+    broker: Arc<dyn Broker>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    channels: Vec<Mutex<HashMap<Arc<str>, Subscribers>>>,
+    clients: Mutex<HashMap<Arc<str>, Registered>>,
+    users: Mutex<HashMap<Arc<str>, HashSet<Arc<str>>>>,
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    /// A hub over `broker`, which delivers back into it.
+    pub fn new(config: HubConfig, broker: Arc<dyn Broker>, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            config,
+            broker,
+            clock,
+            metrics,
+            channels: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            clients: Mutex::default(),
+            users: Mutex::default(),
+            hasher: RandomState::new(),
+        });
+        let handler: Arc<dyn BrokerHandler> = hub.clone();
+        hub.broker.set_handler(Arc::downgrade(&handler));
+        hub
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The clock.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The options of `channel`'s namespace, after checking its name.
+    pub fn options(&self, channel: &str) -> Result<&ChannelOptions, HubError> {
+        Ok(self
+            .config
+            .namespaces
+            .resolve(channel, self.config.max_channel_length)?)
+    }
+
+    fn limits(o: &ChannelOptions) -> Option<HistoryLimits> {
+        o.has_history().then(|| HistoryLimits {
+            size: o.history_size,
+            bytes: o.history_bytes,
+            ttl_ms: o.history_ttl.as_millis() as u64,
+        })
+    }
+
+    fn shard(&self, channel: &str) -> &Mutex<HashMap<Arc<str>, Subscribers>> {
+        &self.channels[(self.hasher.hash_one(channel) as usize) % SHARDS]
+    }
+
+    /// Makes a client known (for [`disconnect_user`](Self::disconnect_user)).
+    pub fn register(&self, info: Arc<ClientInfo>, mailbox: Arc<Mailbox>) {
+        lock(&self.users)
+            .entry(info.user.clone())
+            .or_default()
+            .insert(info.client.clone());
+        lock(&self.clients).insert(info.client.clone(), Registered { info, mailbox });
+    }
+
+    /// Forgets a client (its subscriptions must be gone already).
+    pub fn unregister(&self, info: &ClientInfo) {
+        lock(&self.clients).remove(&info.client);
+        let mut users = lock(&self.users);
+        if let Some(set) = users.get_mut(&info.user) {
+            set.remove(&info.client);
+            if set.is_empty() {
+                users.remove(&info.user);
+            }
+        }
+    }
+
+    /// Subscribes a client: delivery of the channel's events into
+    /// `mailbox` starts before history is read, so nothing published
+    /// meanwhile is missed (the caller skips what it already got through
+    /// recovery: publications with an offset at or below the returned
+    /// position's). With `recover`, returns what was missed since that
+    /// position, or `recovered: false` and nothing.
+    pub async fn subscribe(
+        &self,
+        info: &Arc<ClientInfo>,
+        mailbox: &Arc<Mailbox>,
+        channel: &str,
+        recover: Option<StreamPosition>,
+    ) -> Result<Subscribed, HubError> {
+        let opts = self.options(channel)?.clone();
+        let first = {
+            let mut shard = lock(self.shard(channel));
+            let subs = shard.entry(channel.into()).or_default();
+            if subs.contains_key(&info.client) {
+                return Err(HubError::AlreadySubscribed);
+            }
+            subs.insert(info.client.clone(), mailbox.clone());
+            subs.len() == 1
+        };
+        self.metrics.subscriptions.inc();
+        if first {
+            self.metrics.channels.inc();
+            if let Err(e) = self.broker.subscribe(channel).await {
+                self.remove_subscriber(channel, &info.client);
+                return Err(e.into());
+            }
+        }
+        let mut out = Subscribed::default();
+        let result = async {
+            if let Some(limits) = Self::limits(&opts) {
+                match recover.filter(|_| opts.recovery) {
+                    Some(since) => {
+                        out.was_recovering = true;
+                        let (pubs, pos, ok) = self.recover(channel, since, limits).await?;
+                        out.publications = pubs;
+                        out.recovered = ok;
+                        out.position = Some(pos);
+                    }
+                    None => {
+                        let q = HistoryQuery::default();
+                        out.position = Some(self.broker.history(channel, q, limits).await?.position);
+                    }
+                }
+            }
+            if opts.presence {
+                let ttl = self.config.presence_ttl.as_millis() as u64;
+                self.broker.add_presence(channel, info.clone(), ttl).await?;
+            }
+            if opts.join_leave {
+                self.broker.publish_join(channel, info.clone()).await?;
+            }
+            Ok::<_, HubError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                self.unsubscribe(info, channel).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn recover(
+        &self,
+        channel: &str,
+        since: StreamPosition,
+        limits: HistoryLimits,
+    ) -> Result<(Vec<Arc<Publication>>, StreamPosition, bool), HubError> {
+        let max = self.config.max_history_per_call;
+        let q = HistoryQuery {
+            since: Some(since.clone()),
+            limit: max + 1,
+            reverse: false,
+        };
+        let HistoryResult {
+            publications,
+            position,
+            ..
+        } = self.broker.history(channel, q, limits).await?;
+        Ok(match recovery_outcome(&since, &position, &publications, max) {
+            true => (publications, position, true),
+            false => (Vec::new(), position, false),
+        })
+    }
+
+    fn remove_subscriber(&self, channel: &str, client: &str) -> (bool, bool) {
+        let mut shard = lock(self.shard(channel));
+        let Some(subs) = shard.get_mut(channel) else {
+            return (false, false);
+        };
+        let removed = subs.remove(client).is_some();
+        let last = subs.is_empty();
+        if last {
+            shard.remove(channel);
+        }
+        drop(shard);
+        if removed {
+            self.metrics.subscriptions.dec();
+            if last {
+                self.metrics.channels.dec();
+            }
+        }
+        (removed, last && removed)
+    }
+
+    /// Unsubscribes a client; announces its leave where join/leave is on.
+    /// Best effort: broker errors are logged, the local state is removed
+    /// whatever happens.
+    pub async fn unsubscribe(&self, info: &Arc<ClientInfo>, channel: &str) {
+        let (removed, last) = self.remove_subscriber(channel, &info.client);
+        if !removed {
+            return;
+        }
+        let Ok(opts) = self.options(channel) else {
+            return;
+        };
+        let (presence, join_leave) = (opts.presence, opts.join_leave);
+        if presence {
+            if let Err(e) = self.broker.remove_presence(channel, &info.client).await {
+                tracing::warn!(channel, error = %e, "presence removal failed");
+            }
+        }
+        if join_leave {
+            if let Err(e) = self.broker.publish_leave(channel, info.clone()).await {
+                tracing::warn!(channel, error = %e, "leave announcement failed");
+            }
+        }
+        if last {
+            if let Err(e) = self.broker.unsubscribe(channel).await {
+                tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+            }
+        }
+    }
+
+    /// Refreshes a subscriber's presence entry.
+    pub async fn refresh_presence(&self, info: &Arc<ClientInfo>, channel: &str) -> Result<(), HubError> {
+        if self.options(channel)?.presence {
+            let ttl = self.config.presence_ttl.as_millis() as u64;
+            self.broker.add_presence(channel, info.clone(), ttl).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes into `channel`. When the channel keeps history, the
+    /// publication is stored before this returns its position.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        info: Option<Arc<ClientInfo>>,
+    ) -> Result<Option<StreamPosition>, HubError> {
+        let opts = self.options(channel)?;
+        if data.len() > self.config.max_publication_size {
+            return Err(HubError::TooLarge);
+        }
+        let limits = Self::limits(opts);
+        let source = if info.is_some() { "client" } else { "api" };
+        let pos = self
+            .broker
+            .publish(channel, Publication::new(data, info), limits)
+            .await?;
+        self.metrics
+            .publications
+            .get_or_create(&crate::metrics::SourceLabel { source })
+            .inc();
+        Ok(pos)
+    }
+
+    /// Reads history: publications after `since` (all held if `None`), at
+    /// most `limit` (capped by `max_history_per_call`), newest first with
+    /// `reverse`.
+    pub async fn history(
+        &self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<HistoryResult, HubError> {
+        let opts = self.options(channel)?;
+        let limits = Self::limits(opts).ok_or(HubError::NotAvailable)?;
+        let q = HistoryQuery {
+            since,
+            limit: limit.min(self.config.max_history_per_call),
+            reverse,
+        };
+        Ok(self.broker.history(channel, q, limits).await?)
+    }
+
+    /// Drops a channel's history.
+    pub async fn remove_history(&self, channel: &str) -> Result<(), HubError> {
+        let opts = self.options(channel)?;
+        if !opts.has_history() {
+            return Err(HubError::NotAvailable);
+        }
+        Ok(self.broker.remove_history(channel).await?)
+    }
+
+    /// Presence members of a channel.
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, HubError> {
+        if !self.options(channel)?.presence {
+            return Err(HubError::NotAvailable);
+        }
+        Ok(self
+            .broker
+            .presence(channel, self.config.max_presence_members)
+            .await?)
+    }
+
+    /// Presence counts: (clients, users).
+    pub async fn presence_stats(&self, channel: &str) -> Result<(usize, usize), HubError> {
+        if !self.options(channel)?.presence {
+            return Err(HubError::NotAvailable);
+        }
+        Ok(self.broker.presence_stats(channel).await?)
+    }
+
+    /// Channels with subscribers on this node whose name matches `pattern`
+    /// (`*` matches any run of characters), with their subscriber counts.
+    pub fn channels(&self, pattern: Option<&str>) -> Vec<(Arc<str>, usize)> {
+        let mut out = Vec::new();
+        for s in &self.channels {
+            for (name, subs) in lock(s).iter() {
+                if pattern.is_none_or(|p| glob(p, name)) {
+                    out.push((name.clone(), subs.len()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Sends `event` to the connections of `user` (all of them, or only
+    /// `client`). Returns how many were told.
+    pub fn tell_user(&self, user: &str, client: Option<&str>, event: Event) -> usize {
+        let ids: Vec<Arc<str>> = match lock(&self.users).get(user) {
+            Some(set) => set
+                .iter()
+                .filter(|c| client.is_none_or(|want| want == &***c))
+                .cloned()
+                .collect(),
+            None => return 0,
+        };
+        let d = Delivery::new(event);
+        let clients = lock(&self.clients);
+        let mut n = 0;
+        for id in ids {
+            if let Some(r) = clients.get(&id) {
+                if r.mailbox.push(d.clone()).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Every registered client (for shutdown and tests).
+    pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
+        lock(&self.clients).values().map(|r| r.info.clone()).collect()
+    }
+
+    fn deliver(&self, channel: &str, event: Event) {
+        let shard = lock(self.shard(channel));
+        let Some(subs) = shard.get(channel) else {
+            return;
+        };
+        let d = Delivery::new(event);
+        let mut n = 0u64;
+        for (client, mailbox) in subs {
+            match mailbox.push(d.clone()) {
+                Ok(()) => n += 1,
+                Err(mailbox::PushError::Overflow) => {
+                    tracing::info!(channel, %client, "mailbox full: disconnecting a slow client");
+                }
+                Err(mailbox::PushError::Closed) => {}
+            }
+        }
+        self.metrics.deliveries.inc_by(n);
+    }
+}
+
+/// Whether a history read after `since` recovers exactly what was missed:
+/// same epoch, consecutive from `since.offset + 1` to the stream's top, and
+/// no more than `max` publications.
+pub fn recovery_outcome(
+    since: &StreamPosition,
+    position: &StreamPosition,
+    publications: &[Arc<Publication>],
+    max: usize,
+) -> bool {
+    if since.epoch != position.epoch || since.offset > position.offset {
+        return false;
+    }
+    let missed = position.offset - since.offset;
+    if missed == 0 {
+        return true;
+    }
+    missed as usize <= max
+        && publications.len() as u64 == missed
+        && publications.first().map(|p| p.offset) == Some(since.offset + 1)
+        && publications.last().map(|p| p.offset) == Some(position.offset)
+}
+
+impl BrokerHandler for Hub {
+    fn on_publication(&self, channel: &str, publication: Arc<Publication>) {
+        self.deliver(
+            channel,
+            Event::Publication {
+                channel: channel.into(),
+                publication,
+            },
+        );
+    }
+
+    fn on_join(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.deliver(
+            channel,
+            Event::Join {
+                channel: channel.into(),
+                info,
+            },
+        );
+    }
+
+    fn on_leave(&self, channel: &str, info: Arc<ClientInfo>) {
+        self.deliver(
+            channel,
+            Event::Leave {
+                channel: channel.into(),
+                info,
+            },
+        );
+    }
+}
+
+/// `*` matches any run of characters; everything else itself.
+fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests;

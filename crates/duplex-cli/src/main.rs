@@ -3,6 +3,7 @@
 mod bench;
 mod connect;
 mod serve;
+mod token;
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -18,12 +19,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: echo tester page at /, WebSocket echo at /echo.
+    /// Run the server: the real-time hub (Centrifugo protocol at
+    /// /connection/websocket, HTTP API at /api), echo at /echo, metrics.
     Serve(serve::ServeArgs),
     /// Connect to a WebSocket server.
     Connect(connect::ConnectArgs),
     /// Load generator: echo, idle and handshake benchmarks.
     Bench(bench::BenchArgs),
+    /// Print a connection or subscription token (HS256 JWT).
+    Token(token::TokenArgs),
 }
 
 /// jemalloc instead of the system allocator: tokio allocates every task and
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
             Command::Serve(a) => serve::run(a).await,
             Command::Connect(a) => connect::run(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Token(a) => token::run(a),
         }
     });
     // A blocking read of stdin may still be pending (`connect` ends when

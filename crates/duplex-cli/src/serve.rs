@@ -11,9 +11,16 @@ use std::process::ExitCode;
 /// Options of `duplex serve`; each also reads a `DUPLEX_*` variable.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "DUPLEX_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    /// TOML configuration file: namespaces, keys, limits
+    /// (docs/configuration.md). Flags and DUPLEX_* variables override it.
+    /// Without one, a server on loopback runs in development mode
+    /// (anonymous clients, the default namespace open, the API open to
+    /// loopback); on any other address the hub stays closed.
+    #[arg(long, value_name = "FILE", env = "DUPLEX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "DUPLEX_LISTEN")]
+    listen: Option<SocketAddr>,
     /// Largest message accepted (bytes, after reassembly and inflation);
     /// larger ones close the connection with 1009.
     #[arg(long, env = "DUPLEX_MAX_MESSAGE_SIZE", default_value_t = 64 << 20)]
@@ -35,9 +42,26 @@ pub struct ServeArgs {
         conflicts_with = "no_deflate"
     )]
     deflate_context_takeover: bool,
-    /// Most simultaneous connections; more are answered 503.
-    #[arg(long, env = "DUPLEX_MAX_CONNECTIONS", default_value_t = 10_000)]
-    max_connections: usize,
+    /// Most simultaneous connections; more are answered 503 [default: 10000].
+    #[arg(long, env = "DUPLEX_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// HS256 secret for connection and subscription tokens (overrides the
+    /// file's auth.token_hmac_secret).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "DUPLEX_TOKEN_HMAC_SECRET",
+        hide_env_values = true
+    )]
+    token_hmac_secret: Option<String>,
+    /// Key of the HTTP API (overrides the file's auth.api_key).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "DUPLEX_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
     /// Also accept sockets opened by pages from ORIGIN
     /// (`scheme://host[:port]`; `*` for any). Repeatable. Without it, a
     /// browser page may connect only from this server's own host and port
@@ -96,8 +120,42 @@ pub async fn run(a: ServeArgs) -> ExitCode {
     } else if a.deflate_context_takeover {
         ws = ws.with_deflate(Some(duplex::DeflateConfig::default()));
     }
+    let mut config = ServerConfig::default();
+    let mut file_origins = Vec::new();
+    if let Some(path) = &a.config {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("duplex serve: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        match duplex_server::config_file::apply(&mut config, &text) {
+            Ok(extras) => file_origins = extras.allow_origin,
+            Err(e) => {
+                eprintln!("duplex serve: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(l) = a.listen {
+        config.listen = l;
+    }
+    if let Some(n) = a.max_connections {
+        config.max_connections = n;
+    }
+    if let Some(s) = &a.token_hmac_secret {
+        config.auth.hmac_secret = Some(s.clone());
+    }
+    if let Some(k) = &a.api_key {
+        config.auth.api_key = Some(k.clone());
+    }
+    let development = a.config.is_none() && config.listen.ip().is_loopback();
+    if development {
+        config = config.development();
+    }
     let mut origins = OriginPolicy::default();
-    for o in &a.allow_origin {
+    for o in file_origins.iter().chain(&a.allow_origin) {
         if !OriginPolicy::is_valid_entry(o) {
             eprintln!("duplex serve: --allow-origin {o:?}: expected scheme://host[:port] or *");
             return ExitCode::from(2);
@@ -135,21 +193,29 @@ pub async fn run(a: ServeArgs) -> ExitCode {
         None
     };
     let secure = tls.is_some();
+    let listen = config.listen;
     let config = ServerConfig {
-        listen: a.listen,
         ws,
-        max_connections: a.max_connections,
         policy: Policy {
             origins,
             protocols: a.subprotocol.clone(),
         },
         tls,
-        ..Default::default()
+        ..config
     };
+    if development {
+        tracing::info!(
+            "development mode (no --config, loopback only): anonymous clients may connect, subscribe and publish in the default namespace; the HTTP API answers loopback clients without a key"
+        );
+    } else if a.config.is_none() {
+        tracing::warn!(
+            "listening on {listen} without --config: the hub is closed (no namespace, no token key, no API key) until a configuration file opens it; development mode applies on loopback addresses only"
+        );
+    }
     let server = match Server::bind(config).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("duplex serve: cannot listen on {}: {e}", a.listen);
+            eprintln!("duplex serve: cannot listen on {listen}: {e}");
             return ExitCode::from(1);
         }
     };
@@ -161,13 +227,31 @@ pub async fn run(a: ServeArgs) -> ExitCode {
                 ("http", "ws")
             };
             tracing::info!(
-                "listening on {http}://{addr} (echo tester page at {http}://{addr}/, WebSocket echo at {ws}://{addr}/echo)"
+                "listening on {http}://{addr} (echo tester page at {http}://{addr}/, WebSocket echo at {ws}://{addr}/echo, Centrifugo protocol at {ws}://{addr}/connection/websocket, API at {http}://{addr}/api, metrics at {http}://{addr}/metrics)"
             )
         }
         Err(e) => tracing::warn!("listening (address unknown: {e})"),
     }
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     };
     // The accept loop runs on a worker thread, beside the connections it
     // spawns: run from `block_on` it sat on the main thread, and every

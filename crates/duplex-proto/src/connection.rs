@@ -629,7 +629,11 @@ impl Connection {
     }
 
     fn send_prepared_alone(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
-        let op = if msg.is_text() { OpCode::Text } else { OpCode::Binary };
+        let op = if msg.is_text() {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
         let c = self.codec.as_mut().expect("checked by the caller");
         let compressed = c.deflater.compress(msg.payload())?;
         self.write_frame_bytes(op, true, Bytes::from(compressed));

@@ -174,7 +174,8 @@ impl Auth {
         if token.len() > self.config.max_token_size.max(1) {
             return Err(TokenError::Invalid("too large"));
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid("malformed"))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid("malformed"))?;
         let key = match header.alg {
             Algorithm::HS256 => self.hmac.as_ref(),
             Algorithm::RS256 => self.rsa.as_ref(),
@@ -215,7 +216,12 @@ impl Auth {
     }
 
     /// Verifies a subscription token for `channel` and `user`.
-    pub fn verify_subscription(&self, token: &str, channel: &str, user: &str) -> Result<SubscriptionClaims, TokenError> {
+    pub fn verify_subscription(
+        &self,
+        token: &str,
+        channel: &str,
+        user: &str,
+    ) -> Result<SubscriptionClaims, TokenError> {
         let c: SubscriptionClaims = self.verify(token)?;
         if c.channel != channel {
             return Err(TokenError::Invalid("token is for another channel"));
@@ -264,42 +270,72 @@ mod tests {
     }
 
     fn hs(claims: serde_json::Value, secret: &str) -> String {
-        encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
     }
 
     #[test]
     fn hs256_tokens_verify_and_carry_claims() {
         let a = auth(AuthConfig::default());
-        let t = hs(json!({"sub": "alice", "exp": now() + 60, "info": {"n": 1}, "channels": ["news"]}), "secret");
+        let t = hs(
+            json!({"sub": "alice", "exp": now() + 60, "info": {"n": 1}, "channels": ["news"]}),
+            "secret",
+        );
         let c = a.verify_connect(&t).unwrap();
         assert_eq!(c.sub, "alice");
         assert_eq!(c.info.unwrap().get(), r#"{"n":1}"#);
         assert_eq!(c.channels, ["news"]);
         // No exp: never expires.
-        assert!(a.verify_connect(&hs(json!({"sub": "bob"}), "secret")).unwrap().exp.is_none());
+        assert!(a
+            .verify_connect(&hs(json!({"sub": "bob"}), "secret"))
+            .unwrap()
+            .exp
+            .is_none());
     }
 
     #[test]
     fn bad_tokens_are_refused_with_their_reason() {
         let a = auth(AuthConfig::default());
         let wrong = hs(json!({"sub": "a"}), "other");
-        assert_eq!(a.verify_connect(&wrong).unwrap_err(), TokenError::Invalid("bad signature"));
+        assert_eq!(
+            a.verify_connect(&wrong).unwrap_err(),
+            TokenError::Invalid("bad signature")
+        );
         let expired = hs(json!({"sub": "a", "exp": now() - 60}), "secret");
         assert_eq!(a.verify_connect(&expired).unwrap_err(), TokenError::Expired);
         // Within the leeway still valid.
         let just = hs(json!({"sub": "a", "exp": now() - 2}), "secret");
         assert!(a.verify_connect(&just).is_ok());
         let early = hs(json!({"sub": "a", "nbf": now() + 600}), "secret");
-        assert_eq!(a.verify_connect(&early).unwrap_err(), TokenError::Invalid("not yet valid"));
+        assert_eq!(
+            a.verify_connect(&early).unwrap_err(),
+            TokenError::Invalid("not yet valid")
+        );
         // alg none: header {"alg":"none"}, no signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIn0.";
-        assert!(matches!(a.verify_connect(none), Err(TokenError::Invalid(_))));
-        assert!(matches!(a.verify_connect("garbage"), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            a.verify_connect(none),
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(matches!(
+            a.verify_connect("garbage"),
+            Err(TokenError::Invalid(_))
+        ));
         let huge = hs(json!({"sub": "x".repeat(10_000)}), "secret");
-        assert_eq!(a.verify_connect(&huge).unwrap_err(), TokenError::Invalid("too large"));
+        assert_eq!(
+            a.verify_connect(&huge).unwrap_err(),
+            TokenError::Invalid("too large")
+        );
         // RS256 is not configured here.
         let rs = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhIn0.c2ln";
-        assert_eq!(a.verify_connect(rs).unwrap_err(), TokenError::Invalid("algorithm not accepted"));
+        assert_eq!(
+            a.verify_connect(rs).unwrap_err(),
+            TokenError::Invalid("algorithm not accepted")
+        );
     }
 
     #[test]
@@ -309,13 +345,23 @@ mod tests {
             issuer: Some("me".into()),
             ..Default::default()
         });
-        assert!(a.verify_connect(&hs(json!({"sub": "a", "aud": "duplex", "iss": "me"}), "secret")).is_ok());
+        assert!(a
+            .verify_connect(&hs(
+                json!({"sub": "a", "aud": "duplex", "iss": "me"}),
+                "secret"
+            ))
+            .is_ok());
         assert_eq!(
-            a.verify_connect(&hs(json!({"sub": "a", "aud": "x", "iss": "me"}), "secret")).unwrap_err(),
+            a.verify_connect(&hs(json!({"sub": "a", "aud": "x", "iss": "me"}), "secret"))
+                .unwrap_err(),
             TokenError::Invalid("wrong audience")
         );
         assert_eq!(
-            a.verify_connect(&hs(json!({"sub": "a", "aud": "duplex", "iss": "x"}), "secret")).unwrap_err(),
+            a.verify_connect(&hs(
+                json!({"sub": "a", "aud": "duplex", "iss": "x"}),
+                "secret"
+            ))
+            .unwrap_err(),
             TokenError::Invalid("wrong issuer")
         );
     }
@@ -342,7 +388,9 @@ mod tests {
         let t = encode(&Header::new(Algorithm::ES256), &json!({"sub": "e"}), &enc).unwrap();
         assert_eq!(a.verify_connect(&t).unwrap().sub, "e");
         // An HS256 token is refused when only ES256 is configured.
-        assert!(a.verify_connect(&hs(json!({"sub": "e"}), "secret")).is_err());
+        assert!(a
+            .verify_connect(&hs(json!({"sub": "e"}), "secret"))
+            .is_err());
     }
 
     #[test]

@@ -1,5 +1,12 @@
-//! Server configuration (`duplex serve` flags map onto these fields).
+//! Server configuration. Every default is written once, here (and in the
+//! settings types of the modules it gathers); `duplex serve --help` and
+//! `docs/defaults.md` list them. The CLI builds it from defaults, then a
+//! TOML file (`--config`), then `DUPLEX_*` variables, then flags.
 
+use crate::auth::{AuthConfig, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_SIZE};
+use crate::front::centrifuge::CentrifugeConfig;
+use crate::hub::namespace::ChannelOptions;
+use crate::hub::HubConfig;
 use duplex::tls::rustls;
 use duplex::Policy;
 use std::net::SocketAddr;
@@ -26,6 +33,18 @@ pub struct ServerConfig {
     /// TLS for `wss://` and `https://` on the same port; `None` serves
     /// plain `ws://` and `http://`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The hub: namespaces and their limits. Default: no namespace (no
+    /// channel exists).
+    pub hub: HubConfig,
+    /// Tokens and API keys. Default: none (no token is valid, the API is
+    /// closed).
+    pub auth: AuthConfig,
+    /// The Centrifugo front's timers and limits.
+    pub centrifuge: CentrifugeConfig,
+    /// Largest HTTP API request body. Default: 1 MiB.
+    pub api_max_body: usize,
+    /// This node's name (API `info`). Default: "duplex".
+    pub node_name: String,
 }
 
 /// The server's protocol settings: the library defaults, except that
@@ -37,6 +56,16 @@ pub fn default_ws_config() -> duplex::Config {
     duplex::Config::default().with_deflate(Some(duplex::DeflateConfig::without_context_takeover()))
 }
 
+/// The default authentication settings: nothing configured, 5 s of clock
+/// skew, tokens up to 8 KiB.
+pub fn default_auth() -> AuthConfig {
+    AuthConfig {
+        leeway: DEFAULT_LEEWAY,
+        max_token_size: DEFAULT_MAX_TOKEN_SIZE,
+        ..AuthConfig::default()
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -46,6 +75,26 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             policy: Policy::default(),
             tls: None,
+            hub: HubConfig::default(),
+            auth: default_auth(),
+            centrifuge: CentrifugeConfig::default(),
+            api_max_body: 1 << 20,
+            node_name: "duplex".to_string(),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Development mode, for a server without a configuration file that
+    /// listens on loopback only: anonymous clients may connect, subscribe
+    /// and publish in the default namespace (history, presence, join/leave
+    /// and recovery on), and the HTTP API answers loopback peers without a
+    /// key.
+    pub fn development(self) -> Self {
+        let mut c = self;
+        c.hub.namespaces.default = Some(ChannelOptions::development());
+        c.auth.allow_anonymous = true;
+        c.auth.api_open_on_loopback = true;
+        c
     }
 }

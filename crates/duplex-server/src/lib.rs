@@ -1,19 +1,25 @@
 //! `duplex-server`: the ready-to-run Duplex server.
 //!
-//! Today: the echo service at `/echo` (permessage-deflate accepted, limits
-//! from [`ServerConfig`]), the browser echo tester at `/`, 404 elsewhere;
-//! an Origin policy and subprotocol choice, TLS on the same port, a
-//! connection limit and graceful shutdown. It uses the `duplex` library
-//! like any other application.
+//! The echo service at `/echo`, the real-time hub (channels, history,
+//! recovery, presence) behind the Centrifugo client protocol at
+//! `/connection/websocket` and the server HTTP API at `/api/<method>`,
+//! Prometheus metrics at `/metrics`, the echo tester page at `/`; an Origin
+//! policy, TLS on the same port, a connection limit and graceful shutdown.
+//! It uses the `duplex` library like any other application.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod config_file;
 pub mod echo;
+pub mod front;
+pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod tls;

@@ -76,22 +76,86 @@ impl Metrics {
     /// Registers every metric under the `duplex_` prefix.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("duplex");
-        r.register("connections", "Open connections, by front", self.connections.clone());
-        r.register("connections_accepted", "Connections accepted, by front", self.connections_total.clone());
-        r.register("subscriptions", "Client subscriptions on this node", self.subscriptions.clone());
-        r.register("channels", "Channels with subscribers on this node", self.channels.clone());
-        r.register("publications", "Publications accepted, by source", self.publications.clone());
-        r.register("deliveries", "Events queued to connections", self.deliveries.clone());
-        r.register("encodings", "Events serialised and framed, by front", self.encodings.clone());
-        r.register("received_bytes", "Message bytes received, by front", self.bytes_in.clone());
-        r.register("sent_bytes", "Message bytes sent, by front", self.bytes_out.clone());
-        r.register("slow_disconnects", "Connections closed for a full mailbox, by front", self.slow_disconnects.clone());
-        r.register("auth_failures", "Failed authentications, by reason", self.auth_failures.clone());
-        r.register("refused", "Refused handshakes and requests, by reason", self.refused.clone());
-        r.register("commands", "Client protocol commands, by method", self.commands.clone());
-        r.register("api_calls", "HTTP API calls, by method", self.api_calls.clone());
-        r.register("history_publications", "Publications held in history", self.history_publications.clone());
-        r.register("history_bytes", "Payload bytes held in history", self.history_bytes.clone());
+        r.register(
+            "connections",
+            "Open connections, by front",
+            self.connections.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "Connections accepted, by front",
+            self.connections_total.clone(),
+        );
+        r.register(
+            "subscriptions",
+            "Client subscriptions on this node",
+            self.subscriptions.clone(),
+        );
+        r.register(
+            "channels",
+            "Channels with subscribers on this node",
+            self.channels.clone(),
+        );
+        r.register(
+            "publications",
+            "Publications accepted, by source",
+            self.publications.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Events queued to connections",
+            self.deliveries.clone(),
+        );
+        r.register(
+            "encodings",
+            "Events serialised and framed, by front",
+            self.encodings.clone(),
+        );
+        r.register(
+            "received_bytes",
+            "Message bytes received, by front",
+            self.bytes_in.clone(),
+        );
+        r.register(
+            "sent_bytes",
+            "Message bytes sent, by front",
+            self.bytes_out.clone(),
+        );
+        r.register(
+            "slow_disconnects",
+            "Connections closed for a full mailbox, by front",
+            self.slow_disconnects.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Failed authentications, by reason",
+            self.auth_failures.clone(),
+        );
+        r.register(
+            "refused",
+            "Refused handshakes and requests, by reason",
+            self.refused.clone(),
+        );
+        r.register(
+            "commands",
+            "Client protocol commands, by method",
+            self.commands.clone(),
+        );
+        r.register(
+            "api_calls",
+            "HTTP API calls, by method",
+            self.api_calls.clone(),
+        );
+        r.register(
+            "history_publications",
+            "Publications held in history",
+            self.history_publications.clone(),
+        );
+        r.register(
+            "history_bytes",
+            "Payload bytes held in history",
+            self.history_bytes.clone(),
+        );
         r
     }
 
@@ -102,6 +166,8 @@ impl Metrics {
 
     /// Counts an authentication failure.
     pub fn auth_failure(&self, reason: &'static str) {
-        self.auth_failures.get_or_create(&ReasonLabel { reason }).inc();
+        self.auth_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 }

@@ -1,5 +1,11 @@
 //! The accept loop and per-connection routing.
 //!
+//! A connection's first request head is read by the WebSocket handshake
+//! parser: an upgrade to `/echo` or `/connection/websocket` opens at once
+//! (the fast path, which keeps an idle socket within its memory budget);
+//! any other request is handed to hyper ([`crate::http`]) with the bytes
+//! already read replayed, and hyper serves the connection from then on.
+//!
 //! Each accepted TCP connection gets its own task. The number of live
 //! connections is bounded by a semaphore (`max_connections`); a connection
 //! over the limit is answered 503 instead of being queued — at most
@@ -9,10 +15,13 @@
 //! most `shutdown_grace` for every permit to come back, then tell the rest
 //! to stop at once.
 
+use crate::app::App;
 use crate::config::ServerConfig;
 use crate::echo::{self, EchoStats};
+use crate::front::centrifuge;
+use crate::http::{Rewind, UpgradeSlot};
+use crate::router::{self, Route};
 use crate::shutdown::{Shutdown, Stage};
-use crate::web;
 use duplex::tls::TlsAcceptor;
 use duplex::{Handshake, WebSocket};
 use std::future::Future;
@@ -32,10 +41,7 @@ const REFUSAL_BACKLOG: usize = 64;
 
 /// What every connection task shares.
 struct Shared {
-    config: ServerConfig,
-    /// `config.ws` behind one `Arc`, handed to every connection (instead
-    /// of a copy each).
-    ws: Arc<duplex::Config>,
+    app: Arc<App>,
     shutdown: Shutdown,
     /// Admitted connections (`max_connections` permits).
     limit: Semaphore,
@@ -48,14 +54,22 @@ struct Shared {
 /// A bound server, ready to run.
 pub struct Server {
     listener: TcpListener,
-    config: ServerConfig,
+    app: Arc<App>,
 }
 
 impl Server {
-    /// Binds the listening socket.
+    /// Binds the listening socket. Fails on an unusable configuration
+    /// (a key that does not parse) as well as on a socket error.
     pub async fn bind(config: ServerConfig) -> std::io::Result<Server> {
         let listener = TcpListener::bind(config.listen).await?;
-        Ok(Server { listener, config })
+        let app = App::new(config).map_err(std::io::Error::other)?;
+        Ok(Server { listener, app })
+    }
+
+    /// The application state (hub, metrics...), shared with the running
+    /// server.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
     }
 
     /// The bound address (useful with port 0).
@@ -65,10 +79,10 @@ impl Server {
 
     /// Serves until `shutdown` completes, then closes connections gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let max = self.config.max_connections;
+        let max = self.app.config.max_connections;
+        let upkeep = self.app.spawn_upkeep();
         let shared = Arc::new(Shared {
-            ws: Arc::new(self.config.ws.clone()),
-            config: self.config,
+            app: self.app,
             shutdown: Shutdown::new(),
             limit: Semaphore::new(max),
             refusals: Semaphore::new(REFUSAL_BACKLOG),
@@ -114,12 +128,13 @@ impl Server {
             let b = shared.refusals.acquire_many(REFUSAL_BACKLOG as u32).await;
             drop((a, b));
         };
-        if tokio::time::timeout(shared.config.shutdown_grace, all_done)
+        if tokio::time::timeout(shared.app.config.shutdown_grace, all_done)
             .await
             .is_err()
         {
             shared.shutdown.advance(Stage::Now);
         }
+        upkeep.abort();
         Ok(())
     }
 }
@@ -164,26 +179,82 @@ impl Drop for Slot {
     }
 }
 
-/// An open plain-TCP WebSocket on `/echo`: what an idle connection's task
-/// holds.
+/// The services a WebSocket can be opened to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Echo,
+    Centrifuge,
+}
+
+impl Service {
+    fn of(route: &Route) -> Option<Service> {
+        match route {
+            Route::Echo => Some(Service::Echo),
+            Route::Centrifuge => Some(Service::Centrifuge),
+            _ => None,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Service::Echo => "/echo",
+            Service::Centrifuge => router::CENTRIFUGE_PATH,
+        }
+    }
+}
+
+/// An open plain-TCP WebSocket: what an idle connection's task holds.
 struct Session {
     ws: WebSocket<TcpStream>,
     peer: SocketAddr,
     slot: Slot,
+    service: Service,
 }
 
 impl Session {
-    /// Echoes, then logs. A plain function returning an `async move`
+    /// Serves, then logs. A plain function returning an `async move`
     /// block, not an `async fn`: an `async fn` stores its by-value
     /// arguments twice (as argument and as local), which here would be the
     /// whole session.
     fn run(self) -> impl Future<Output = ()> {
         let mut this = self;
         async move {
-            let stats = echo::run(&mut this.ws, &this.slot.shared.shutdown).await;
-            log_close(&this.ws, this.peer, &this.slot, &stats);
+            match this.service {
+                Service::Echo => {
+                    let stats = echo::run(&mut this.ws, &this.slot.shared.shutdown).await;
+                    log_close(&this.ws, this.peer, &this.slot, Service::Echo, &stats);
+                }
+                // Boxed: an idle echo connection must not carry the
+                // centrifuge loop's state.
+                Service::Centrifuge => {
+                    Box::pin(serve_socket(
+                        &mut this.ws,
+                        Service::Centrifuge,
+                        this.peer,
+                        &this.slot,
+                    ))
+                    .await
+                }
+            }
         }
     }
+}
+
+/// Serves an open socket to the end (the TLS and hyper paths, and the
+/// Centrifugo front on the fast path), then logs.
+async fn serve_socket<S>(ws: &mut WebSocket<S>, service: Service, peer: SocketAddr, slot: &Slot)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let shared = &slot.shared;
+    let stats = match service {
+        Service::Echo => echo::run(ws, &shared.shutdown).await,
+        Service::Centrifuge => {
+            centrifuge::serve(&shared.app.centrifuge, ws, &shared.shutdown).await;
+            EchoStats::default()
+        }
+    };
+    log_close(ws, peer, slot, service, &stats);
 }
 
 pin_project_lite::pin_project! {
@@ -231,14 +302,22 @@ where
 /// (their state is several KiB anyway).
 async fn open(tcp: TcpStream, peer: SocketAddr, slot: Slot) -> Option<impl Future<Output = ()>> {
     let _ = tcp.set_nodelay(true);
-    if let Some(tls) = slot.shared.config.tls.clone() {
+    if let Some(tls) = slot.shared.app.config.tls.clone() {
         // Boxed: the TLS state is several KiB, and every plain connection
         // would otherwise allocate (and move) this future at that size.
         Box::pin(serve_tls(tcp, tls, peer, slot)).await;
         return None;
     }
-    let ws = route(tcp, peer, &slot.shared, slot.admitted).await?;
-    Some(Session { ws, peer, slot }.run())
+    let (ws, service) = route(tcp, peer, &slot).await?;
+    Some(
+        Session {
+            ws,
+            peer,
+            slot,
+            service,
+        }
+        .run(),
+    )
 }
 
 /// A TLS connection, from the TLS handshake to the end.
@@ -251,11 +330,10 @@ async fn serve_tls(
     let shared = &slot.shared;
     // The TLS handshake counts against the opening-handshake time.
     let accept = TlsAcceptor::from(tls).accept(tcp);
-    match tokio::time::timeout(shared.ws.handshake_timeout, accept).await {
+    match tokio::time::timeout(shared.app.ws.handshake_timeout, accept).await {
         Ok(Ok(stream)) => {
-            if let Some(mut ws) = route(stream, peer, shared, slot.admitted).await {
-                let stats = echo::run(&mut ws, &shared.shutdown).await;
-                log_close(&ws, peer, &slot, &stats);
+            if let Some((mut ws, service)) = route(stream, peer, &slot).await {
+                serve_socket(&mut ws, service, peer, &slot).await;
             }
         }
         Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
@@ -263,13 +341,18 @@ async fn serve_tls(
     }
 }
 
-fn log_close<S>(ws: &WebSocket<S>, peer: SocketAddr, slot: &Slot, stats: &EchoStats)
-where
+fn log_close<S>(
+    ws: &WebSocket<S>,
+    peer: SocketAddr,
+    slot: &Slot,
+    service: Service,
+    stats: &EchoStats,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     info!(
         %peer,
-        path = "/echo",
+        path = service.path(),
         extensions = ws.extensions(),
         protocol = ws.protocol().unwrap_or(""),
         messages = stats.messages,
@@ -282,58 +365,80 @@ where
     );
 }
 
-/// Reads one request and answers it: the page at `/`, 404 for unknown
-/// paths, 503 over the connection limit; an upgrade at `/echo` (subject to
-/// the policy) returns the open socket.
-async fn route<S>(
-    stream: S,
-    peer: SocketAddr,
-    config: &Shared,
-    admitted: bool,
-) -> Option<WebSocket<S>>
+/// Reads the first request. An upgrade to a WebSocket service (subject
+/// to the policy) returns the open socket; anything else is served by
+/// hyper here, to the end of the connection (an upgrade that hyper
+/// accepts on it is served here too). Over the connection limit: 503.
+async fn route<S>(stream: S, peer: SocketAddr, slot: &Slot) -> Option<(WebSocket<S>, Service)>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let hs = match Handshake::read(stream, config.ws.clone()).await {
+    let shared = &slot.shared;
+    let hs = match Handshake::read(stream, shared.app.ws.clone()).await {
         Ok(h) => h,
         Err(e) => {
             info!(%peer, error = %e, "bad request");
+            shared.app.hub.metrics().refuse("bad request");
             return None;
         }
     };
     let path = hs.request().path().to_string();
-    if !admitted {
+    if !slot.admitted {
         let _ = hs.respond(503, "server is at its connection limit").await;
         warn!(%peer, %path, status = 503, "refused: connection limit");
+        shared.app.hub.metrics().refuse("connection limit");
         return None;
     }
-    let is_upgrade = hs.request().is_upgrade();
-    match path.as_str() {
-        "/" | "/index.html" if !is_upgrade => {
-            let method = hs.request().method.clone();
-            match method.as_str() {
-                "GET" => {
-                    let body = web::INDEX_HTML.as_bytes();
-                    let _ = hs.respond_with(200, &web::page_headers(), body).await;
-                }
-                _ => {
-                    let _ = hs.respond(405, "only GET is served here").await;
-                }
-            }
-            info!(%peer, %path, %method, "page");
-            None
-        }
-        "/echo" => match hs.upgrade(|req| config.config.policy.decide(req)).await {
-            Ok(ws) => Some(ws),
+    let route = router::route(&hs.request().method, &path);
+    if let Some(service) = Service::of(&route).filter(|_| hs.request().is_upgrade()) {
+        return match hs.upgrade(|req| shared.app.config.policy.decide(req)).await {
+            Ok(ws) => Some((ws, service)),
             Err(e) => {
                 info!(%peer, %path, error = %e, "upgrade refused");
+                shared.app.hub.metrics().refuse("upgrade");
                 None
             }
+        };
+    }
+    let (stream, read) = hs.into_raw_parts();
+    Box::pin(serve_http(Rewind::new(stream, read), peer, slot)).await;
+    None
+}
+
+/// Serves a connection with hyper (keep-alive, request bodies), then any
+/// WebSocket it upgraded to.
+async fn serve_http<S>(io: Rewind<S>, peer: SocketAddr, slot: &Slot)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = slot.shared.app.clone();
+    let upgrades: UpgradeSlot = Default::default();
+    let service = {
+        let upgrades = upgrades.clone();
+        hyper::service::service_fn(move |req| {
+            crate::http::handle(app.clone(), peer, upgrades.clone(), req)
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(slot.shared.app.ws.handshake_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    let shutdown = &slot.shared.shutdown;
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            info!(%peer, error = %e, "HTTP connection ended with an error");
         },
-        _ => {
-            let _ = hs.respond(404, "not found").await;
-            info!(%peer, %path, status = 404, "not found");
-            None
+        _ = shutdown.reached(Stage::Closing) => return,
+    }
+    let pending = upgrades.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some((pending, route)) = pending {
+        let Some(service) = Service::of(&route) else {
+            return;
+        };
+        match pending.into_websocket().await {
+            Ok(mut ws) => serve_socket(&mut ws, service, peer, slot).await,
+            Err(e) => info!(%peer, error = %e, "upgrade through hyper failed"),
         }
     }
 }
@@ -361,8 +466,7 @@ mod tests {
         let (accepted, client) = tokio::join!(listener.accept(), client);
         let (tcp, peer) = accepted.unwrap();
         let shared = Arc::new(Shared {
-            ws: Arc::new(duplex::Config::default()),
-            config: ServerConfig::default(),
+            app: App::new(ServerConfig::default()).unwrap(),
             shutdown: Shutdown::new(),
             limit: Semaphore::new(1),
             refusals: Semaphore::new(1),

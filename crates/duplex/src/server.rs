@@ -86,6 +86,8 @@ impl Policy {
 pub struct Handshake<S> {
     stream: S,
     request: Request,
+    /// The request head as it was read.
+    head: BytesMut,
     leftover: BytesMut,
     config: Arc<Config>,
 }
@@ -104,10 +106,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         let res = tokio::time::timeout(timeout, async {
             loop {
                 match server::parse_request(&buf, &config) {
-                    Ok(Some((req, n))) => {
-                        let _ = buf.split_to(n);
-                        return Ok(req);
-                    }
+                    Ok(Some((req, n))) => return Ok((req, n)),
                     Ok(None) => {}
                     Err(e) => return Err(Error::Protocol(e)),
                 }
@@ -139,9 +138,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
             Ok(Err(e)) => return Err(e),
             Ok(Ok(r)) => r,
         };
+        let (request, n) = request;
+        let head = buf.split_to(n);
         Ok(Handshake {
             stream,
             request,
+            head,
             leftover: buf,
             config,
         })
@@ -164,6 +166,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
             request,
             leftover,
             config,
+            ..
         } = self;
         let up = match UpgradeRequest::validate(request) {
             Ok(u) => u,
@@ -219,6 +222,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     /// Gives back the stream, the request and any bytes read after it.
     pub fn into_parts(self) -> (S, Request, BytesMut) {
         (self.stream, self.request, self.leftover)
+    }
+
+    /// Gives back the stream and every byte read from it so far, the
+    /// request head first: to hand the connection to an HTTP server
+    /// (hyper) that reads the request again.
+    pub fn into_raw_parts(self) -> (S, BytesMut) {
+        let mut bytes = self.head;
+        bytes.unsplit(self.leftover);
+        (self.stream, bytes)
     }
 }
 

@@ -25,7 +25,9 @@
 //! CONNECT); serve with HTTP/1 and upgrades enabled (`axum::serve` does).
 
 use crate::error::{Error, Result};
-use crate::server::{Decision, Policy};
+use crate::server::Decision;
+#[cfg(feature = "axum")]
+use crate::server::Policy;
 use crate::ws::WebSocket;
 use bytes::{Bytes, BytesMut};
 use duplex_proto::deflate::DeflateParams;

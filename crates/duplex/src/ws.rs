@@ -241,6 +241,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Ok(())
     }
 
+    /// Queues a message framed beforehand and shared with other
+    /// connections ([`PreparedMessage`](duplex_proto::PreparedMessage)):
+    /// a broadcast is framed (and compressed, without context takeover)
+    /// once, and each receiver queues the same bytes. Like
+    /// [`start_send`](Self::start_send), call `poll_ready` first.
+    pub fn start_send_prepared(&mut self, msg: &duplex_proto::PreparedMessage) -> Result<()> {
+        self.conn.send_prepared(msg)?;
+        Ok(())
+    }
+
+    /// Sends a prepared message and flushes.
+    pub async fn send_prepared(&mut self, msg: &duplex_proto::PreparedMessage) -> Result<()> {
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await?;
+        self.start_send_prepared(msg)?;
+        self.flush().await
+    }
+
     /// Closes with 1000 (unless closing has started) and polls until the
     /// closing handshake and the transport are done (`Sink::poll_close`).
     /// Data messages that arrive meanwhile are discarded.

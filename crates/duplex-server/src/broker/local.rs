@@ -1,10 +1,10 @@
 //! The in-process broker: history and presence in memory, fan-out to this
 //! node only. Time comes from a [`Clock`], so tests run on virtual time.
 
-use super::{Broker, BrokerError, BrokerHandler, BoxFuture, HistoryQuery, HistoryResult};
+use super::{BoxFuture, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult};
 use crate::hub::history::{HistoryLimits, Stream};
 use crate::hub::presence::Presence;
-use crate::hub::{new_epoch, Clock, ClientInfo, Publication, StreamPosition};
+use crate::hub::{new_epoch, ClientInfo, Clock, Publication, StreamPosition};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -53,7 +53,9 @@ impl LocalBroker {
         for s in &self.streams {
             let mut m = lock(s);
             let before = m.len();
-            m.retain(|_, st| !(st.is_empty() && now.saturating_sub(st.touched_ms) >= STREAM_IDLE_MS));
+            m.retain(|_, st| {
+                !(st.is_empty() && now.saturating_sub(st.touched_ms) >= STREAM_IDLE_MS)
+            });
             dropped += before - m.len();
         }
         for p in &self.presence {
@@ -118,7 +120,11 @@ impl Broker for LocalBroker {
         })
     }
 
-    fn publish_join<'a>(&'a self, channel: &'a str, info: Arc<ClientInfo>) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn publish_join<'a>(
+        &'a self,
+        channel: &'a str,
+        info: Arc<ClientInfo>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             if let Some(h) = self.handler() {
                 h.on_join(channel, info);
@@ -127,7 +133,11 @@ impl Broker for LocalBroker {
         })
     }
 
-    fn publish_leave<'a>(&'a self, channel: &'a str, info: Arc<ClientInfo>) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn publish_leave<'a>(
+        &'a self,
+        channel: &'a str,
+        info: Arc<ClientInfo>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             if let Some(h) = self.handler() {
                 h.on_leave(channel, info);
@@ -159,7 +169,9 @@ impl Broker for LocalBroker {
             stream.expire(now, limits.ttl_ms);
             let position = stream.position();
             let publications = match &query.since {
-                Some(since) if since.epoch != position.epoch => Vec::new(),
+                Some(since) if !since.epoch.is_empty() && since.epoch != position.epoch => {
+                    Vec::new()
+                }
                 since => stream.read(since.as_ref().map(|s| s.offset), query.limit, query.reverse),
             };
             Ok(HistoryResult {
@@ -195,7 +207,11 @@ impl Broker for LocalBroker {
         })
     }
 
-    fn remove_presence<'a>(&'a self, channel: &'a str, client: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn remove_presence<'a>(
+        &'a self,
+        channel: &'a str,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let mut m = lock(&self.presence[self.shard(channel)]);
             if let Some(set) = m.get_mut(channel) {
@@ -208,7 +224,11 @@ impl Broker for LocalBroker {
         })
     }
 
-    fn presence<'a>(&'a self, channel: &'a str, limit: usize) -> BoxFuture<'a, Result<Vec<Arc<ClientInfo>>, BrokerError>> {
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<ClientInfo>>, BrokerError>> {
         Box::pin(async move {
             let now = self.clock.now_ms();
             Ok(lock(&self.presence[self.shard(channel)])
@@ -218,7 +238,10 @@ impl Broker for LocalBroker {
         })
     }
 
-    fn presence_stats<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(usize, usize), BrokerError>> {
+    fn presence_stats<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<(usize, usize), BrokerError>> {
         Box::pin(async move {
             let now = self.clock.now_ms();
             Ok(lock(&self.presence[self.shard(channel)])

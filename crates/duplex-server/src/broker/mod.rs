@@ -80,10 +80,18 @@ pub trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<StreamPosition>, BrokerError>>;
 
     /// Announces a join to every node.
-    fn publish_join<'a>(&'a self, channel: &'a str, info: Arc<ClientInfo>) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn publish_join<'a>(
+        &'a self,
+        channel: &'a str,
+        info: Arc<ClientInfo>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Announces a leave to every node.
-    fn publish_leave<'a>(&'a self, channel: &'a str, info: Arc<ClientInfo>) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn publish_leave<'a>(
+        &'a self,
+        channel: &'a str,
+        info: Arc<ClientInfo>,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// This node has subscribers on `channel` (the first one arrived).
     fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
@@ -111,11 +119,22 @@ pub trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Removes a presence entry.
-    fn remove_presence<'a>(&'a self, channel: &'a str, client: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn remove_presence<'a>(
+        &'a self,
+        channel: &'a str,
+        client: &'a str,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Presence members (at most `limit`).
-    fn presence<'a>(&'a self, channel: &'a str, limit: usize) -> BoxFuture<'a, Result<Vec<Arc<ClientInfo>>, BrokerError>>;
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Arc<ClientInfo>>, BrokerError>>;
 
     /// Presence counts: (clients, distinct users).
-    fn presence_stats<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(usize, usize), BrokerError>>;
+    fn presence_stats<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<(usize, usize), BrokerError>>;
 }

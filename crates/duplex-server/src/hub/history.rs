@@ -66,7 +66,12 @@ impl Stream {
 
     /// Gives `p` the next offset, keeps it, and evicts what falls outside
     /// `limits`. Returns the publication as stored.
-    pub fn append(&mut self, mut p: Publication, now_ms: u64, limits: &HistoryLimits) -> Arc<Publication> {
+    pub fn append(
+        &mut self,
+        mut p: Publication,
+        now_ms: u64,
+        limits: &HistoryLimits,
+    ) -> Arc<Publication> {
         self.top += 1;
         p.offset = self.top;
         p.time_ms = now_ms;
@@ -112,10 +117,21 @@ impl Stream {
         self.bytes = 0;
     }
 
-    /// Publications with an offset above `after` (all held when `None`),
-    /// oldest first, or newest first with `reverse`; at most `limit`.
-    pub fn read(&self, after: Option<u64>, limit: usize, reverse: bool) -> Vec<Arc<Publication>> {
-        let start = match after {
+    /// Publications after offset `since` (all held when `None`), oldest
+    /// first; with `reverse`, those before `since` (all when `None`),
+    /// newest first. At most `limit`.
+    pub fn read(&self, since: Option<u64>, limit: usize, reverse: bool) -> Vec<Arc<Publication>> {
+        if reverse {
+            return self
+                .items
+                .iter()
+                .rev()
+                .filter(|p| since.is_none_or(|s| p.offset < s))
+                .take(limit)
+                .cloned()
+                .collect();
+        }
+        let start = match since {
             None => 0,
             // Offsets are consecutive within the held run.
             Some(a) => match self.items.front() {
@@ -124,12 +140,7 @@ impl Stream {
                 Some(first) => ((a - first.offset + 1) as usize).min(self.items.len()),
             },
         };
-        let run = self.items.range(start..);
-        if reverse {
-            run.rev().take(limit).cloned().collect()
-        } else {
-            run.take(limit).cloned().collect()
-        }
+        self.items.range(start..).take(limit).cloned().collect()
     }
 
     /// The offset of the oldest publication held.
@@ -165,17 +176,35 @@ mod tests {
         assert_eq!(all, [3, 4, 5]);
         let rev: Vec<u64> = s.read(None, 2, true).iter().map(|p| p.offset).collect();
         assert_eq!(rev, [5, 4]);
-        let since: Vec<u64> = s.read(Some(3), 100, false).iter().map(|p| p.offset).collect();
+        let since: Vec<u64> = s
+            .read(Some(3), 100, false)
+            .iter()
+            .map(|p| p.offset)
+            .collect();
         assert_eq!(since, [4, 5]);
+        let before: Vec<u64> = s
+            .read(Some(5), 100, true)
+            .iter()
+            .map(|p| p.offset)
+            .collect();
+        assert_eq!(before, [4, 3]);
         assert!(s.read(Some(5), 100, false).is_empty());
         // Older than the oldest held: everything held (the caller sees the gap).
-        let gap: Vec<u64> = s.read(Some(1), 100, false).iter().map(|p| p.offset).collect();
+        let gap: Vec<u64> = s
+            .read(Some(1), 100, false)
+            .iter()
+            .map(|p| p.offset)
+            .collect();
         assert_eq!(gap, [3, 4, 5]);
     }
 
     #[test]
     fn bytes_bound_the_stream() {
-        let lim = HistoryLimits { size: 100, bytes: 10, ttl_ms: 0 };
+        let lim = HistoryLimits {
+            size: 100,
+            bytes: 10,
+            ttl_ms: 0,
+        };
         let mut s = Stream::new("e".into(), 0);
         s.append(p("12345"), 0, &lim);
         s.append(p("12345"), 0, &lim);
@@ -200,12 +229,20 @@ mod tests {
         assert_eq!(s.first_offset(), Some(2));
         s.expire(15_000, L.ttl_ms);
         assert!(s.is_empty());
-        assert_eq!(s.position().offset, 2, "the offset survives its publications");
+        assert_eq!(
+            s.position().offset,
+            2,
+            "the offset survives its publications"
+        );
     }
 
     #[test]
     fn no_history_still_counts_offsets() {
-        let lim = HistoryLimits { size: 0, bytes: 0, ttl_ms: 0 };
+        let lim = HistoryLimits {
+            size: 0,
+            bytes: 0,
+            ttl_ms: 0,
+        };
         let mut s = Stream::new("e".into(), 0);
         assert_eq!(s.append(p("a"), 0, &lim).offset, 1);
         assert!(s.is_empty());

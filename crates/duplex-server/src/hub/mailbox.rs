@@ -152,7 +152,10 @@ mod tests {
         assert_eq!(m.push(delivery(1)), Err(PushError::Closed));
         assert_eq!(m.queued_bytes(), 0, "nothing is held after the overflow");
         let mut cx = Context::from_waker(Waker::noop());
-        assert!(matches!(m.poll_next(&mut cx, 10), Poll::Ready(Next::Overflowed)));
+        assert!(matches!(
+            m.poll_next(&mut cx, 10),
+            Poll::Ready(Next::Overflowed)
+        ));
     }
 
     #[test]

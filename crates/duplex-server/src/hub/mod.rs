@@ -148,7 +148,11 @@ impl Delivery {
 
     /// The event as `front` frames it, made by `encode` for the first
     /// receiver and shared by the rest.
-    pub fn encoded(&self, front: FrontKind, encode: impl FnOnce(&Event) -> PreparedMessage) -> &PreparedMessage {
+    pub fn encoded(
+        &self,
+        front: FrontKind,
+        encode: impl FnOnce(&Event) -> PreparedMessage,
+    ) -> &PreparedMessage {
         self.encoded[front as usize].get_or_init(|| encode(&self.event))
     }
 
@@ -207,7 +211,15 @@ pub fn new_client_id() -> Arc<str> {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16)).into()
+    format!(
+        "{}-{}-{}-{}-{}",
+        h(0..4),
+        h(4..6),
+        h(6..8),
+        h(8..10),
+        h(10..16)
+    )
+    .into()
 }
 
 /// The hub's settings.
@@ -332,7 +344,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -342,7 +356,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Hub {
     /// A hub over `broker`, which delivers back into it.
-    pub fn new(config: HubConfig, broker: Arc<dyn Broker>, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Arc<Hub> {
+    pub fn new(
+        config: HubConfig,
+        broker: Arc<dyn Broker>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             config,
             broker,
@@ -458,7 +477,8 @@ impl Hub {
                     }
                     None => {
                         let q = HistoryQuery::default();
-                        out.position = Some(self.broker.history(channel, q, limits).await?.position);
+                        out.position =
+                            Some(self.broker.history(channel, q, limits).await?.position);
                     }
                 }
             }
@@ -498,10 +518,12 @@ impl Hub {
             position,
             ..
         } = self.broker.history(channel, q, limits).await?;
-        Ok(match recovery_outcome(&since, &position, &publications, max) {
-            true => (publications, position, true),
-            false => (Vec::new(), position, false),
-        })
+        Ok(
+            match recovery_outcome(&since, &position, &publications, max) {
+                true => (publications, position, true),
+                false => (Vec::new(), position, false),
+            },
+        )
     }
 
     fn remove_subscriber(&self, channel: &str, client: &str) -> (bool, bool) {
@@ -554,7 +576,11 @@ impl Hub {
     }
 
     /// Refreshes a subscriber's presence entry.
-    pub async fn refresh_presence(&self, info: &Arc<ClientInfo>, channel: &str) -> Result<(), HubError> {
+    pub async fn refresh_presence(
+        &self,
+        info: &Arc<ClientInfo>,
+        channel: &str,
+    ) -> Result<(), HubError> {
         if self.options(channel)?.presence {
             let ttl = self.config.presence_ttl.as_millis() as u64;
             self.broker.add_presence(channel, info.clone(), ttl).await?;
@@ -674,9 +700,17 @@ impl Hub {
         n
     }
 
+    /// Connected clients and distinct users on this node.
+    pub fn counts(&self) -> (usize, usize) {
+        (lock(&self.clients).len(), lock(&self.users).len())
+    }
+
     /// Every registered client (for shutdown and tests).
     pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
-        lock(&self.clients).values().map(|r| r.info.clone()).collect()
+        lock(&self.clients)
+            .values()
+            .map(|r| r.info.clone())
+            .collect()
     }
 
     fn deliver(&self, channel: &str, event: Event) {

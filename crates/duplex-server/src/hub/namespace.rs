@@ -154,7 +154,10 @@ mod tests {
         assert_eq!(ns.resolve("", 255), Err(ChannelError::BadName));
         assert_eq!(ns.resolve("a b", 255), Err(ChannelError::BadName));
         assert_eq!(ns.resolve("é", 255), Err(ChannelError::BadName));
-        assert_eq!(ns.resolve(&"x".repeat(256), 255), Err(ChannelError::BadName));
+        assert_eq!(
+            ns.resolve(&"x".repeat(256), 255),
+            Err(ChannelError::BadName)
+        );
         ns.default = None;
         assert_eq!(ns.resolve("news", 255), Err(ChannelError::Unknown));
     }

@@ -88,7 +88,10 @@ mod tests {
         assert!(p.add(info("c2", "alice"), 0, 1_000));
         assert!(p.add(info("c3", "bob"), 0, 1_000));
         assert_eq!(p.stats(0), (3, 2));
-        assert!(!p.add(info("c1", "alice"), 900, 1_000), "a refresh is not new");
+        assert!(
+            !p.add(info("c1", "alice"), 900, 1_000),
+            "a refresh is not new"
+        );
         assert_eq!(p.stats(1_000), (1, 1));
         assert_eq!(p.list(1_000, 10).len(), 1);
         let gone = p.expire(1_000);

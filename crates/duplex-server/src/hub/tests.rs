@@ -94,7 +94,11 @@ fn drain(m: &Mailbox) -> Vec<(String, u64, String)> {
 }
 
 fn pubs(events: &[(String, u64, String)]) -> Vec<u64> {
-    events.iter().filter(|e| e.0 == "pub").map(|e| e.1).collect()
+    events
+        .iter()
+        .filter(|e| e.0 == "pub")
+        .map(|e| e.1)
+        .collect()
 }
 
 async fn publish_n(hub: &Hub, channel: &str, n: usize) -> StreamPosition {
@@ -118,7 +122,10 @@ async fn publications_reach_every_subscriber_in_order() {
     publish_n(&f.hub, "news", 5).await;
     assert_eq!(pubs(&drain(&ma)), [1, 2, 3, 4, 5]);
     assert_eq!(pubs(&drain(&mb)), [1, 2, 3, 4, 5]);
-    assert_eq!(f.hub.metrics().deliveries.get(), 10 + 1 /* b's join to a */ + 2 /* joins seen by themselves */);
+    assert_eq!(
+        f.hub.metrics().deliveries.get(),
+        10 + 1 /* b's join to a */ + 2 /* joins seen by themselves */
+    );
 }
 
 #[tokio::test]
@@ -130,7 +137,10 @@ async fn a_broadcast_is_one_shared_delivery() {
         f.hub.subscribe(&c, &m, "room", None).await.unwrap();
         boxes.push(m);
     }
-    f.hub.publish("room", Bytes::from_static(b"{}"), None).await.unwrap();
+    f.hub
+        .publish("room", Bytes::from_static(b"{}"), None)
+        .await
+        .unwrap();
     let mut cx = Context::from_waker(Waker::noop());
     let mut first: Option<Arc<Delivery>> = None;
     for m in &boxes {
@@ -140,7 +150,10 @@ async fn a_broadcast_is_one_shared_delivery() {
         assert_eq!(ev.len(), 1);
         match &first {
             None => first = Some(ev[0].clone()),
-            Some(f) => assert!(Arc::ptr_eq(f, &ev[0]), "every mailbox holds the same delivery"),
+            Some(f) => assert!(
+                Arc::ptr_eq(f, &ev[0]),
+                "every mailbox holds the same delivery"
+            ),
         }
     }
 }
@@ -153,7 +166,10 @@ async fn recovery_gives_exactly_the_missed_publications() {
     let start = s.position.unwrap();
     assert_eq!(start.offset, 0);
     publish_n(&f.hub, "ch", 2).await;
-    let seen = StreamPosition { offset: 2, epoch: start.epoch.clone() };
+    let seen = StreamPosition {
+        offset: 2,
+        epoch: start.epoch.clone(),
+    };
     f.hub.unsubscribe(&a, "ch").await;
     publish_n(&f.hub, "ch", 3).await;
     drain(&ma);
@@ -168,23 +184,39 @@ async fn recovery_gives_exactly_the_missed_publications() {
 async fn recovery_at_the_edge_of_history_and_one_past_it() {
     let f = fixture(history_opts()); // history_size 5
     let (a, ma) = client("a", "u");
-    let epoch = f.hub.subscribe(&a, &ma, "ch", None).await.unwrap().position.unwrap().epoch;
+    let epoch = f
+        .hub
+        .subscribe(&a, &ma, "ch", None)
+        .await
+        .unwrap()
+        .position
+        .unwrap()
+        .epoch;
     f.hub.unsubscribe(&a, "ch").await;
     publish_n(&f.hub, "ch", 7).await; // offsets 1..=7, 3..=7 held
-    // At the edge: the client saw 2; 3..=7 are all held.
-    let edge = StreamPosition { offset: 2, epoch: epoch.clone() };
+                                      // At the edge: the client saw 2; 3..=7 are all held.
+    let edge = StreamPosition {
+        offset: 2,
+        epoch: epoch.clone(),
+    };
     let r = f.hub.subscribe(&a, &ma, "ch", Some(edge)).await.unwrap();
     assert!(r.recovered);
     assert_eq!(r.publications.len(), 5);
     f.hub.unsubscribe(&a, "ch").await;
     // One past it: the client saw 1; 2 is gone, so nothing and recovered false.
-    let past = StreamPosition { offset: 1, epoch: epoch.clone() };
+    let past = StreamPosition {
+        offset: 1,
+        epoch: epoch.clone(),
+    };
     let r = f.hub.subscribe(&a, &ma, "ch", Some(past)).await.unwrap();
     assert!(r.was_recovering && !r.recovered);
     assert!(r.publications.is_empty(), "never a partial replay");
     f.hub.unsubscribe(&a, "ch").await;
     // Up to date: recovered with nothing.
-    let top = StreamPosition { offset: 7, epoch: epoch.clone() };
+    let top = StreamPosition {
+        offset: 7,
+        epoch: epoch.clone(),
+    };
     let r = f.hub.subscribe(&a, &ma, "ch", Some(top)).await.unwrap();
     assert!(r.recovered && r.publications.is_empty());
 }
@@ -194,7 +226,10 @@ async fn another_epoch_or_a_future_offset_does_not_recover() {
     let f = fixture(history_opts());
     let (a, ma) = client("a", "u");
     publish_n(&f.hub, "ch", 2).await;
-    let wrong = StreamPosition { offset: 1, epoch: "other".into() };
+    let wrong = StreamPosition {
+        offset: 1,
+        epoch: "other".into(),
+    };
     let r = f.hub.subscribe(&a, &ma, "ch", Some(wrong)).await.unwrap();
     assert!(!r.recovered && r.publications.is_empty());
     f.hub.unsubscribe(&a, "ch").await;
@@ -210,7 +245,14 @@ async fn more_missed_than_one_call_returns_does_not_recover() {
     o.history_size = 100;
     let f = fixture(o); // max_history_per_call 10
     let (a, ma) = client("a", "u");
-    let epoch = f.hub.subscribe(&a, &ma, "ch", None).await.unwrap().position.unwrap().epoch;
+    let epoch = f
+        .hub
+        .subscribe(&a, &ma, "ch", None)
+        .await
+        .unwrap()
+        .position
+        .unwrap()
+        .epoch;
     f.hub.unsubscribe(&a, "ch").await;
     publish_n(&f.hub, "ch", 11).await;
     let r = f
@@ -226,11 +268,25 @@ async fn history_ttl_runs_on_the_virtual_clock() {
     let f = fixture(history_opts()); // ttl 60 s
     let epoch = publish_n(&f.hub, "ch", 2).await.epoch;
     f.clock.advance(59_999);
-    assert_eq!(f.hub.history("ch", None, 10, false).await.unwrap().publications.len(), 2);
+    assert_eq!(
+        f.hub
+            .history("ch", None, 10, false)
+            .await
+            .unwrap()
+            .publications
+            .len(),
+        2
+    );
     f.clock.advance(1);
     let h = f.hub.history("ch", None, 10, false).await.unwrap();
     assert!(h.publications.is_empty());
-    assert_eq!(h.position, StreamPosition { offset: 2, epoch: epoch.clone() });
+    assert_eq!(
+        h.position,
+        StreamPosition {
+            offset: 2,
+            epoch: epoch.clone()
+        }
+    );
     // A client that saw 1 cannot recover 2 any more.
     let (a, ma) = client("a", "u");
     let r = f
@@ -268,7 +324,10 @@ async fn presence_join_and_leave() {
     f.hub.unsubscribe(&b, "ch").await;
     let seen = drain(&ma);
     let kinds: Vec<(&str, &str)> = seen.iter().map(|e| (e.0.as_str(), e.2.as_str())).collect();
-    assert_eq!(kinds, [("join", "a"), ("join", "b"), ("join", "b2"), ("leave", "b")]);
+    assert_eq!(
+        kinds,
+        [("join", "a"), ("join", "b"), ("join", "b2"), ("leave", "b")]
+    );
     assert_eq!(f.hub.presence_stats("ch").await.unwrap(), (2, 2));
     // Entries that are not refreshed expire.
     f.clock.advance(30_000);
@@ -276,7 +335,14 @@ async fn presence_join_and_leave() {
     f.clock.advance(30_000);
     assert_eq!(f.hub.presence_stats("ch").await.unwrap(), (1, 1));
     f.broker.sweep();
-    let left: Vec<_> = f.hub.presence("ch").await.unwrap().iter().map(|i| i.client.to_string()).collect();
+    let left: Vec<_> = f
+        .hub
+        .presence("ch")
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.client.to_string())
+        .collect();
     assert_eq!(left, ["a"]);
 }
 
@@ -289,9 +355,15 @@ async fn a_full_mailbox_overflows_without_disturbing_others() {
     f.hub.subscribe(&slow, &slow_box, "ch", None).await.unwrap();
     f.hub.subscribe(&fast, &fast_box, "ch", None).await.unwrap();
     for i in 0..100 {
-        f.hub.publish("ch", Bytes::from(vec![b'x'; 100 + i]), None).await.unwrap();
+        f.hub
+            .publish("ch", Bytes::from(vec![b'x'; 100 + i]), None)
+            .await
+            .unwrap();
     }
-    assert_eq!(drain(&slow_box), [("overflow".to_string(), 0, String::new())]);
+    assert_eq!(
+        drain(&slow_box),
+        [("overflow".to_string(), 0, String::new())]
+    );
     assert_eq!(drain(&fast_box).len(), 100);
 }
 
@@ -299,14 +371,35 @@ async fn a_full_mailbox_overflows_without_disturbing_others() {
 async fn limits_and_unknown_channels() {
     let f = fixture(ChannelOptions::default());
     let (a, ma) = client("a", "u");
-    assert_eq!(f.hub.subscribe(&a, &ma, "x:y", None).await.unwrap_err(), HubError::UnknownChannel);
-    assert_eq!(f.hub.subscribe(&a, &ma, "bad name", None).await.unwrap_err(), HubError::BadChannel);
+    assert_eq!(
+        f.hub.subscribe(&a, &ma, "x:y", None).await.unwrap_err(),
+        HubError::UnknownChannel
+    );
+    assert_eq!(
+        f.hub
+            .subscribe(&a, &ma, "bad name", None)
+            .await
+            .unwrap_err(),
+        HubError::BadChannel
+    );
     f.hub.subscribe(&a, &ma, "ok", None).await.unwrap();
-    assert_eq!(f.hub.subscribe(&a, &ma, "ok", None).await.unwrap_err(), HubError::AlreadySubscribed);
+    assert_eq!(
+        f.hub.subscribe(&a, &ma, "ok", None).await.unwrap_err(),
+        HubError::AlreadySubscribed
+    );
     let big = Bytes::from(vec![b'x'; 64 * 1024 + 1]);
-    assert_eq!(f.hub.publish("ok", big, None).await.unwrap_err(), HubError::TooLarge);
-    assert_eq!(f.hub.history("ok", None, 1, false).await.unwrap_err(), HubError::NotAvailable);
-    assert_eq!(f.hub.presence("ok").await.unwrap_err(), HubError::NotAvailable);
+    assert_eq!(
+        f.hub.publish("ok", big, None).await.unwrap_err(),
+        HubError::TooLarge
+    );
+    assert_eq!(
+        f.hub.history("ok", None, 1, false).await.unwrap_err(),
+        HubError::NotAvailable
+    );
+    assert_eq!(
+        f.hub.presence("ok").await.unwrap_err(),
+        HubError::NotAvailable
+    );
 }
 
 #[tokio::test]
@@ -323,12 +416,18 @@ async fn channels_and_users() {
     assert_eq!(all, [("lobby".into(), 1), ("room1".into(), 2)]);
     assert_eq!(f.hub.channels(Some("room*")).len(), 1);
     assert_eq!(f.hub.channels(Some("*o*")).len(), 2);
-    let ev = Event::Disconnect { code: 3000, reason: "bye".into() };
+    let ev = Event::Disconnect {
+        code: 3000,
+        reason: "bye".into(),
+    };
     assert_eq!(f.hub.tell_user("bob", None, ev), 1);
     assert_eq!(drain(&mb).last().unwrap().0, "disconnect");
     assert!(drain(&ma).iter().all(|e| e.0 != "disconnect"));
     f.hub.unregister(&b);
-    let ev = Event::Disconnect { code: 3000, reason: "bye".into() };
+    let ev = Event::Disconnect {
+        code: 3000,
+        reason: "bye".into(),
+    };
     assert_eq!(f.hub.tell_user("bob", None, ev), 0);
 }
 

@@ -1,0 +1,98 @@
+//! What every connection of a running server shares: the hub and its
+//! broker, the fronts, authentication and metrics.
+
+use crate::auth::Auth;
+use crate::broker::local::LocalBroker;
+use crate::config::ServerConfig;
+use crate::front::api::NodeInfo;
+use crate::front::centrifuge;
+use crate::hub::{Hub, SystemClock};
+use crate::metrics::Metrics;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The application state of a server.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration.
+    pub config: ServerConfig,
+    /// `config.ws` behind one `Arc`, handed to every connection.
+    pub ws: Arc<duplex::Config>,
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// The in-process broker.
+    pub broker: Arc<LocalBroker>,
+    /// The Centrifugo front.
+    pub centrifuge: centrifuge::Front,
+    /// Keys.
+    pub auth: Arc<Auth>,
+    /// This node, for the API's `info`.
+    pub node: NodeInfo,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for LocalBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalBroker")
+    }
+}
+
+/// How often the local broker drops idle streams and expired presence.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+impl App {
+    /// Builds the state; fails on unusable keys.
+    pub fn new(config: ServerConfig) -> Result<Arc<App>, String> {
+        let metrics = Arc::new(Metrics::default());
+        let clock = Arc::new(SystemClock);
+        let broker = Arc::new(LocalBroker::new(clock.clone()));
+        let hub = Hub::new(config.hub.clone(), broker.clone(), clock, metrics.clone());
+        let auth = Arc::new(Auth::new(config.auth.clone())?);
+        let registry = metrics.registry();
+        let app = Arc::new(App {
+            ws: Arc::new(config.ws.clone()),
+            centrifuge: centrifuge::Front {
+                hub: hub.clone(),
+                auth: auth.clone(),
+                config: config.centrifuge.clone(),
+            },
+            node: NodeInfo {
+                uid: crate::hub::new_client_id().to_string(),
+                name: config.node_name.clone(),
+                started: Instant::now(),
+            },
+            config,
+            hub,
+            broker,
+            auth,
+            registry,
+        });
+        Ok(app)
+    }
+
+    /// Runs the periodic upkeep until the returned handle is aborted.
+    pub fn spawn_upkeep(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                broker.sweep();
+            }
+        })
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let m = self.hub.metrics();
+        let (n, bytes) = self.broker.history_size();
+        m.history_publications.set(n as i64);
+        m.history_bytes.set(bytes as i64);
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,286 @@
+//! The TOML configuration file (`duplex serve --config duplex.toml`).
+//! `docs/configuration.md` documents every key. Unknown keys are errors,
+//! so a typo is reported instead of silently ignored. Durations are
+//! strings such as `"25s"` or `"5m"`, or integer seconds.
+
+use crate::config::ServerConfig;
+use crate::hub::namespace::{ChannelOptions, PublishRule, SubscribeRule};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A duration as the file writes it.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+enum Dur {
+    Secs(u64),
+    Text(String),
+}
+
+impl Dur {
+    fn get(&self, key: &str) -> Result<Duration, String> {
+        match self {
+            Dur::Secs(s) => Ok(Duration::from_secs(*s)),
+            Dur::Text(t) => humantime::parse_duration(t).map_err(|e| format!("{key}: {t:?}: {e}")),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<SocketAddr>,
+    max_connections: Option<usize>,
+    allow_origin: Option<Vec<String>>,
+    node_name: Option<String>,
+    shutdown_grace: Option<Dur>,
+    #[serde(default)]
+    auth: Auth,
+    #[serde(default)]
+    hub: Hub,
+    channels: Option<Namespace>,
+    #[serde(default)]
+    namespaces: HashMap<String, Namespace>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Auth {
+    token_hmac_secret: Option<String>,
+    token_rsa_public_key: Option<String>,
+    token_ecdsa_public_key: Option<String>,
+    token_audience: Option<String>,
+    token_issuer: Option<String>,
+    token_leeway: Option<Dur>,
+    max_token_size: Option<usize>,
+    api_key: Option<String>,
+    allow_anonymous: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Hub {
+    mailbox_bytes: Option<usize>,
+    ping_interval: Option<Dur>,
+    pong_timeout: Option<Dur>,
+    connect_timeout: Option<Dur>,
+    expired_close_delay: Option<Dur>,
+    max_commands_per_frame: Option<usize>,
+    commands_per_second: Option<u32>,
+    command_burst: Option<u32>,
+    max_subscriptions: Option<usize>,
+    max_channel_length: Option<usize>,
+    max_publication_size: Option<usize>,
+    max_history_per_call: Option<usize>,
+    max_presence_members: Option<usize>,
+    presence_ttl: Option<Dur>,
+    api_max_body: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct Namespace {
+    history_size: Option<usize>,
+    history_bytes: Option<usize>,
+    history_ttl: Option<Dur>,
+    presence: Option<bool>,
+    join_leave: Option<bool>,
+    subscribe: Option<SubscribeRule>,
+    publish: Option<PublishRule>,
+    recovery: Option<bool>,
+}
+
+impl Namespace {
+    fn options(&self, name: &str) -> Result<ChannelOptions, String> {
+        let d = ChannelOptions::default();
+        let o = ChannelOptions {
+            history_size: self.history_size.unwrap_or(d.history_size),
+            history_bytes: self.history_bytes.unwrap_or(d.history_bytes),
+            history_ttl: match &self.history_ttl {
+                Some(t) => t.get(&format!("{name}.history_ttl"))?,
+                None => d.history_ttl,
+            },
+            presence: self.presence.unwrap_or(d.presence),
+            join_leave: self.join_leave.unwrap_or(d.join_leave),
+            subscribe: self.subscribe.unwrap_or(d.subscribe),
+            publish: self.publish.unwrap_or(d.publish),
+            recovery: self.recovery.unwrap_or(d.recovery),
+        };
+        if o.recovery && !o.has_history() {
+            return Err(format!(
+                "{name}: recovery needs history (history_size > 0 and history_ttl > 0)"
+            ));
+        }
+        Ok(o)
+    }
+}
+
+/// What a file sets beyond [`ServerConfig`]: the origins to allow (the CLI
+/// merges them into its policy).
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// `allow_origin`.
+    pub allow_origin: Vec<String>,
+}
+
+/// Applies the file's settings over `config`.
+pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, String> {
+    let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(l) = f.listen {
+        config.listen = l;
+    }
+    if let Some(n) = f.max_connections {
+        config.max_connections = n;
+    }
+    if let Some(n) = f.node_name {
+        config.node_name = n;
+    }
+    if let Some(d) = f.shutdown_grace {
+        config.shutdown_grace = d.get("shutdown_grace")?;
+    }
+    let a = &mut config.auth;
+    a.hmac_secret = f.auth.token_hmac_secret.or(a.hmac_secret.take());
+    a.rsa_public_key = f.auth.token_rsa_public_key.or(a.rsa_public_key.take());
+    a.ecdsa_public_key = f.auth.token_ecdsa_public_key.or(a.ecdsa_public_key.take());
+    a.audience = f.auth.token_audience.or(a.audience.take());
+    a.issuer = f.auth.token_issuer.or(a.issuer.take());
+    a.api_key = f.auth.api_key.or(a.api_key.take());
+    if let Some(b) = f.auth.allow_anonymous {
+        a.allow_anonymous = b;
+    }
+    if let Some(d) = f.auth.token_leeway {
+        a.leeway = d.get("auth.token_leeway")?;
+    }
+    if let Some(n) = f.auth.max_token_size {
+        a.max_token_size = n;
+    }
+    let h = &f.hub;
+    let c = &mut config.centrifuge;
+    if let Some(n) = h.mailbox_bytes {
+        c.mailbox_bytes = n;
+    }
+    if let Some(d) = &h.ping_interval {
+        c.ping_interval = d.get("hub.ping_interval")?;
+        if c.ping_interval < Duration::from_secs(1) {
+            return Err("hub.ping_interval: at least 1s".into());
+        }
+    }
+    if let Some(d) = &h.pong_timeout {
+        c.pong_timeout = d.get("hub.pong_timeout")?;
+    }
+    if let Some(d) = &h.connect_timeout {
+        c.connect_timeout = d.get("hub.connect_timeout")?;
+    }
+    if let Some(d) = &h.expired_close_delay {
+        c.expired_close_delay = d.get("hub.expired_close_delay")?;
+    }
+    if let Some(n) = h.max_commands_per_frame {
+        c.max_commands_per_frame = n;
+    }
+    if let Some(n) = h.commands_per_second {
+        c.commands_per_second = n;
+    }
+    if let Some(n) = h.command_burst {
+        c.command_burst = n.max(1);
+    }
+    let hc = &mut config.hub;
+    if let Some(n) = h.max_subscriptions {
+        hc.max_subscriptions = n;
+    }
+    if let Some(n) = h.max_channel_length {
+        hc.max_channel_length = n;
+    }
+    if let Some(n) = h.max_publication_size {
+        hc.max_publication_size = n;
+    }
+    if let Some(n) = h.max_history_per_call {
+        hc.max_history_per_call = n;
+    }
+    if let Some(n) = h.max_presence_members {
+        hc.max_presence_members = n;
+    }
+    if let Some(d) = &h.presence_ttl {
+        hc.presence_ttl = d.get("hub.presence_ttl")?;
+    }
+    if let Some(n) = h.api_max_body {
+        config.api_max_body = n;
+    }
+    if let Some(ns) = &f.channels {
+        hc.namespaces.default = Some(ns.options("channels")?);
+    }
+    for (name, ns) in &f.namespaces {
+        if name.is_empty() || name.contains(':') || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "namespaces.{name:?}: a namespace name is printable ASCII without ':'"
+            ));
+        }
+        hc.namespaces
+            .named
+            .insert(name.clone(), ns.options(&format!("namespaces.{name}"))?);
+    }
+    Ok(Extras {
+        allow_origin: f.allow_origin.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_applies() {
+        let mut c = ServerConfig::default();
+        let e = apply(
+            &mut c,
+            r#"
+            listen = "127.0.0.1:9000"
+            allow_origin = ["https://app.example"]
+            [auth]
+            token_hmac_secret = "s"
+            api_key = "k"
+            allow_anonymous = true
+            [hub]
+            mailbox_bytes = 4096
+            ping_interval = "5s"
+            presence_ttl = 30
+            [channels]
+            presence = true
+            subscribe = "anonymous"
+            [namespaces.chat]
+            history_size = 10
+            history_ttl = "5m"
+            recovery = true
+            publish = "nobody"
+            subscribe = "token"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(e.allow_origin, ["https://app.example"]);
+        assert_eq!(c.auth.hmac_secret.as_deref(), Some("s"));
+        assert!(c.auth.allow_anonymous);
+        assert_eq!(c.centrifuge.mailbox_bytes, 4096);
+        assert_eq!(c.centrifuge.ping_interval, Duration::from_secs(5));
+        assert_eq!(c.hub.presence_ttl, Duration::from_secs(30));
+        let d = c.hub.namespaces.default.as_ref().unwrap();
+        assert!(d.presence && d.subscribe == SubscribeRule::Anonymous);
+        let chat = &c.hub.namespaces.named["chat"];
+        assert_eq!(chat.history_ttl, Duration::from_secs(300));
+        assert_eq!(chat.publish, PublishRule::Nobody);
+        assert!(chat.recovery);
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        let mut c = ServerConfig::default();
+        assert!(apply(&mut c, "lisen = \"x\"")
+            .unwrap_err()
+            .contains("lisen"));
+        assert!(apply(&mut c, "[hub]\nping_interval = \"soon\"").is_err());
+        assert!(apply(&mut c, "[channels]\nsubscribe = \"everyone\"").is_err());
+        let e = apply(&mut c, "[channels]\nrecovery = true").unwrap_err();
+        assert!(e.contains("needs history"), "{e}");
+        assert!(apply(&mut c, "[namespaces.\"a:b\"]").is_err());
+    }
+}

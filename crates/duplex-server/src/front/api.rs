@@ -1,0 +1,391 @@
+//! The server HTTP API: `POST /api/<method>` with a JSON body, as the
+//! Centrifugo server API takes it, so its server SDKs (PyPI `cent`, ...)
+//! work unchanged. The HTTP layer checks the key; this module turns a
+//! method and a body into an answer.
+//!
+//! Answers: 200 with `{"result": {...}}` or `{"error": {"code", "message"}}`
+//! (the client protocol's codes); 400 for a body that is not JSON of the
+//! method's shape; 404 for an unknown method.
+
+use crate::front::centrifuge::wire;
+use crate::hub::{Event, Hub, HubError, StreamPosition};
+use crate::metrics::MethodLabel;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::fmt::Write;
+use std::time::Instant;
+
+/// An answer: HTTP status and JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: String,
+}
+
+/// Node facts for the `info` method.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// This node's id.
+    pub uid: String,
+    /// This node's name.
+    pub name: String,
+    /// When it started.
+    pub started: Instant,
+}
+
+#[derive(Deserialize)]
+struct ChannelData<'a> {
+    channel: String,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Broadcast<'a> {
+    channels: Vec<String>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Channel {
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct History {
+    channel: String,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    since: Option<wire::Since>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct Channels {
+    #[serde(default)]
+    pattern: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DisconnectCode {
+    #[serde(default)]
+    code: u16,
+}
+
+#[derive(Deserialize)]
+struct DisconnectUser {
+    user: String,
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    disconnect: Option<DisconnectCode>,
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeUser {
+    user: String,
+    channel: String,
+    #[serde(default)]
+    client: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Batch<'a> {
+    #[serde(borrow)]
+    commands: Vec<std::collections::HashMap<String, &'a RawValue>>,
+}
+
+/// The methods, for the metrics' labels.
+const METHODS: &[&str] = &[
+    "publish",
+    "broadcast",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "disconnect",
+    "unsubscribe",
+    "info",
+    "batch",
+];
+
+/// What one method call gives: a result object, or an error reply.
+type Outcome = Result<String, wire::ProtoError>;
+
+fn hub_error(e: &HubError) -> wire::ProtoError {
+    match e {
+        HubError::UnknownChannel => wire::UNKNOWN_CHANNEL,
+        HubError::BadChannel => wire::BAD_REQUEST,
+        HubError::NotAvailable => wire::NOT_AVAILABLE,
+        HubError::AlreadySubscribed => wire::ALREADY_SUBSCRIBED,
+        HubError::LimitExceeded | HubError::TooLarge => wire::LIMIT_EXCEEDED,
+        HubError::Broker(_) => wire::INTERNAL,
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ()> {
+    serde_json::from_slice(body).map_err(|_| ())
+}
+
+/// Answers `POST /api/<method>` with `body`.
+pub async fn call(hub: &Hub, node: &NodeInfo, method: &str, body: &[u8]) -> Answer {
+    let Some(&name) = METHODS.iter().find(|m| **m == method) else {
+        return Answer {
+            status: 404,
+            body: r#"{"error":{"code":104,"message":"method not found"}}"#.into(),
+        };
+    };
+    hub.metrics()
+        .api_calls
+        .get_or_create(&MethodLabel { method: name })
+        .inc();
+    if name == "batch" {
+        return batch(hub, node, body).await;
+    }
+    match one(hub, node, name, body).await {
+        Err(()) => Answer {
+            status: 400,
+            body: r#"{"error":{"code":107,"message":"bad request"}}"#.into(),
+        },
+        Ok(outcome) => Answer {
+            status: 200,
+            body: envelope(outcome),
+        },
+    }
+}
+
+fn envelope(o: Outcome) -> String {
+    match o {
+        Ok(result) => format!("{{\"result\":{result}}}"),
+        Err(e) => format!(
+            "{{\"error\":{{\"code\":{},\"message\":\"{}\"}}}}",
+            e.code, e.message
+        ),
+    }
+}
+
+/// `{"commands":[{"publish":{...}}, ...]}` → `{"replies":[{"publish":{...}}, ...]}`.
+async fn batch(hub: &Hub, node: &NodeInfo, body: &[u8]) -> Answer {
+    let Ok(b) = parse::<Batch>(body) else {
+        return Answer {
+            status: 400,
+            body: r#"{"error":{"code":107,"message":"bad request"}}"#.into(),
+        };
+    };
+    let mut out = String::from("{\"replies\":[");
+    for (i, cmd) in b.commands.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let Some((method, args)) = cmd.iter().next() else {
+            out.push_str(r#"{"error":{"code":107,"message":"bad request"}}"#);
+            continue;
+        };
+        let known = METHODS.iter().find(|m| **m == method && **m != "batch");
+        let outcome = match known {
+            None => Err(wire::METHOD_NOT_FOUND),
+            Some(name) => one(hub, node, name, args.get().as_bytes())
+                .await
+                .unwrap_or(Err(wire::BAD_REQUEST)),
+        };
+        match outcome {
+            Ok(r) => {
+                out.push('{');
+                wire::string(&mut out, method);
+                let _ = write!(out, ":{r}}}");
+            }
+            Err(e) => out.push_str(&envelope(Err(e))),
+        }
+    }
+    out.push_str("]}");
+    Answer {
+        status: 200,
+        body: out,
+    }
+}
+
+async fn one(hub: &Hub, node: &NodeInfo, method: &str, body: &[u8]) -> Result<Outcome, ()> {
+    Ok(match method {
+        "publish" => {
+            let r: ChannelData = parse(body)?;
+            match r.data {
+                None => Err(wire::BAD_REQUEST),
+                Some(d) => publish(hub, &r.channel, d).await,
+            }
+        }
+        "broadcast" => {
+            let r: Broadcast = parse(body)?;
+            match r.data {
+                None => Err(wire::BAD_REQUEST),
+                Some(_) if r.channels.is_empty() => Err(wire::BAD_REQUEST),
+                Some(d) => {
+                    let mut out = String::from("{\"responses\":[");
+                    for (i, ch) in r.channels.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&envelope(publish(hub, ch, d).await));
+                    }
+                    out.push_str("]}");
+                    Ok(out)
+                }
+            }
+        }
+        "presence" => {
+            let r: Channel = parse(body)?;
+            match hub.presence(&r.channel).await {
+                Err(e) => Err(hub_error(&e)),
+                Ok(members) => {
+                    let mut out = String::from("{\"presence\":{");
+                    for (i, m) in members.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        wire::string(&mut out, &m.client);
+                        out.push(':');
+                        wire::client_info(&mut out, m);
+                    }
+                    out.push_str("}}");
+                    Ok(out)
+                }
+            }
+        }
+        "presence_stats" => {
+            let r: Channel = parse(body)?;
+            hub.presence_stats(&r.channel)
+                .await
+                .map(|(c, u)| format!("{{\"num_clients\":{c},\"num_users\":{u}}}"))
+                .map_err(|e| hub_error(&e))
+        }
+        "history" => history(hub, parse(body)?).await,
+        "history_remove" => {
+            let r: Channel = parse(body)?;
+            hub.remove_history(&r.channel)
+                .await
+                .map(|()| "{}".to_string())
+                .map_err(|e| hub_error(&e))
+        }
+        "channels" => {
+            let r: Channels = if body.iter().all(u8::is_ascii_whitespace) {
+                Channels::default()
+            } else {
+                parse(body)?
+            };
+            let mut out = String::from("{\"channels\":{");
+            let pattern = r.pattern.as_deref().filter(|p| !p.is_empty());
+            for (i, (name, n)) in hub.channels(pattern).iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                wire::string(&mut out, name);
+                let _ = write!(out, ":{{\"num_clients\":{n}}}");
+            }
+            out.push_str("}}");
+            Ok(out)
+        }
+        "disconnect" => {
+            let r: DisconnectUser = parse(body)?;
+            // Without a code: 3503 "force disconnect" (no reconnect).
+            let code = r
+                .disconnect
+                .map(|d| d.code)
+                .filter(|c| *c >= 3000)
+                .unwrap_or(3503);
+            let ev = Event::Disconnect {
+                code,
+                reason: "force disconnect".into(),
+            };
+            hub.tell_user(&r.user, r.client.as_deref(), ev);
+            Ok("{}".to_string())
+        }
+        "unsubscribe" => {
+            let r: UnsubscribeUser = parse(body)?;
+            match hub.options(&r.channel) {
+                Err(e) => Err(hub_error(&e)),
+                Ok(_) => {
+                    let ev = Event::Unsubscribe {
+                        channel: r.channel.as_str().into(),
+                    };
+                    hub.tell_user(&r.user, r.client.as_deref(), ev);
+                    Ok("{}".to_string())
+                }
+            }
+        }
+        "info" => {
+            let m = hub.metrics();
+            let mut out = String::from("{\"nodes\":[{\"uid\":");
+            wire::string(&mut out, &node.uid);
+            out.push_str(",\"name\":");
+            wire::string(&mut out, &node.name);
+            out.push_str(",\"version\":");
+            wire::string(&mut out, env!("CARGO_PKG_VERSION"));
+            let (clients, users) = hub.counts();
+            let _ = write!(
+                out,
+                ",\"num_clients\":{clients},\"num_users\":{users},\"num_subs\":{},\"num_channels\":{},\"uptime\":{}}}]}}",
+                m.subscriptions.get(),
+                m.channels.get(),
+                node.started.elapsed().as_secs()
+            );
+            Ok(out)
+        }
+        _ => Err(wire::METHOD_NOT_FOUND),
+    })
+}
+
+async fn publish(hub: &Hub, channel: &str, data: &RawValue) -> Outcome {
+    if channel.is_empty() {
+        return Err(wire::BAD_REQUEST);
+    }
+    match hub
+        .publish(channel, Bytes::copy_from_slice(data.get().as_bytes()), None)
+        .await
+    {
+        Ok(Some(StreamPosition { offset, epoch })) => {
+            let mut out = format!("{{\"offset\":{offset},\"epoch\":");
+            wire::string(&mut out, &epoch);
+            out.push('}');
+            Ok(out)
+        }
+        Ok(None) => Ok("{}".to_string()),
+        Err(e) => Err(hub_error(&e)),
+    }
+}
+
+async fn history(hub: &Hub, r: History) -> Outcome {
+    let max = hub.config().max_history_per_call;
+    // Absent or 0: only the position; negative: all (capped); N: N.
+    let limit = match r.limit.unwrap_or(0) {
+        l if l < 0 => max,
+        l => (l as usize).min(max),
+    };
+    if r.reverse && r.since.as_ref().is_some_and(|s| s.offset == 0) {
+        return Err(wire::BAD_REQUEST);
+    }
+    let since = r.since.clone().map(|s| StreamPosition {
+        offset: s.offset,
+        epoch: s.epoch.as_str().into(),
+    });
+    let h = hub
+        .history(&r.channel, since.clone(), limit, r.reverse)
+        .await
+        .map_err(|e| hub_error(&e))?;
+    if let Some(s) = &since {
+        if !s.epoch.is_empty() && s.epoch != h.position.epoch {
+            return Err(wire::UNRECOVERABLE_POSITION);
+        }
+    }
+    let mut out = String::from("{\"publications\":");
+    wire::publications(&mut out, &h.publications);
+    let _ = write!(out, ",\"offset\":{},\"epoch\":", h.position.offset);
+    wire::string(&mut out, &h.position.epoch);
+    out.push('}');
+    Ok(out)
+}

@@ -1,0 +1,958 @@
+//! The Centrifugo client protocol v2 (JSON) at `/connection/websocket`, so
+//! the official Centrifugo SDKs (centrifuge-js, centrifuge-python, ...)
+//! connect unchanged. `docs/protocol.md` says what is supported and every
+//! deliberate difference.
+//!
+//! One task per connection: it reads commands, answers them (the replies to
+//! one frame leave together in one frame), and moves hub events from the
+//! connection's [`Mailbox`] into the socket, each event framed once for
+//! every receiver ([`Delivery::encoded`]). Events are taken from the mailbox
+//! only while the socket's write buffer has room, so a client that does not
+//! read fills its mailbox, which then overflows: disconnect 3008 "slow".
+
+pub(crate) mod wire;
+
+use crate::auth::{Auth, TokenError};
+use crate::hub::mailbox::Next;
+use crate::hub::namespace::{PublishRule, SubscribeRule};
+use crate::hub::{
+    ClientInfo, Delivery, Event, FrontKind, Hub, HubError, Mailbox, StreamPosition, Subscribed,
+};
+use crate::metrics::{FrontLabel, MethodLabel};
+use crate::shutdown::{Shutdown, Stage};
+use bytes::Bytes;
+use duplex::{CloseCode, Message, PreparedMessage, WebSocket};
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use wire::{Command, Disconnect, ProtoError};
+
+const FRONT: FrontLabel = FrontLabel {
+    front: "centrifuge",
+};
+
+/// Settings of the Centrifugo front.
+#[derive(Debug, Clone)]
+pub struct CentrifugeConfig {
+    /// How often the server pings (an empty command). Default 25 s.
+    pub ping_interval: Duration,
+    /// How long the client has to answer a ping. Default 10 s.
+    pub pong_timeout: Duration,
+    /// Most bytes queued in a connection's mailbox. Default 1 MiB.
+    pub mailbox_bytes: usize,
+    /// Most commands in one frame. Default 100.
+    pub max_commands_per_frame: usize,
+    /// Commands per second a connection may send on average. Default 100.
+    pub commands_per_second: u32,
+    /// Commands a connection may send in a burst. Default 200.
+    pub command_burst: u32,
+    /// How long an expired connection (or subscription) may stay before it
+    /// is closed, for its refresh to arrive. Default 25 s.
+    pub expired_close_delay: Duration,
+    /// How long an open socket may wait before sending `connect`.
+    /// Default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for CentrifugeConfig {
+    fn default() -> Self {
+        CentrifugeConfig {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            mailbox_bytes: 1 << 20,
+            max_commands_per_frame: 100,
+            commands_per_second: 100,
+            command_burst: 200,
+            expired_close_delay: Duration::from_secs(25),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the front shares between connections.
+#[derive(Debug)]
+pub struct Front {
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// Token keys.
+    pub auth: Arc<Auth>,
+    /// Settings.
+    pub config: CentrifugeConfig,
+}
+
+/// One subscription of a connection.
+struct Sub {
+    /// Who the client is in this channel (with its channel info).
+    info: Arc<ClientInfo>,
+    /// Publications at or below this offset came with the subscribe
+    /// reply (recovery): skip them when they come out of the mailbox.
+    skip_until: u64,
+    /// When the subscription token expires (Unix seconds).
+    expires_at: Option<u64>,
+}
+
+/// The state of one connection.
+struct Client<'f> {
+    front: &'f Front,
+    mailbox: Arc<Mailbox>,
+    /// Set by `connect`.
+    info: Option<Arc<ClientInfo>>,
+    subs: HashMap<Arc<str>, Sub>,
+    /// When the connection token expires (Unix seconds).
+    expires_at: Option<u64>,
+    opened: Instant,
+    next_ping: Instant,
+    pong_deadline: Option<Instant>,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Why the loop stopped.
+enum Wake {
+    Frame(Message),
+    Events(Vec<Arc<Delivery>>),
+    Overflow,
+    Tick,
+    Shutdown,
+    Closed,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hub_error(e: &HubError) -> ProtoError {
+    match e {
+        HubError::UnknownChannel => wire::UNKNOWN_CHANNEL,
+        HubError::BadChannel => wire::BAD_REQUEST,
+        HubError::NotAvailable => wire::NOT_AVAILABLE,
+        HubError::AlreadySubscribed => wire::ALREADY_SUBSCRIBED,
+        HubError::LimitExceeded | HubError::TooLarge => wire::LIMIT_EXCEEDED,
+        HubError::Broker(_) => wire::INTERNAL,
+    }
+}
+
+/// Serves one connection until it closes, fails, or the server shuts down
+/// (then disconnects the client with 3001 "shutdown", which advises a
+/// reconnect).
+pub async fn serve<S>(front: &Front, ws: &mut WebSocket<S>, shutdown: &Shutdown)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hub = &front.hub;
+    hub.metrics().connections.get_or_create(&FRONT).inc();
+    hub.metrics().connections_total.get_or_create(&FRONT).inc();
+    let now = Instant::now();
+    let mut c = Client {
+        front,
+        mailbox: Arc::new(Mailbox::new(front.config.mailbox_bytes)),
+        info: None,
+        subs: HashMap::new(),
+        expires_at: None,
+        opened: now,
+        next_ping: now + front.config.ping_interval,
+        pong_deadline: None,
+        tokens: f64::from(front.config.command_burst),
+        refilled: now,
+    };
+    let disconnect = c.run(ws, shutdown).await;
+    if let Some(d) = disconnect {
+        if d == wire::SLOW {
+            hub.metrics().slow_disconnects.get_or_create(&FRONT).inc();
+        }
+        let close = ws.close(CloseCode(d.code), d.reason);
+        tokio::select! {
+            _ = close => {}
+            _ = shutdown.reached(Stage::Now) => {}
+        }
+    }
+    c.cleanup().await;
+    hub.metrics().connections.get_or_create(&FRONT).dec();
+}
+
+impl Client<'_> {
+    fn hub(&self) -> &Hub {
+        &self.front.hub
+    }
+
+    /// The loop; returns the disconnect to send, if the server ends it.
+    async fn run<S>(&mut self, ws: &mut WebSocket<S>, shutdown: &Shutdown) -> Option<Disconnect>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut woken = pin!(shutdown.waiter());
+        woken.as_mut().enable();
+        let mut timer = pin!(tokio::time::sleep_until(self.deadline()));
+        loop {
+            if shutdown.stage() >= Stage::Closing {
+                return Some(wire::SHUTDOWN);
+            }
+            let connected = self.info.is_some();
+            let wake = poll_fn(|cx| {
+                if woken.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Shutdown);
+                }
+                // Hub events, while the socket has room for them.
+                if connected {
+                    if let Poll::Ready(Ok(())) = ws.poll_ready(cx) {
+                        match self.mailbox.poll_next(cx, 64) {
+                            Poll::Ready(Next::Events(e)) => return Poll::Ready(Wake::Events(e)),
+                            Poll::Ready(Next::Overflowed) => return Poll::Ready(Wake::Overflow),
+                            Poll::Pending => {}
+                        }
+                    }
+                }
+                let _ = ws.poll_flush(cx);
+                match ws.poll_recv(cx) {
+                    Poll::Ready(Some(Ok(m))) => return Poll::Ready(Wake::Frame(m)),
+                    Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Wake::Closed),
+                    Poll::Pending => {}
+                }
+                timer.as_mut().poll(cx).map(|()| Wake::Tick)
+            })
+            .await;
+            let out = match wake {
+                Wake::Shutdown => return Some(wire::SHUTDOWN),
+                Wake::Closed => return None,
+                Wake::Overflow => {
+                    tracing::info!(
+                        client = self.client_id(),
+                        "mailbox overflow: slow client disconnected"
+                    );
+                    return Some(wire::SLOW);
+                }
+                Wake::Events(events) => {
+                    if let Some(d) = self.send_events(ws, events) {
+                        return Some(d);
+                    }
+                    continue;
+                }
+                Wake::Tick => match self.tick().await {
+                    Ok(ping) => ping,
+                    Err(d) => return Some(d),
+                },
+                Wake::Frame(m) => {
+                    let Message::Text(text) = m else {
+                        // Binary frames would be the Protobuf format.
+                        return Some(wire::BAD_REQUEST_DISCONNECT);
+                    };
+                    self.hub()
+                        .metrics()
+                        .bytes_in
+                        .get_or_create(&FRONT)
+                        .inc_by(text.len() as u64);
+                    match Box::pin(self.frame(text.as_str())).await {
+                        Ok(replies) => replies,
+                        Err(d) => return Some(d),
+                    }
+                }
+            };
+            timer.as_mut().reset(self.deadline());
+            if !out.is_empty() {
+                self.hub()
+                    .metrics()
+                    .bytes_out
+                    .get_or_create(&FRONT)
+                    .inc_by(out.len() as u64);
+                if ws.start_send(Message::text(out)).is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn client_id(&self) -> &str {
+        self.info.as_ref().map_or("", |i| &i.client)
+    }
+
+    /// The next time something is due: a ping, a pong, an expiry, or (not
+    /// yet connected) the connect timeout.
+    fn deadline(&self) -> Instant {
+        if self.info.is_none() {
+            return self.opened + self.front.config.connect_timeout;
+        }
+        let mut d = self.next_ping;
+        if let Some(p) = self.pong_deadline {
+            d = d.min(p);
+        }
+        let delay = self.front.config.expired_close_delay.as_secs();
+        let expiries = self
+            .expires_at
+            .into_iter()
+            .chain(self.subs.values().filter_map(|s| s.expires_at));
+        if let Some(at) = expiries.min() {
+            let secs = (at + delay).saturating_sub(unix_now());
+            d = d.min(Instant::now() + Duration::from_secs(secs));
+        }
+        d
+    }
+
+    /// Timers: the connect timeout, pings and their pongs, expiries.
+    /// Returns a ping to send, or the disconnect.
+    async fn tick(&mut self) -> Result<String, Disconnect> {
+        let now = Instant::now();
+        if self.info.is_none() {
+            return match now >= self.opened + self.front.config.connect_timeout {
+                true => Err(wire::STALE),
+                false => Ok(String::new()),
+            };
+        }
+        if self.pong_deadline.is_some_and(|d| now >= d) {
+            return Err(wire::NO_PONG);
+        }
+        let delay = self.front.config.expired_close_delay.as_secs();
+        let unix = unix_now();
+        if self.expires_at.is_some_and(|at| unix >= at + delay) {
+            return Err(wire::EXPIRED);
+        }
+        if self
+            .subs
+            .values()
+            .any(|s| s.expires_at.is_some_and(|at| unix >= at + delay))
+        {
+            return Err(wire::SUB_EXPIRED);
+        }
+        if now < self.next_ping {
+            return Ok(String::new());
+        }
+        self.next_ping = now + self.front.config.ping_interval;
+        self.pong_deadline = Some(now + self.front.config.pong_timeout);
+        // Presence entries expire unless refreshed: refresh them with the ping.
+        let subs: Vec<(Arc<str>, Arc<ClientInfo>)> = self
+            .subs
+            .iter()
+            .map(|(c, s)| (c.clone(), s.info.clone()))
+            .collect();
+        for (channel, info) in subs {
+            if let Err(e) = self.front.hub.refresh_presence(&info, &channel).await {
+                tracing::warn!(%channel, error = %e, "presence refresh failed");
+            }
+        }
+        Ok("{}".to_string())
+    }
+
+    /// Frames hub events into the socket (each encoded once for all its
+    /// receivers). Returns a disconnect the events asked for.
+    fn send_events<S>(
+        &mut self,
+        ws: &mut WebSocket<S>,
+        events: Vec<Arc<Delivery>>,
+    ) -> Option<Disconnect>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let metrics = self.front.hub.metrics().clone();
+        for d in events {
+            let channel = match &d.event {
+                Event::Publication {
+                    channel,
+                    publication,
+                } => {
+                    let Some(sub) = self.subs.get(channel) else {
+                        continue;
+                    };
+                    if publication.offset != 0 && publication.offset <= sub.skip_until {
+                        continue;
+                    }
+                    channel
+                }
+                Event::Join { channel, .. } | Event::Leave { channel, .. } => channel,
+                Event::Unsubscribe { channel } => {
+                    let channel = channel.clone();
+                    if let Some(sub) = self.subs.remove(&channel) {
+                        let hub = self.front.hub.clone();
+                        let gone = channel.clone();
+                        tokio::spawn(async move { hub.unsubscribe(&sub.info, &gone).await });
+                        let mut out = String::from("{\"push\":{\"channel\":");
+                        wire::string(&mut out, &channel);
+                        out.push_str(
+                            ",\"unsubscribe\":{\"code\":2000,\"reason\":\"server unsubscribe\"}}}",
+                        );
+                        if ws.start_send(Message::text(out)).is_err() {
+                            return None;
+                        }
+                    }
+                    continue;
+                }
+                Event::Disconnect { code, .. } => {
+                    // Reasons are fixed strings of this module (the close
+                    // frame's reason must stay short).
+                    return Some(match *code {
+                        3000..=3499 => Disconnect {
+                            code: *code,
+                            reason: "force reconnect",
+                        },
+                        _ => Disconnect {
+                            code: *code,
+                            reason: "force disconnect",
+                        },
+                    });
+                }
+            };
+            if !self.subs.contains_key(channel) {
+                continue;
+            }
+            let m = d.encoded(FrontKind::Centrifuge, |e| {
+                metrics.encodings.get_or_create(&FRONT).inc();
+                encode_event(e)
+            });
+            metrics
+                .bytes_out
+                .get_or_create(&FRONT)
+                .inc_by(m.payload().len() as u64);
+            if ws.start_send_prepared(m).is_err() {
+                return None;
+            }
+        }
+        None
+    }
+
+    fn rate_ok(&mut self) -> bool {
+        let now = Instant::now();
+        let rate = f64::from(self.front.config.commands_per_second);
+        let burst = f64::from(self.front.config.command_burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Handles one frame of commands; returns the replies (one per line).
+    async fn frame(&mut self, text: &str) -> Result<String, Disconnect> {
+        let mut out = String::new();
+        let lines = text.split('\n').filter(|l| !l.trim().is_empty());
+        for (n, line) in lines.enumerate() {
+            if n >= self.front.config.max_commands_per_frame {
+                return Err(wire::BAD_REQUEST_DISCONNECT);
+            }
+            let cmd: Command =
+                serde_json::from_str(line).map_err(|_| wire::BAD_REQUEST_DISCONNECT)?;
+            self.command(cmd, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    async fn command(&mut self, cmd: Command<'_>, out: &mut String) -> Result<(), Disconnect> {
+        let id = cmd.id;
+        let method = method_name(&cmd);
+        if method == "pong" {
+            self.pong_deadline = None;
+            return Ok(());
+        }
+        self.front
+            .hub
+            .metrics()
+            .commands
+            .get_or_create(&MethodLabel { method })
+            .inc();
+        if self.info.is_none() {
+            return match cmd.connect {
+                Some(req) => self.connect(id, req, out).await,
+                None => Err(wire::BAD_REQUEST_DISCONNECT),
+            };
+        }
+        // Any command proves the client is alive.
+        self.pong_deadline = None;
+        if method == "send" {
+            // Asynchronous messages to the server have no handler here.
+            return Ok(());
+        }
+        if id == 0 {
+            return Err(wire::BAD_REQUEST_DISCONNECT);
+        }
+        if !self.rate_ok() {
+            wire::error(out, id, wire::TOO_MANY_REQUESTS);
+            return Ok(());
+        }
+        let r = if let Some(req) = cmd.subscribe {
+            self.subscribe(id, req, out).await
+        } else if let Some(req) = cmd.unsubscribe {
+            self.unsubscribe(id, &req.channel, out).await
+        } else if let Some(req) = cmd.publish {
+            self.publish(id, req, out).await
+        } else if let Some(req) = cmd.presence {
+            self.presence(id, &req.channel, out).await
+        } else if let Some(req) = cmd.presence_stats {
+            self.presence_stats(id, &req.channel, out).await
+        } else if let Some(req) = cmd.history {
+            self.history(id, req, out).await
+        } else if let Some(req) = cmd.refresh {
+            return self.refresh(id, &req.token, out);
+        } else if let Some(req) = cmd.sub_refresh {
+            self.sub_refresh(id, &req.channel, &req.token, out)
+        } else if cmd.connect.is_some() {
+            return Err(wire::BAD_REQUEST_DISCONNECT);
+        } else {
+            Err(wire::METHOD_NOT_FOUND)
+        };
+        if let Err(e) = r {
+            wire::error(out, id, e);
+        }
+        Ok(())
+    }
+
+    async fn connect(
+        &mut self,
+        id: u32,
+        req: wire::ConnectRequest<'_>,
+        out: &mut String,
+    ) -> Result<(), Disconnect> {
+        let hub = self.front.hub.clone();
+        let auth = &self.front.auth;
+        let (user, conn_info, channels, exp) = if req.token.is_empty() {
+            if !auth.config().allow_anonymous {
+                hub.metrics().auth_failure("no token");
+                wire::error(out, id, wire::UNAUTHORIZED);
+                return Ok(());
+            }
+            (String::new(), None, Vec::new(), None)
+        } else {
+            match auth.verify_connect(&req.token) {
+                Ok(c) => (
+                    c.sub,
+                    c.info.map(|i| Bytes::copy_from_slice(i.get().as_bytes())),
+                    c.channels,
+                    c.exp,
+                ),
+                Err(TokenError::Expired) => {
+                    hub.metrics().auth_failure("token expired");
+                    wire::error(out, id, wire::TOKEN_EXPIRED);
+                    return Ok(());
+                }
+                Err(TokenError::Invalid(why)) => {
+                    hub.metrics().auth_failure(why);
+                    tracing::info!(reason = why, "connect refused: invalid token");
+                    return Err(wire::INVALID_TOKEN);
+                }
+            }
+        };
+        let info = Arc::new(ClientInfo {
+            client: crate::hub::new_client_id(),
+            user: user.into(),
+            conn_info,
+            chan_info: None,
+        });
+        hub.register(info.clone(), self.mailbox.clone());
+        self.info = Some(info.clone());
+        self.expires_at = exp;
+        self.next_ping = Instant::now() + self.front.config.ping_interval;
+        // Server-side subscriptions from the token, recovering where the
+        // client says it was.
+        let mut subs = String::from("{");
+        for channel in channels.iter().take(hub.config().max_subscriptions) {
+            let recover = req
+                .subs
+                .get(channel)
+                .filter(|r| r.recover)
+                .map(|r| StreamPosition {
+                    offset: r.offset,
+                    epoch: r.epoch.as_str().into(),
+                });
+            match self.join(channel, info.clone(), recover, None).await {
+                Ok((s, recoverable)) => {
+                    if subs.len() > 1 {
+                        subs.push(',');
+                    }
+                    wire::string(&mut subs, channel);
+                    subs.push(':');
+                    wire::subscribe_result(&mut subs, &s, recoverable, None);
+                }
+                Err(e) => tracing::warn!(%channel, error = ?e, "server-side subscription failed"),
+            }
+        }
+        subs.push('}');
+        let mut body = String::from("{\"client\":");
+        wire::string(&mut body, &info.client);
+        body.push_str(",\"version\":");
+        wire::string(&mut body, env!("CARGO_PKG_VERSION"));
+        if let Some(exp) = exp {
+            body.push_str(&format!(
+                ",\"expires\":true,\"ttl\":{}",
+                exp.saturating_sub(unix_now()).max(1)
+            ));
+        }
+        body.push_str(&format!(
+            ",\"ping\":{},\"pong\":true",
+            self.front.config.ping_interval.as_secs().max(1)
+        ));
+        if subs.len() > 2 {
+            body.push_str(",\"subs\":");
+            body.push_str(&subs);
+        }
+        body.push('}');
+        wire::reply(out, id, "connect", &body);
+        Ok(())
+    }
+
+    /// Subscribes in the hub and records the subscription. Returns the
+    /// hub's answer and whether the channel is recoverable.
+    async fn join(
+        &mut self,
+        channel: &str,
+        info: Arc<ClientInfo>,
+        recover: Option<StreamPosition>,
+        expires_at: Option<u64>,
+    ) -> Result<(Subscribed, bool), ProtoError> {
+        let hub = self.front.hub.clone();
+        let opts = hub.options(channel).map_err(|e| hub_error(&e))?;
+        let recoverable = opts.recovery && opts.has_history();
+        if self.subs.contains_key(channel) {
+            return Err(wire::ALREADY_SUBSCRIBED);
+        }
+        if self.subs.len() >= hub.config().max_subscriptions {
+            return Err(wire::LIMIT_EXCEEDED);
+        }
+        let s = hub
+            .subscribe(&info, &self.mailbox, channel, recover)
+            .await
+            .map_err(|e| hub_error(&e))?;
+        let skip_until = match s.recovered {
+            true => s.position.as_ref().map_or(0, |p| p.offset),
+            false => 0,
+        };
+        self.subs.insert(
+            channel.into(),
+            Sub {
+                info,
+                skip_until,
+                expires_at,
+            },
+        );
+        Ok((s, recoverable))
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: u32,
+        req: wire::SubscribeRequest<'_>,
+        out: &mut String,
+    ) -> Result<(), ProtoError> {
+        let base = self.info.clone().ok_or(wire::UNAUTHORIZED)?;
+        let hub = self.front.hub.clone();
+        let opts = hub.options(&req.channel).map_err(|e| hub_error(&e))?;
+        let (chan_info, expires_at) = if !req.token.is_empty() {
+            match self
+                .front
+                .auth
+                .verify_subscription(&req.token, &req.channel, &base.user)
+            {
+                Ok(c) => (
+                    c.info.map(|i| Bytes::copy_from_slice(i.get().as_bytes())),
+                    c.exp,
+                ),
+                Err(TokenError::Expired) => {
+                    hub.metrics().auth_failure("subscription token expired");
+                    return Err(wire::TOKEN_EXPIRED);
+                }
+                Err(TokenError::Invalid(why)) => {
+                    hub.metrics().auth_failure(why);
+                    return Err(wire::PERMISSION_DENIED);
+                }
+            }
+        } else {
+            let allowed = match opts.subscribe {
+                SubscribeRule::Anonymous => true,
+                SubscribeRule::Authenticated => !base.user.is_empty(),
+                SubscribeRule::Token => false,
+            };
+            if !allowed {
+                hub.metrics().auth_failure("subscribe permission");
+                return Err(wire::PERMISSION_DENIED);
+            }
+            (None, None)
+        };
+        let info = match chan_info {
+            None => base,
+            Some(ci) => Arc::new(ClientInfo {
+                chan_info: Some(ci),
+                ..(*base).clone()
+            }),
+        };
+        let recover = req.recover.then(|| StreamPosition {
+            offset: req.offset,
+            epoch: req.epoch.as_str().into(),
+        });
+        let (s, recoverable) = self.join(&req.channel, info, recover, expires_at).await?;
+        let mut body = String::new();
+        let ttl = expires_at.map(|e| e.saturating_sub(unix_now()).max(1));
+        wire::subscribe_result(&mut body, &s, recoverable, ttl);
+        wire::reply(out, id, "subscribe", &body);
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &mut self,
+        id: u32,
+        channel: &str,
+        out: &mut String,
+    ) -> Result<(), ProtoError> {
+        if let Some(sub) = self.subs.remove(channel) {
+            self.front.hub.unsubscribe(&sub.info, channel).await;
+        }
+        wire::reply(out, id, "unsubscribe", "{}");
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        id: u32,
+        req: wire::PublishRequest<'_>,
+        out: &mut String,
+    ) -> Result<(), ProtoError> {
+        let hub = self.front.hub.clone();
+        let opts = hub.options(&req.channel).map_err(|e| hub_error(&e))?;
+        let data = req.data.ok_or(wire::BAD_REQUEST)?;
+        let sub = self.subs.get(req.channel.as_str());
+        let info = match (opts.publish, sub) {
+            (PublishRule::Subscribers, Some(s)) => s.info.clone(),
+            _ => return Err(wire::PERMISSION_DENIED),
+        };
+        hub.publish(
+            &req.channel,
+            Bytes::copy_from_slice(data.get().as_bytes()),
+            Some(info),
+        )
+        .await
+        .map_err(|e| hub_error(&e))?;
+        wire::reply(out, id, "publish", "{}");
+        Ok(())
+    }
+
+    fn require_sub(&self, channel: &str) -> Result<(), ProtoError> {
+        self.front.hub.options(channel).map_err(|e| hub_error(&e))?;
+        match self.subs.contains_key(channel) {
+            true => Ok(()),
+            false => Err(wire::PERMISSION_DENIED),
+        }
+    }
+
+    async fn presence(
+        &mut self,
+        id: u32,
+        channel: &str,
+        out: &mut String,
+    ) -> Result<(), ProtoError> {
+        self.require_sub(channel)?;
+        let members = self
+            .front
+            .hub
+            .presence(channel)
+            .await
+            .map_err(|e| hub_error(&e))?;
+        let mut body = String::from("{\"presence\":{");
+        for (i, m) in members.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            wire::string(&mut body, &m.client);
+            body.push(':');
+            wire::client_info(&mut body, m);
+        }
+        body.push_str("}}");
+        wire::reply(out, id, "presence", &body);
+        Ok(())
+    }
+
+    async fn presence_stats(
+        &mut self,
+        id: u32,
+        channel: &str,
+        out: &mut String,
+    ) -> Result<(), ProtoError> {
+        self.require_sub(channel)?;
+        let (clients, users) = self
+            .front
+            .hub
+            .presence_stats(channel)
+            .await
+            .map_err(|e| hub_error(&e))?;
+        let body = format!("{{\"num_clients\":{clients},\"num_users\":{users}}}");
+        wire::reply(out, id, "presence_stats", &body);
+        Ok(())
+    }
+
+    async fn history(
+        &mut self,
+        id: u32,
+        req: wire::HistoryRequest,
+        out: &mut String,
+    ) -> Result<(), ProtoError> {
+        self.require_sub(&req.channel)?;
+        let hub = &self.front.hub;
+        let max = hub.config().max_history_per_call;
+        let limit = match req.limit {
+            l if l < 0 => max,
+            l => (l as usize).min(max),
+        };
+        let since = req.since.clone().map(|s| StreamPosition {
+            offset: s.offset,
+            epoch: s.epoch.as_str().into(),
+        });
+        let h = hub
+            .history(&req.channel, since.clone(), limit, req.reverse)
+            .await
+            .map_err(|e| hub_error(&e))?;
+        if let Some(s) = &since {
+            if !s.epoch.is_empty() && s.epoch != h.position.epoch {
+                return Err(wire::UNRECOVERABLE_POSITION);
+            }
+        }
+        let mut body = String::from("{\"publications\":");
+        wire::publications(&mut body, &h.publications);
+        body.push_str(&format!(",\"offset\":{},\"epoch\":", h.position.offset));
+        wire::string(&mut body, &h.position.epoch);
+        body.push('}');
+        wire::reply(out, id, "history", &body);
+        Ok(())
+    }
+
+    fn refresh(&mut self, id: u32, token: &str, out: &mut String) -> Result<(), Disconnect> {
+        let info = self.info.clone().ok_or(wire::BAD_REQUEST_DISCONNECT)?;
+        match self.front.auth.verify_connect(token) {
+            Ok(c) if *c.sub == *info.user => {
+                self.expires_at = c.exp;
+                let mut body = String::from("{\"client\":");
+                wire::string(&mut body, &info.client);
+                body.push_str(",\"version\":");
+                wire::string(&mut body, env!("CARGO_PKG_VERSION"));
+                match c.exp {
+                    Some(exp) => body.push_str(&format!(
+                        ",\"expires\":true,\"ttl\":{}}}",
+                        exp.saturating_sub(unix_now()).max(1)
+                    )),
+                    None => body.push('}'),
+                }
+                wire::reply(out, id, "refresh", &body);
+                Ok(())
+            }
+            Ok(_) => {
+                self.front
+                    .hub
+                    .metrics()
+                    .auth_failure("refresh for another user");
+                Err(wire::INVALID_TOKEN)
+            }
+            Err(TokenError::Expired) => {
+                wire::error(out, id, wire::TOKEN_EXPIRED);
+                Ok(())
+            }
+            Err(TokenError::Invalid(why)) => {
+                self.front.hub.metrics().auth_failure(why);
+                Err(wire::INVALID_TOKEN)
+            }
+        }
+    }
+
+    fn sub_refresh(
+        &mut self,
+        id: u32,
+        channel: &str,
+        token: &str,
+        out: &mut String,
+    ) -> Result<(), ProtoError> {
+        let user = self
+            .info
+            .as_ref()
+            .map(|i| i.user.clone())
+            .unwrap_or_default();
+        let c = match self.front.auth.verify_subscription(token, channel, &user) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => return Err(wire::TOKEN_EXPIRED),
+            Err(TokenError::Invalid(_)) => return Err(wire::PERMISSION_DENIED),
+        };
+        let sub = self.subs.get_mut(channel).ok_or(wire::PERMISSION_DENIED)?;
+        sub.expires_at = c.exp;
+        let body = match c.exp {
+            Some(exp) => format!(
+                "{{\"expires\":true,\"ttl\":{}}}",
+                exp.saturating_sub(unix_now()).max(1)
+            ),
+            None => "{}".to_string(),
+        };
+        wire::reply(out, id, "sub_refresh", &body);
+        Ok(())
+    }
+
+    /// Leaves every channel and forgets the client.
+    async fn cleanup(&mut self) {
+        self.mailbox.close();
+        let hub = self.front.hub.clone();
+        for (channel, sub) in self.subs.drain() {
+            hub.unsubscribe(&sub.info, &channel).await;
+        }
+        if let Some(info) = self.info.take() {
+            hub.unregister(&info);
+        }
+    }
+}
+
+fn method_name(c: &Command<'_>) -> &'static str {
+    if c.connect.is_some() {
+        "connect"
+    } else if c.subscribe.is_some() {
+        "subscribe"
+    } else if c.unsubscribe.is_some() {
+        "unsubscribe"
+    } else if c.publish.is_some() {
+        "publish"
+    } else if c.presence.is_some() {
+        "presence"
+    } else if c.presence_stats.is_some() {
+        "presence_stats"
+    } else if c.history.is_some() {
+        "history"
+    } else if c.refresh.is_some() {
+        "refresh"
+    } else if c.sub_refresh.is_some() {
+        "sub_refresh"
+    } else if c.rpc.is_some() {
+        "rpc"
+    } else if c.send.is_some() {
+        "send"
+    } else if c.id == 0 {
+        "pong"
+    } else {
+        "unknown"
+    }
+}
+
+/// A hub event as this front frames it (once per event, for every receiver).
+pub fn encode_event(e: &Event) -> PreparedMessage {
+    let mut out = String::from("{\"push\":{\"channel\":");
+    match e {
+        Event::Publication {
+            channel,
+            publication,
+        } => {
+            wire::string(&mut out, channel);
+            out.push_str(",\"pub\":");
+            wire::publication(&mut out, publication);
+        }
+        Event::Join { channel, info } | Event::Leave { channel, info } => {
+            wire::string(&mut out, channel);
+            out.push_str(match e {
+                Event::Join { .. } => ",\"join\":{\"info\":",
+                _ => ",\"leave\":{\"info\":",
+            });
+            wire::client_info(&mut out, info);
+            out.push('}');
+        }
+        // Per-connection events, handled before encoding.
+        Event::Unsubscribe { channel } => wire::string(&mut out, channel),
+        Event::Disconnect { .. } => out.push_str("\"\""),
+    }
+    out.push_str("}}");
+    PreparedMessage::new(Message::text(out))
+}

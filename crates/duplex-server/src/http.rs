@@ -1,0 +1,224 @@
+//! Plain HTTP, served by hyper: pages, `/metrics`, `/health`, the server
+//! API, and WebSocket upgrades that arrive on a kept-alive connection.
+//!
+//! The accept loop reads a connection's first request head itself (the
+//! `duplex` handshake parser) so that a WebSocket upgrade, the common case,
+//! opens without hyper and an idle socket keeps its small memory budget.
+//! Everything else is handed to hyper with the bytes already read replayed
+//! in front of the socket ([`Rewind`]), so hyper parses the request again
+//! and serves the connection from then on (keep-alive, bodies, chunked
+//! encoding). An upgrade on such a connection goes through hyper's upgrade
+//! and is served like one on the fast path.
+
+use crate::app::App;
+use crate::router::{self, Route};
+use crate::web;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A stream with bytes already read from it put back in front.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    prefix: BytesMut,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    /// `prefix` is read before `inner`.
+    pub fn new(inner: S, prefix: BytesMut) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                self.prefix = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The response body type.
+pub type Body = Full<Bytes>;
+
+/// A WebSocket accepted through hyper, waiting to be served once hyper
+/// lets go of the connection.
+pub type Upgraded = (duplex::upgrade::PendingUpgrade, Route);
+
+/// Where the service leaves an accepted upgrade for the connection's task.
+pub type UpgradeSlot = Arc<Mutex<Option<Upgraded>>>;
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(status: u16, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The API key a request presents: `X-API-Key: KEY` or
+/// `Authorization: apikey KEY`.
+fn api_key(req: &Request<Incoming>) -> Option<String> {
+    if let Some(v) = req.headers().get("x-api-key") {
+        return v.to_str().ok().map(str::to_string);
+    }
+    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = auth.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("apikey")
+        .then(|| key.trim().to_string())
+}
+
+/// Answers one request.
+pub async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    upgrades: UpgradeSlot,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let route = router::route(req.method().as_str(), req.uri().path());
+    let metrics = app.hub.metrics().clone();
+    let resp = match route {
+        Route::Page => {
+            let mut r = Response::new(Full::new(Bytes::from_static(web::INDEX_HTML.as_bytes())));
+            for (k, v) in web::page_headers() {
+                if let (Ok(k), Ok(v)) = (
+                    header::HeaderName::from_bytes(k.as_bytes()),
+                    header::HeaderValue::from_str(&v),
+                ) {
+                    r.headers_mut().insert(k, v);
+                }
+            }
+            r
+        }
+        Route::Metrics => {
+            let mut r = Response::new(Full::new(Bytes::from(app.metrics_text())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        Route::Health => text(StatusCode::OK, "ok\n"),
+        Route::Api(method) => {
+            if !app
+                .auth
+                .api_allowed(api_key(&req).as_deref(), peer.ip().is_loopback())
+            {
+                metrics.refuse("api key");
+                json(
+                    401,
+                    r#"{"error":{"code":101,"message":"unauthorized"}}"#.into(),
+                )
+            } else {
+                let limit = app.config.api_max_body;
+                match Limited::new(req.into_body(), limit).collect().await {
+                    Ok(body) => {
+                        let body = body.to_bytes();
+                        let a = crate::front::api::call(&app.hub, &app.node, &method, &body).await;
+                        json(a.status, a.body)
+                    }
+                    Err(e) => {
+                        if e.downcast_ref::<http_body_util::LengthLimitError>()
+                            .is_some()
+                        {
+                            metrics.refuse("api body too large");
+                            json(
+                                413,
+                                r#"{"error":{"code":106,"message":"body too large"}}"#.into(),
+                            )
+                        } else {
+                            json(
+                                400,
+                                r#"{"error":{"code":107,"message":"bad request"}}"#.into(),
+                            )
+                        }
+                    }
+                }
+            }
+        }
+        Route::Echo | Route::Centrifuge => {
+            let config = (*app.ws).clone();
+            let policy = &app.config.policy;
+            let (resp, pending) = duplex::upgrade::upgrade(req, config, |r| policy.decide(r));
+            if let Some(p) = pending {
+                *upgrades.lock().unwrap_or_else(|e| e.into_inner()) = Some((p, route));
+            } else {
+                metrics.refuse("upgrade");
+            }
+            resp
+        }
+        Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
+        Route::MethodNotAllowed(allow) => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            r
+        }
+    };
+    Ok(resp)
+}

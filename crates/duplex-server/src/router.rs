@@ -1,0 +1,75 @@
+//! Where a request goes: method and path to a route. Pure.
+
+/// A route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The echo tester page.
+    Page,
+    /// Prometheus metrics.
+    Metrics,
+    /// Health for load balancers.
+    Health,
+    /// A server API method.
+    Api(String),
+    /// The echo WebSocket.
+    Echo,
+    /// The Centrifugo-protocol WebSocket.
+    Centrifuge,
+    /// Nothing here.
+    NotFound,
+    /// The path exists, the method does not; the value is the `Allow` header.
+    MethodNotAllowed(&'static str),
+}
+
+/// The WebSocket endpoint of the Centrifugo client protocol.
+pub const CENTRIFUGE_PATH: &str = "/connection/websocket";
+
+/// Routes a request. `path` excludes the query.
+pub fn route(method: &str, path: &str) -> Route {
+    let get = |r: Route| match method {
+        "GET" | "HEAD" => r,
+        _ => Route::MethodNotAllowed("GET, HEAD"),
+    };
+    match path {
+        "/" | "/index.html" => get(Route::Page),
+        "/metrics" => get(Route::Metrics),
+        "/health" => get(Route::Health),
+        "/echo" => match method {
+            "GET" => Route::Echo,
+            _ => Route::MethodNotAllowed("GET"),
+        },
+        CENTRIFUGE_PATH => match method {
+            "GET" => Route::Centrifuge,
+            _ => Route::MethodNotAllowed("GET"),
+        },
+        _ => match path.strip_prefix("/api/") {
+            Some(m) if !m.is_empty() && !m.contains('/') => match method {
+                "POST" => Route::Api(m.to_string()),
+                _ => Route::MethodNotAllowed("POST"),
+            },
+            _ => Route::NotFound,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("GET", "/"), Route::Page);
+        assert_eq!(route("POST", "/"), Route::MethodNotAllowed("GET, HEAD"));
+        assert_eq!(route("GET", "/metrics"), Route::Metrics);
+        assert_eq!(route("GET", "/echo"), Route::Echo);
+        assert_eq!(route("GET", "/connection/websocket"), Route::Centrifuge);
+        assert_eq!(route("POST", "/api/publish"), Route::Api("publish".into()));
+        assert_eq!(
+            route("GET", "/api/publish"),
+            Route::MethodNotAllowed("POST")
+        );
+        assert_eq!(route("POST", "/api/"), Route::NotFound);
+        assert_eq!(route("POST", "/api/a/b"), Route::NotFound);
+        assert_eq!(route("GET", "/nope"), Route::NotFound);
+    }
+}

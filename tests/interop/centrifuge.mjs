@@ -9,7 +9,8 @@
 // a timeout. JWTs are HS256, signed here with node:crypto.
 //
 // Environment: DUPLEX_BIN (binary), CENTRIFUGE_FRAMES=1 prints the frames each
-// client exchanged when a check fails, CENTRIFUGE_NO_BROWSER=1 skips Chromium.
+// client exchanged when a check fails (=all: after every check),
+// CENTRIFUGE_NO_BROWSER=1 skips Chromium.
 
 import { createHmac, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -305,7 +306,7 @@ async function ccheck(name, fn, opts = { timeoutMs: 30_000 }) {
   await check(name, async () => {
     try { await fn(); } catch (e) { failed = true; throw e; }
   }, opts);
-  if (failed && process.env.CENTRIFUGE_FRAMES) {
+  if ((failed && process.env.CENTRIFUGE_FRAMES) || process.env.CENTRIFUGE_FRAMES === 'all') {
     for (const { label, frames } of checkFrames) {
       console.log(`  frames of ${label}:`);
       for (const f of frames.items.slice(-40)) {

@@ -108,9 +108,7 @@ impl Namespace {
             recovery: self.recovery.unwrap_or(d.recovery),
         };
         if o.recovery && !o.has_history() {
-            return Err(format!(
-                "{name}: recovery needs history (history_size > 0 and history_ttl > 0)"
-            ));
+            return Err(format!("{name}: recovery needs history (history_size > 0)"));
         }
         Ok(o)
     }

@@ -39,14 +39,14 @@ pub struct NodeInfo {
 #[derive(Deserialize)]
 struct ChannelData<'a> {
     channel: String,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "wire::present")]
     data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 struct Broadcast<'a> {
     channels: Vec<String>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "wire::present")]
     data: Option<&'a RawValue>,
 }
 
@@ -76,6 +76,8 @@ struct Channels {
 struct DisconnectCode {
     #[serde(default)]
     code: u16,
+    #[serde(default)]
+    reason: String,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +87,9 @@ struct DisconnectUser {
     client: Option<String>,
     #[serde(default)]
     disconnect: Option<DisconnectCode>,
+    /// Client ids to keep connected.
+    #[serde(default)]
+    whitelist: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -293,16 +298,16 @@ async fn one(hub: &Hub, node: &NodeInfo, method: &str, body: &[u8]) -> Result<Ou
         "disconnect" => {
             let r: DisconnectUser = parse(body)?;
             // Without a code: 3503 "force disconnect" (no reconnect).
-            let code = r
-                .disconnect
-                .map(|d| d.code)
-                .filter(|c| *c >= 3000)
-                .unwrap_or(3503);
-            let ev = Event::Disconnect {
-                code,
-                reason: "force disconnect".into(),
+            let (code, reason) = match r.disconnect {
+                Some(d) if (3000..=4999).contains(&d.code) => (d.code, d.reason),
+                Some(d) if d.code != 0 => return Ok(Err(wire::BAD_REQUEST)),
+                _ => (3503, "force disconnect".to_string()),
             };
-            hub.tell_user(&r.user, r.client.as_deref(), ev);
+            let keep: Vec<&str> = r.whitelist.iter().map(String::as_str).collect();
+            hub.tell_user_except(&r.user, r.client.as_deref(), &keep, || Event::Disconnect {
+                code,
+                reason: reason.as_str().into(),
+            });
             Ok("{}".to_string())
         }
         "unsubscribe" => {

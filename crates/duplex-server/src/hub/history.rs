@@ -126,7 +126,7 @@ impl Stream {
                 .items
                 .iter()
                 .rev()
-                .filter(|p| since.is_none_or(|s| p.offset < s))
+                .filter(|p| since.map_or(true, |s| p.offset < s))
                 .take(limit)
                 .cloned()
                 .collect();

@@ -111,6 +111,19 @@ impl Mailbox {
         Some(Next::Events(out))
     }
 
+    /// Registers the task to be woken by the next push that finds the
+    /// queue empty, or by an overflow, and says whether the bound was
+    /// passed. A connection whose socket has no room for events calls
+    /// this instead of [`poll_next`](Self::poll_next), so a client that
+    /// does not read is disconnected as soon as its mailbox overflows.
+    pub fn poll_overflowed(&self, cx: &mut Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .overflowed
+    }
+
     /// Refuses further pushes and drops what is queued.
     pub fn close(&self) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -401,7 +401,7 @@ impl Hub {
     }
 
     fn limits(o: &ChannelOptions) -> Option<HistoryLimits> {
-        o.has_history().then(|| HistoryLimits {
+        o.has_history().then_some(HistoryLimits {
             size: o.history_size,
             bytes: o.history_bytes,
             ttl_ms: o.history_ttl.as_millis() as u64,
@@ -667,7 +667,7 @@ impl Hub {
         let mut out = Vec::new();
         for s in &self.channels {
             for (name, subs) in lock(s).iter() {
-                if pattern.is_none_or(|p| glob(p, name)) {
+                if pattern.map_or(true, |p| glob(p, name)) {
                     out.push((name.clone(), subs.len()));
                 }
             }
@@ -679,15 +679,32 @@ impl Hub {
     /// Sends `event` to the connections of `user` (all of them, or only
     /// `client`). Returns how many were told.
     pub fn tell_user(&self, user: &str, client: Option<&str>, event: Event) -> usize {
+        let mut event = Some(event);
+        self.tell_user_except(user, client, &[], || event.take().expect("made once"))
+    }
+
+    /// Like [`tell_user`](Self::tell_user), skipping the clients in `keep`;
+    /// `event` is made once, if anyone is told.
+    pub fn tell_user_except(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        keep: &[&str],
+        event: impl FnOnce() -> Event,
+    ) -> usize {
         let ids: Vec<Arc<str>> = match lock(&self.users).get(user) {
             Some(set) => set
                 .iter()
-                .filter(|c| client.is_none_or(|want| want == &***c))
+                .filter(|c| client.map_or(true, |want| want == &***c))
+                .filter(|c| !keep.contains(&&***c))
                 .cloned()
                 .collect(),
             None => return 0,
         };
-        let d = Delivery::new(event);
+        if ids.is_empty() {
+            return 0;
+        }
+        let d = Delivery::new(event());
         let clients = lock(&self.clients);
         let mut n = 0;
         for id in ids {

@@ -90,11 +90,7 @@ impl ChannelOptions {
 
     /// Whether publications are kept (and so carry positions).
     pub fn has_history(&self) -> bool {
-        self.history_size > 0 && self.history_ttl_ms() != Some(0)
-    }
-
-    fn history_ttl_ms(&self) -> Option<u64> {
-        (!self.history_ttl.is_zero()).then(|| self.history_ttl.as_millis() as u64)
+        self.history_size > 0
     }
 }
 

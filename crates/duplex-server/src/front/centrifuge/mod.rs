@@ -167,7 +167,7 @@ where
         if d == wire::SLOW {
             hub.metrics().slow_disconnects.get_or_create(&FRONT).inc();
         }
-        let close = ws.close(CloseCode(d.code), d.reason);
+        let close = ws.close(CloseCode(d.code), &d.reason);
         tokio::select! {
             _ = close => {}
             _ = shutdown.reached(Stage::Now) => {}
@@ -199,7 +199,12 @@ impl Client<'_> {
                 if woken.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wake::Shutdown);
                 }
-                // Hub events, while the socket has room for them.
+                // Hub events, while the socket has room for them. An
+                // overflow is seen whatever the socket does (the push that
+                // overflowed woke this task).
+                if connected && self.mailbox.poll_overflowed(cx) {
+                    return Poll::Ready(Wake::Overflow);
+                }
                 if connected {
                     if let Poll::Ready(Ok(())) = ws.poll_ready(cx) {
                         match self.mailbox.poll_next(cx, 64) {
@@ -381,19 +386,8 @@ impl Client<'_> {
                     }
                     continue;
                 }
-                Event::Disconnect { code, .. } => {
-                    // Reasons are fixed strings of this module (the close
-                    // frame's reason must stay short).
-                    return Some(match *code {
-                        3000..=3499 => Disconnect {
-                            code: *code,
-                            reason: "force reconnect",
-                        },
-                        _ => Disconnect {
-                            code: *code,
-                            reason: "force disconnect",
-                        },
-                    });
+                Event::Disconnect { code, reason } => {
+                    return Some(Disconnect::custom(*code, reason))
                 }
             };
             if !self.subs.contains_key(channel) {

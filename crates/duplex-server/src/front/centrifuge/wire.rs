@@ -78,7 +78,7 @@ pub struct ChannelRequest {
 #[serde(default)]
 pub struct PublishRequest<'a> {
     pub channel: String,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "present")]
     pub data: Option<&'a RawValue>,
 }
 
@@ -277,44 +277,51 @@ pub const UNRECOVERABLE_POSITION: ProtoError = err(112, "unrecoverable position"
 
 /// A disconnect: the WebSocket close code and reason the client sees.
 /// 3000–3499 advise a reconnect; 3500–3999 do not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disconnect {
     pub code: u16,
-    pub reason: &'static str,
+    pub reason: std::borrow::Cow<'static, str>,
 }
 
-pub const SHUTDOWN: Disconnect = Disconnect {
-    code: 3001,
-    reason: "shutdown",
-};
-pub const EXPIRED: Disconnect = Disconnect {
-    code: 3005,
-    reason: "connection expired",
-};
-pub const SUB_EXPIRED: Disconnect = Disconnect {
-    code: 3006,
-    reason: "subscription expired",
-};
-pub const SLOW: Disconnect = Disconnect {
-    code: 3008,
-    reason: "slow",
-};
-pub const NO_PONG: Disconnect = Disconnect {
-    code: 3012,
-    reason: "no pong",
-};
-pub const INVALID_TOKEN: Disconnect = Disconnect {
-    code: 3500,
-    reason: "invalid token",
-};
-pub const BAD_REQUEST_DISCONNECT: Disconnect = Disconnect {
-    code: 3501,
-    reason: "bad request",
-};
-pub const STALE: Disconnect = Disconnect {
-    code: 3502,
-    reason: "stale",
-};
+impl Disconnect {
+    const fn fixed(code: u16, reason: &'static str) -> Self {
+        Disconnect {
+            code,
+            reason: std::borrow::Cow::Borrowed(reason),
+        }
+    }
+
+    /// A disconnect with a caller's reason, cut to what a close frame holds
+    /// (123 bytes, at a character boundary).
+    pub fn custom(code: u16, reason: &str) -> Self {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        Disconnect {
+            code,
+            reason: std::borrow::Cow::Owned(reason[..end].to_string()),
+        }
+    }
+}
+
+/// A payload field that may hold any JSON, `null` included (absent is
+/// `None`, `null` is `Some("null")`).
+pub fn present<'de, D>(d: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue as Deserialize>::deserialize(d).map(Some)
+}
+
+pub const SHUTDOWN: Disconnect = Disconnect::fixed(3001, "shutdown");
+pub const EXPIRED: Disconnect = Disconnect::fixed(3005, "connection expired");
+pub const SUB_EXPIRED: Disconnect = Disconnect::fixed(3006, "subscription expired");
+pub const SLOW: Disconnect = Disconnect::fixed(3008, "slow");
+pub const NO_PONG: Disconnect = Disconnect::fixed(3012, "no pong");
+pub const INVALID_TOKEN: Disconnect = Disconnect::fixed(3500, "invalid token");
+pub const BAD_REQUEST_DISCONNECT: Disconnect = Disconnect::fixed(3501, "bad request");
+pub const STALE: Disconnect = Disconnect::fixed(3502, "stale");
 
 #[cfg(test)]
 mod tests {

@@ -429,3 +429,119 @@ async fn connect_closes_with_1000_on_ctrl_c() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(server.await.unwrap(), (Some(CloseCode::NORMAL), true));
 }
+
+/// Sends `cmds` (one frame of Centrifugo JSON commands) and returns the
+/// reply frame's lines.
+async fn centrifuge_call(
+    ws: &mut duplex::WebSocket<duplex::ClientStream>,
+    cmds: &[serde_json::Value],
+) -> Vec<serde_json::Value> {
+    let text: Vec<String> = cmds.iter().map(|c| c.to_string()).collect();
+    ws.send(Message::text(text.join("\n"))).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), ws.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    m.as_bytes()
+        .split(|b| *b == b'\n')
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
+/// SIGTERM shuts the server down like SIGINT: Centrifugo clients are told
+/// "shutdown" (3001, reconnect), the process exits 0.
+#[tokio::test]
+async fn serve_shuts_down_on_sigterm() {
+    let (mut child, addr) = serve();
+    let mut ws = duplex::connect(&format!("ws://{addr}/connection/websocket"))
+        .await
+        .unwrap();
+    let r = centrifuge_call(&mut ws, &[serde_json::json!({"id": 1, "connect": {}})]).await;
+    assert!(r[0]["connect"]["client"].is_string(), "{r:?}");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    while let Some(Ok(_)) = ws.recv().await {}
+    assert_eq!(ws.close_code(), Some(CloseCode(3001)));
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A token from `duplex token` is accepted by a server configured with the
+/// same secret; the namespace rules of the file apply, and a file with a
+/// mistake is refused at start with the key named.
+#[tokio::test]
+async fn token_and_config_file() {
+    let dir = std::env::temp_dir().join(format!("duplex-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("duplex.toml");
+    std::fs::write(
+        &file,
+        "[auth]\ntoken_hmac_secret = \"s3cret\"\n[namespaces.room]\npresence = true\n",
+    )
+    .unwrap();
+    let file_arg = file.to_str().unwrap();
+    let (mut child, addr) = serve_with(&["--config", file_arg], "http");
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--config",
+            file_arg,
+            "--user",
+            "alice",
+            "--info",
+            "{\"name\":\"A\"}",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let url = format!("ws://{addr}/connection/websocket");
+    let mut ws = duplex::connect(&url).await.unwrap();
+    let r = centrifuge_call(
+        &mut ws,
+        &[
+            serde_json::json!({"id": 1, "connect": {"token": token}}),
+            serde_json::json!({"id": 2, "subscribe": {"channel": "room:1"}}),
+            serde_json::json!({"id": 3, "presence": {"channel": "room:1"}}),
+            serde_json::json!({"id": 4, "subscribe": {"channel": "elsewhere"}}),
+        ],
+    )
+    .await;
+    assert!(r[0]["connect"]["client"].is_string(), "{r:?}");
+    assert!(r[1]["subscribe"].is_object(), "{r:?}");
+    let members = r[2]["presence"]["presence"].as_object().unwrap();
+    let me = members.values().next().unwrap();
+    assert_eq!(
+        (me["user"].as_str(), me["conn_info"]["name"].as_str()),
+        (Some("alice"), Some("A"))
+    );
+    // No default namespace in this file: unknown channel.
+    assert_eq!(r[3]["error"]["code"], 102);
+    // Without a token: anonymous connections are not allowed by this file.
+    let mut anon = duplex::connect(&url).await.unwrap();
+    let r = centrifuge_call(&mut anon, &[serde_json::json!({"id": 1, "connect": {}})]).await;
+    assert_eq!(r[0]["error"]["code"], 101);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A mistake in the file: exit 2 with the key named.
+    std::fs::write(&file, "[hub]\nping_intervl = \"5s\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", file_arg])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ping_intervl"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

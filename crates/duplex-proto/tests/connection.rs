@@ -548,3 +548,75 @@ fn releasing_idle_buffers_keeps_whatever_is_queued() {
     s.send(Message::text("later")).unwrap();
     assert_eq!(queued_frames(&s)[0].1, b"later");
 }
+
+/// A prepared message goes to many servers' clients: framed once, and with
+/// permessage-deflate without context takeover compressed once — every
+/// connection queues the same compressed frame — and each client reads it
+/// back intact. A client with context takeover (or another window) gets
+/// one compressed for it alone, also intact.
+#[test]
+fn a_prepared_message_is_framed_and_compressed_once_for_many_connections() {
+    use duplex_proto::{DeflateConfig, PreparedMessage};
+    let no_takeover =
+        Config::default().with_deflate(Some(DeflateConfig::without_context_takeover()));
+    let text = "{\"channel\":\"room\",\"data\":{\"text\":\"hello everyone\"}}".repeat(20);
+    let prepared = PreparedMessage::new(Message::text(text.clone()));
+    let mut pairs: Vec<Pair> = (0..5)
+        .map(|_| Pair::new(no_takeover.clone(), no_takeover.clone()))
+        .collect();
+    for p in &mut pairs {
+        assert!(p.server.is_compressed());
+        p.server.send_prepared(&prepared).unwrap();
+    }
+    // The same compressed frame in every connection's queue.
+    let first = pairs[0].server.outbound().to_vec();
+    assert!(
+        first.len() < text.len() / 4,
+        "compressed: {} bytes",
+        first.len()
+    );
+    assert_eq!(first[0] & 0x40, 0x40, "RSV1 set");
+    for p in &pairs[1..] {
+        assert_eq!(p.server.outbound(), &first[..]);
+    }
+    for p in &mut pairs {
+        p.transfer();
+        assert_eq!(
+            p.client.poll_event(),
+            Some(Event::Message(Message::text(text.clone())))
+        );
+    }
+    // Without compression: the plain frame, shared too.
+    let mut plain = Pair::new(Config::default().with_deflate(None), Config::default());
+    plain.server.send_prepared(&prepared).unwrap();
+    assert_eq!(plain.server.outbound(), &prepared.frame()[..]);
+    plain.transfer();
+    assert_eq!(
+        plain.client.poll_event(),
+        Some(Event::Message(Message::text(text.clone())))
+    );
+    // With context takeover: compressed for this connection, still intact,
+    // twice in a row (the second uses the history of the first).
+    let mut takeover = Pair::new(Config::default(), Config::default());
+    for _ in 0..2 {
+        takeover.server.send_prepared(&prepared).unwrap();
+    }
+    takeover.transfer();
+    for _ in 0..2 {
+        assert_eq!(
+            takeover.client.poll_event(),
+            Some(Event::Message(Message::text(text.clone())))
+        );
+    }
+    // A client must mask: it frames the message itself.
+    let mut p = Pair::new(
+        Config::default().with_deflate(None),
+        Config::default().with_deflate(None),
+    );
+    p.client.send_prepared(&prepared).unwrap();
+    p.transfer();
+    assert_eq!(
+        p.server.poll_event(),
+        Some(Event::Message(Message::text(text)))
+    );
+}

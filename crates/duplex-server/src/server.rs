@@ -479,4 +479,28 @@ mod tests {
         drop((opening, client));
         assert_eq!(shared.limit.available_permits(), 1, "the slot came back");
     }
+
+    /// A Centrifugo connection's loop lives in its own allocation beside
+    /// the task (boxed in `Session::run`); an idle subscribed connection
+    /// carries it, so its size is part of that connection's budget
+    /// (≤ 2 KiB in all, BENCHMARKS.md). 768 bytes is jemalloc's size class
+    /// above it today.
+    #[tokio::test]
+    async fn an_idle_centrifuge_loop_fits_its_allocation() {
+        let app = App::new(ServerConfig::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, _client) = tokio::join!(listener.accept(), client);
+        let (tcp, _) = accepted.unwrap();
+        let conn = duplex::proto::Connection::new(
+            duplex::proto::Role::Server,
+            duplex::Config::default(),
+            None,
+        );
+        let mut ws = WebSocket::from_parts(tcp, conn, Default::default(), None, None, None);
+        let shutdown = Shutdown::new();
+        let serve = centrifuge::serve(&app.centrifuge, &mut ws, &shutdown);
+        let size = std::mem::size_of_val(&serve);
+        assert!(size <= 768, "the centrifuge loop is {size} bytes");
+    }
 }

@@ -19,6 +19,8 @@ pub struct App {
     pub config: ServerConfig,
     /// `config.ws` behind one `Arc`, handed to every connection.
     pub ws: Arc<duplex::Config>,
+    /// The same with the Centrifugo front's message limit, for its sockets.
+    pub ws_centrifuge: Arc<duplex::Config>,
     /// The hub.
     pub hub: Arc<Hub>,
     /// The in-process broker.
@@ -52,6 +54,12 @@ impl App {
         let registry = metrics.registry();
         let app = Arc::new(App {
             ws: Arc::new(config.ws.clone()),
+            ws_centrifuge: Arc::new(
+                config
+                    .ws
+                    .clone()
+                    .with_max_message_size(config.centrifuge.max_message_size),
+            ),
             centrifuge: centrifuge::Front {
                 hub: hub.clone(),
                 auth: auth.clone(),

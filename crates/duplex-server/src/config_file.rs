@@ -76,6 +76,7 @@ struct Hub {
     max_presence_members: Option<usize>,
     presence_ttl: Option<Dur>,
     api_max_body: Option<usize>,
+    max_message_size: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -200,6 +201,9 @@ pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, String> {
     }
     if let Some(d) = &h.presence_ttl {
         hc.presence_ttl = d.get("hub.presence_ttl")?;
+    }
+    if let Some(n) = h.max_message_size {
+        c.max_message_size = n;
     }
     if let Some(n) = h.api_max_body {
         config.api_max_body = n;

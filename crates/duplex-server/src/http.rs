@@ -202,7 +202,10 @@ pub async fn handle(
             }
         }
         Route::Echo | Route::Centrifuge => {
-            let config = (*app.ws).clone();
+            let config = match route {
+                Route::Centrifuge => (*app.ws_centrifuge).clone(),
+                _ => (*app.ws).clone(),
+            };
             let policy = &app.config.policy;
             let (resp, pending) = duplex::upgrade::upgrade(req, config, |r| policy.decide(r));
             if let Some(p) = pending {

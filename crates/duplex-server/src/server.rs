@@ -391,6 +391,10 @@ where
     }
     let route = router::route(&hs.request().method, &path);
     if let Some(service) = Service::of(&route).filter(|_| hs.request().is_upgrade()) {
+        let hs = match service {
+            Service::Centrifuge => hs.with_config(shared.app.ws_centrifuge.clone()),
+            Service::Echo => hs,
+        };
         return match hs.upgrade(|req| shared.app.config.policy.decide(req)).await {
             Ok(ws) => Some((ws, service)),
             Err(e) => {

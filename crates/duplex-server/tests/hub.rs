@@ -503,3 +503,21 @@ async fn recovery_over_the_wire() {
     assert_eq!(r[1]["subscribe"]["recovered"], false);
     assert!(r[1]["subscribe"].get("publications").is_none());
 }
+
+#[tokio::test]
+async fn a_frame_over_the_front_limit_closes_1009() {
+    let mut c = config();
+    c.centrifuge.max_message_size = 4096;
+    let srv = start(c).await;
+    let mut ws = connected(srv.addr, "a").await;
+    let big = json!({"id": 5, "publish": {"channel": "a", "data": "x".repeat(5000)}});
+    ws.send(Message::text(big.to_string())).await.unwrap();
+    assert_eq!(closed_with(&mut ws).await, Some(1009));
+    // The echo service keeps its own (larger) limit.
+    let mut echo = duplex::connect(&format!("ws://{}/echo", srv.addr))
+        .await
+        .unwrap();
+    let text = "y".repeat(100_000);
+    echo.send(Message::text(text.clone())).await.unwrap();
+    assert_eq!(echo.recv().await.unwrap().unwrap(), Message::text(text));
+}

@@ -154,6 +154,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
         &self.request
     }
 
+    /// Replaces the settings the socket will run with (limits chosen by
+    /// route: the handshake was read with the server's general ones).
+    pub fn with_config(mut self, config: impl Into<Arc<Config>>) -> Self {
+        self.config = config.into();
+        self
+    }
+
     /// Validates the request as a WebSocket upgrade, asks `decide`, and
     /// answers: 101 and a [`WebSocket`], or the refusal (400/426 for an
     /// invalid upgrade, the callback's status otherwise).

@@ -57,6 +57,9 @@ pub struct CentrifugeConfig {
     /// How long an open socket may wait before sending `connect`.
     /// Default 10 s.
     pub connect_timeout: Duration,
+    /// Largest frame of commands a client may send (after inflation);
+    /// larger ones close the connection with 1009. Default 1 MiB.
+    pub max_message_size: usize,
 }
 
 impl Default for CentrifugeConfig {
@@ -70,6 +73,7 @@ impl Default for CentrifugeConfig {
             command_burst: 200,
             expired_close_delay: Duration::from_secs(25),
             connect_timeout: Duration::from_secs(10),
+            max_message_size: 1 << 20,
         }
     }
 }

@@ -87,6 +87,7 @@ struct Namespace {
     history_ttl: Option<Dur>,
     presence: Option<bool>,
     join_leave: Option<bool>,
+    force_push_join_leave: Option<bool>,
     subscribe: Option<SubscribeRule>,
     publish: Option<PublishRule>,
     recovery: Option<bool>,
@@ -104,6 +105,9 @@ impl Namespace {
             },
             presence: self.presence.unwrap_or(d.presence),
             join_leave: self.join_leave.unwrap_or(d.join_leave),
+            force_push_join_leave: self
+                .force_push_join_leave
+                .unwrap_or(d.force_push_join_leave),
             subscribe: self.subscribe.unwrap_or(d.subscribe),
             publish: self.publish.unwrap_or(d.publish),
             recovery: self.recovery.unwrap_or(d.recovery),

@@ -521,3 +521,57 @@ async fn a_frame_over_the_front_limit_closes_1009() {
     echo.send(Message::text(text.clone())).await.unwrap();
     assert_eq!(echo.recv().await.unwrap().unwrap(), Message::text(text));
 }
+
+/// Joins and leaves reach the subscribers that asked for them
+/// (`join_leave: true`), as Centrifugo does, unless the namespace forces
+/// them on everyone.
+#[tokio::test]
+async fn joins_and_leaves_go_to_those_who_ask() {
+    let mut c = config();
+    for (name, force) in [("jl", false), ("forced", true)] {
+        c.hub.namespaces.named.insert(
+            name.into(),
+            ChannelOptions {
+                join_leave: true,
+                force_push_join_leave: force,
+                subscribe: SubscribeRule::Anonymous,
+                ..Default::default()
+            },
+        );
+    }
+    let srv = start(c).await;
+    for (channel, quiet_hears) in [("jl:1", false), ("forced:1", true)] {
+        let mut asks = client(srv.addr).await;
+        call(
+            &mut asks,
+            &[
+                json!({"id": 1, "connect": {}}),
+                json!({"id": 2, "subscribe": {"channel": channel, "join_leave": true}}),
+            ],
+        )
+        .await;
+        let own_join = &next(&mut asks).await[0];
+        assert!(own_join["push"]["join"].is_object(), "{own_join}");
+        let mut quiet = connected(srv.addr, channel).await;
+        let join = &next(&mut asks).await[0];
+        assert_eq!(join["push"]["channel"], channel);
+        assert!(join["push"]["join"]["info"]["client"].is_string(), "{join}");
+        // A publication is the next thing `quiet` sees, unless joins are
+        // forced on it (then its own join comes first).
+        srv.app
+            .hub
+            .publish(channel, "1".into(), None)
+            .await
+            .unwrap();
+        let first = &next(&mut quiet).await[0];
+        assert_eq!(first["push"]["join"].is_object(), quiet_hears, "{first}");
+        drop(quiet);
+        let leave = loop {
+            let v = next(&mut asks).await.remove(0);
+            if v["push"]["leave"].is_object() {
+                break v;
+            }
+        };
+        assert_eq!(leave["push"]["channel"], channel);
+    }
+}

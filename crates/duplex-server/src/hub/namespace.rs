@@ -46,8 +46,11 @@ pub struct ChannelOptions {
     pub history_ttl: Duration,
     /// Track who is subscribed. Default off.
     pub presence: bool,
-    /// Tell subscribers when others join and leave. Default off.
+    /// Announce joins and leaves, to the subscribers that ask for them
+    /// (`join_leave: true` in their subscribe). Default off.
     pub join_leave: bool,
+    /// Announce them to every subscriber, asked or not. Default off.
+    pub force_push_join_leave: bool,
     /// Who may subscribe. Default: authenticated users.
     pub subscribe: SubscribeRule,
     /// Who may publish from a connection. Default: subscribers.
@@ -65,6 +68,7 @@ impl Default for ChannelOptions {
             history_ttl: Duration::ZERO,
             presence: false,
             join_leave: false,
+            force_push_join_leave: false,
             subscribe: SubscribeRule::Authenticated,
             publish: PublishRule::Subscribers,
             recovery: false,

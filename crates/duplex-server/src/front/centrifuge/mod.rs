@@ -98,6 +98,8 @@ struct Sub {
     skip_until: u64,
     /// When the subscription token expires (Unix seconds).
     expires_at: Option<u64>,
+    /// Joins and leaves are pushed (asked for, or forced by the namespace).
+    join_leave: bool,
 }
 
 /// The state of one connection.
@@ -372,7 +374,12 @@ impl Client<'_> {
                     }
                     channel
                 }
-                Event::Join { channel, .. } | Event::Leave { channel, .. } => channel,
+                Event::Join { channel, .. } | Event::Leave { channel, .. } => {
+                    match self.subs.get(channel) {
+                        Some(sub) if sub.join_leave => channel,
+                        _ => continue,
+                    }
+                }
                 Event::Unsubscribe { channel } => {
                     let channel = channel.clone();
                     if let Some(sub) = self.subs.remove(&channel) {
@@ -558,7 +565,9 @@ impl Client<'_> {
                     offset: r.offset,
                     epoch: r.epoch.as_str().into(),
                 });
-            match self.join(channel, info.clone(), recover, None).await {
+            // Server-side subscriptions have no subscribe command to ask
+            // for joins and leaves: the namespace's setting decides.
+            match self.join(channel, info.clone(), recover, None, true).await {
                 Ok((s, recoverable)) => {
                     if subs.len() > 1 {
                         subs.push(',');
@@ -602,10 +611,12 @@ impl Client<'_> {
         info: Arc<ClientInfo>,
         recover: Option<StreamPosition>,
         expires_at: Option<u64>,
+        asks_join_leave: bool,
     ) -> Result<(Subscribed, bool), ProtoError> {
         let hub = self.front.hub.clone();
         let opts = hub.options(channel).map_err(|e| hub_error(&e))?;
         let recoverable = opts.recovery && opts.has_history();
+        let join_leave = opts.join_leave && (asks_join_leave || opts.force_push_join_leave);
         if self.subs.contains_key(channel) {
             return Err(wire::ALREADY_SUBSCRIBED);
         }
@@ -626,6 +637,7 @@ impl Client<'_> {
                 info,
                 skip_until,
                 expires_at,
+                join_leave,
             },
         );
         Ok((s, recoverable))
@@ -682,7 +694,9 @@ impl Client<'_> {
             offset: req.offset,
             epoch: req.epoch.as_str().into(),
         });
-        let (s, recoverable) = self.join(&req.channel, info, recover, expires_at).await?;
+        let (s, recoverable) = self
+            .join(&req.channel, info, recover, expires_at, req.join_leave)
+            .await?;
         let mut body = String::new();
         let ttl = expires_at.map(|e| e.saturating_sub(unix_now()).max(1));
         wire::subscribe_result(&mut body, &s, recoverable, ttl);

@@ -61,6 +61,7 @@ pub struct SubRecovery {
 pub struct SubscribeRequest<'a> {
     pub channel: String,
     pub token: String,
+    pub join_leave: bool,
     pub recover: bool,
     pub offset: u64,
     pub epoch: String,

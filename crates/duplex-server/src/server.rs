@@ -221,7 +221,9 @@ impl Session {
         async move {
             match this.service {
                 Service::Echo => {
+                    let open = EchoGauge::open(&this.slot.shared.app);
                     let stats = echo::run(&mut this.ws, &this.slot.shared.shutdown).await;
+                    drop(open);
                     log_close(&this.ws, this.peer, &this.slot, Service::Echo, &stats);
                 }
                 // Boxed: an idle echo connection must not carry the
@@ -240,6 +242,28 @@ impl Session {
     }
 }
 
+/// Counts an open echo connection in the metrics while it lives (the
+/// Centrifugo front counts its own).
+struct EchoGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl EchoGauge {
+    const LABEL: crate::metrics::FrontLabel = crate::metrics::FrontLabel { front: "echo" };
+
+    fn open(app: &App) -> EchoGauge {
+        let m = app.hub.metrics();
+        m.connections_total.get_or_create(&Self::LABEL).inc();
+        let g = m.connections.get_or_create(&Self::LABEL).clone();
+        g.inc();
+        EchoGauge(g)
+    }
+}
+
+impl Drop for EchoGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Serves an open socket to the end (the TLS and hyper paths, and the
 /// Centrifugo front on the fast path), then logs.
 async fn serve_socket<S>(ws: &mut WebSocket<S>, service: Service, peer: SocketAddr, slot: &Slot)
@@ -248,7 +272,10 @@ where
 {
     let shared = &slot.shared;
     let stats = match service {
-        Service::Echo => echo::run(ws, &shared.shutdown).await,
+        Service::Echo => {
+            let _open = EchoGauge::open(&shared.app);
+            echo::run(ws, &shared.shutdown).await
+        }
         Service::Centrifuge => {
             centrifuge::serve(&shared.app.centrifuge, ws, &shared.shutdown).await;
             EchoStats::default()
@@ -336,8 +363,14 @@ async fn serve_tls(
                 serve_socket(&mut ws, service, peer, &slot).await;
             }
         }
-        Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => info!(%peer, "TLS handshake timed out"),
+        Ok(Err(e)) => {
+            shared.app.hub.metrics().refuse("tls handshake");
+            info!(%peer, error = %e, "TLS handshake failed")
+        }
+        Err(_) => {
+            shared.app.hub.metrics().refuse("tls handshake timeout");
+            info!(%peer, "TLS handshake timed out")
+        }
     }
 }
 

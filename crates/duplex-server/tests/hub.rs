@@ -395,8 +395,18 @@ async fn the_api_wants_its_key() {
     let big = format!(r#"{{"channel":"a","data":"{}"}}"#, "x".repeat(2 << 20));
     let (s, _) = http(srv.addr, "POST", "/api/publish", &["X-API-Key: key"], &big).await;
     assert_eq!(s, 413);
+    let mut echo = duplex::connect(&format!("ws://{}/echo", srv.addr))
+        .await
+        .unwrap();
+    echo.send(Message::text("counted")).await.unwrap();
+    echo.recv().await.unwrap().unwrap();
     let (s, b) = http(srv.addr, "GET", "/metrics", &[], "").await;
     assert_eq!(s, 200);
+    assert!(b.contains("duplex_connections{front=\"echo\"} 1"), "{b}");
+    assert!(
+        b.contains("duplex_connections_accepted_total{front=\"echo\"} 1"),
+        "{b}"
+    );
     assert!(
         b.contains("duplex_api_calls_total{method=\"publish\"} 3"),
         "{b}"

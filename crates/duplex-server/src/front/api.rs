@@ -7,8 +7,9 @@
 //! (the client protocol's codes); 400 for a body that is not JSON of the
 //! method's shape; 404 for an unknown method.
 
+use crate::front::centrifuge::calls::{self, hub_error};
 use crate::front::centrifuge::wire;
-use crate::hub::{Event, Hub, HubError, StreamPosition};
+use crate::hub::{Event, Hub, StreamPosition};
 use crate::metrics::MethodLabel;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -53,17 +54,6 @@ struct Broadcast<'a> {
 #[derive(Deserialize)]
 struct Channel {
     channel: String,
-}
-
-#[derive(Deserialize)]
-struct History {
-    channel: String,
-    #[serde(default)]
-    limit: Option<i64>,
-    #[serde(default)]
-    since: Option<wire::Since>,
-    #[serde(default)]
-    reverse: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -123,17 +113,6 @@ const METHODS: &[&str] = &[
 
 /// What one method call gives: a result object, or an error reply.
 type Outcome = Result<String, wire::ProtoError>;
-
-fn hub_error(e: &HubError) -> wire::ProtoError {
-    match e {
-        HubError::UnknownChannel => wire::UNKNOWN_CHANNEL,
-        HubError::BadChannel => wire::BAD_REQUEST,
-        HubError::NotAvailable => wire::NOT_AVAILABLE,
-        HubError::AlreadySubscribed => wire::ALREADY_SUBSCRIBED,
-        HubError::LimitExceeded | HubError::TooLarge => wire::LIMIT_EXCEEDED,
-        HubError::Broker(_) => wire::INTERNAL,
-    }
-}
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ()> {
     serde_json::from_slice(body).map_err(|_| ())
@@ -243,33 +222,9 @@ async fn one(hub: &Hub, node: &NodeInfo, method: &str, body: &[u8]) -> Result<Ou
                 }
             }
         }
-        "presence" => {
-            let r: Channel = parse(body)?;
-            match hub.presence(&r.channel).await {
-                Err(e) => Err(hub_error(&e)),
-                Ok(members) => {
-                    let mut out = String::from("{\"presence\":{");
-                    for (i, m) in members.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        wire::string(&mut out, &m.client);
-                        out.push(':');
-                        wire::client_info(&mut out, m);
-                    }
-                    out.push_str("}}");
-                    Ok(out)
-                }
-            }
-        }
-        "presence_stats" => {
-            let r: Channel = parse(body)?;
-            hub.presence_stats(&r.channel)
-                .await
-                .map(|(c, u)| format!("{{\"num_clients\":{c},\"num_users\":{u}}}"))
-                .map_err(|e| hub_error(&e))
-        }
-        "history" => history(hub, parse(body)?).await,
+        "presence" => calls::presence(hub, &parse::<Channel>(body)?.channel).await,
+        "presence_stats" => calls::presence_stats(hub, &parse::<Channel>(body)?.channel).await,
+        "history" => calls::history(hub, &parse(body)?).await,
         "history_remove" => {
             let r: Channel = parse(body)?;
             hub.remove_history(&r.channel)
@@ -362,35 +317,4 @@ async fn publish(hub: &Hub, channel: &str, data: &RawValue) -> Outcome {
         Ok(None) => Ok("{}".to_string()),
         Err(e) => Err(hub_error(&e)),
     }
-}
-
-async fn history(hub: &Hub, r: History) -> Outcome {
-    let max = hub.config().max_history_per_call;
-    // Absent or 0: only the position; negative: all (capped); N: N.
-    let limit = match r.limit.unwrap_or(0) {
-        l if l < 0 => max,
-        l => (l as usize).min(max),
-    };
-    if r.reverse && r.since.as_ref().is_some_and(|s| s.offset == 0) {
-        return Err(wire::BAD_REQUEST);
-    }
-    let since = r.since.clone().map(|s| StreamPosition {
-        offset: s.offset,
-        epoch: s.epoch.as_str().into(),
-    });
-    let h = hub
-        .history(&r.channel, since.clone(), limit, r.reverse)
-        .await
-        .map_err(|e| hub_error(&e))?;
-    if let Some(s) = &since {
-        if !s.epoch.is_empty() && s.epoch != h.position.epoch {
-            return Err(wire::UNRECOVERABLE_POSITION);
-        }
-    }
-    let mut out = String::from("{\"publications\":");
-    wire::publications(&mut out, &h.publications);
-    let _ = write!(out, ",\"offset\":{},\"epoch\":", h.position.offset);
-    wire::string(&mut out, &h.position.epoch);
-    out.push('}');
-    Ok(out)
 }

@@ -10,17 +10,19 @@
 //! only while the socket's write buffer has room, so a client that does not
 //! read fills its mailbox, which then overflows: disconnect 3008 "slow".
 
+pub(crate) mod calls;
 pub(crate) mod wire;
 
 use crate::auth::{Auth, TokenError};
 use crate::hub::mailbox::Next;
 use crate::hub::namespace::{PublishRule, SubscribeRule};
 use crate::hub::{
-    ClientInfo, Delivery, Event, FrontKind, Hub, HubError, Mailbox, StreamPosition, Subscribed,
+    ClientInfo, Delivery, Event, FrontKind, Hub, Mailbox, StreamPosition, Subscribed,
 };
 use crate::metrics::{FrontLabel, MethodLabel};
 use crate::shutdown::{Shutdown, Stage};
 use bytes::Bytes;
+use calls::hub_error;
 use duplex::{CloseCode, Message, PreparedMessage, WebSocket};
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -132,17 +134,6 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn hub_error(e: &HubError) -> ProtoError {
-    match e {
-        HubError::UnknownChannel => wire::UNKNOWN_CHANNEL,
-        HubError::BadChannel => wire::BAD_REQUEST,
-        HubError::NotAvailable => wire::NOT_AVAILABLE,
-        HubError::AlreadySubscribed => wire::ALREADY_SUBSCRIBED,
-        HubError::LimitExceeded | HubError::TooLarge => wire::LIMIT_EXCEEDED,
-        HubError::Broker(_) => wire::INTERNAL,
-    }
 }
 
 /// Serves one connection until it closes, fails, or the server shuts down
@@ -757,22 +748,7 @@ impl Client<'_> {
         out: &mut String,
     ) -> Result<(), ProtoError> {
         self.require_sub(channel)?;
-        let members = self
-            .front
-            .hub
-            .presence(channel)
-            .await
-            .map_err(|e| hub_error(&e))?;
-        let mut body = String::from("{\"presence\":{");
-        for (i, m) in members.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            wire::string(&mut body, &m.client);
-            body.push(':');
-            wire::client_info(&mut body, m);
-        }
-        body.push_str("}}");
+        let body = calls::presence(&self.front.hub, channel).await?;
         wire::reply(out, id, "presence", &body);
         Ok(())
     }
@@ -784,13 +760,7 @@ impl Client<'_> {
         out: &mut String,
     ) -> Result<(), ProtoError> {
         self.require_sub(channel)?;
-        let (clients, users) = self
-            .front
-            .hub
-            .presence_stats(channel)
-            .await
-            .map_err(|e| hub_error(&e))?;
-        let body = format!("{{\"num_clients\":{clients},\"num_users\":{users}}}");
+        let body = calls::presence_stats(&self.front.hub, channel).await?;
         wire::reply(out, id, "presence_stats", &body);
         Ok(())
     }
@@ -802,30 +772,7 @@ impl Client<'_> {
         out: &mut String,
     ) -> Result<(), ProtoError> {
         self.require_sub(&req.channel)?;
-        let hub = &self.front.hub;
-        let max = hub.config().max_history_per_call;
-        let limit = match req.limit {
-            l if l < 0 => max,
-            l => (l as usize).min(max),
-        };
-        let since = req.since.clone().map(|s| StreamPosition {
-            offset: s.offset,
-            epoch: s.epoch.as_str().into(),
-        });
-        let h = hub
-            .history(&req.channel, since.clone(), limit, req.reverse)
-            .await
-            .map_err(|e| hub_error(&e))?;
-        if let Some(s) = &since {
-            if !s.epoch.is_empty() && s.epoch != h.position.epoch {
-                return Err(wire::UNRECOVERABLE_POSITION);
-            }
-        }
-        let mut body = String::from("{\"publications\":");
-        wire::publications(&mut body, &h.publications);
-        body.push_str(&format!(",\"offset\":{},\"epoch\":", h.position.offset));
-        wire::string(&mut body, &h.position.epoch);
-        body.push('}');
+        let body = calls::history(&self.front.hub, &req).await?;
         wire::reply(out, id, "history", &body);
         Ok(())
     }
@@ -911,33 +858,24 @@ impl Client<'_> {
 }
 
 fn method_name(c: &Command<'_>) -> &'static str {
-    if c.connect.is_some() {
-        "connect"
-    } else if c.subscribe.is_some() {
-        "subscribe"
-    } else if c.unsubscribe.is_some() {
-        "unsubscribe"
-    } else if c.publish.is_some() {
-        "publish"
-    } else if c.presence.is_some() {
-        "presence"
-    } else if c.presence_stats.is_some() {
-        "presence_stats"
-    } else if c.history.is_some() {
-        "history"
-    } else if c.refresh.is_some() {
-        "refresh"
-    } else if c.sub_refresh.is_some() {
-        "sub_refresh"
-    } else if c.rpc.is_some() {
-        "rpc"
-    } else if c.send.is_some() {
-        "send"
-    } else if c.id == 0 {
-        "pong"
-    } else {
-        "unknown"
-    }
+    let methods = [
+        (c.connect.is_some(), "connect"),
+        (c.subscribe.is_some(), "subscribe"),
+        (c.unsubscribe.is_some(), "unsubscribe"),
+        (c.publish.is_some(), "publish"),
+        (c.presence.is_some(), "presence"),
+        (c.presence_stats.is_some(), "presence_stats"),
+        (c.history.is_some(), "history"),
+        (c.refresh.is_some(), "refresh"),
+        (c.sub_refresh.is_some(), "sub_refresh"),
+        (c.rpc.is_some(), "rpc"),
+        (c.send.is_some(), "send"),
+        (c.id == 0, "pong"),
+    ];
+    methods
+        .iter()
+        .find(|(set, _)| *set)
+        .map_or("unknown", |(_, name)| name)
 }
 
 /// A hub event as this front frames it (once per event, for every receiver).

@@ -10,24 +10,17 @@ watch what the API calls cause (publications, unsubscribe pushes, close codes).
 The suite starts `duplex serve --listen 127.0.0.1:0 --config api.toml` itself,
 parses the port from the `listening on http://127.0.0.1:PORT` log line, and
 stops it at the end. Loopback only, every wait bounded. One line per check;
-exits non-zero if any check fails.
+exits non-zero if any check fails. Reporting, starting duplex serve, JWTs and
+plain POSTs come from duplex_py.py (shared with centrifuge_python.py).
 """
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import http.client
 import json
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import requests
 from websockets.asyncio.client import connect
@@ -57,9 +50,9 @@ from cent import (
     UnsubscribeRequest,
 )
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-DUPLEX = os.environ.get("DUPLEX_BIN") or str(REPO / "target" / "debug" / "duplex")
+import duplex_py
+from duplex_py import Duplex, Report, eventually, expect, expect_eq, post
+
 SUITE = "api"
 
 SECRET = "interop-hmac-secret-0123456789abcdef"
@@ -94,132 +87,17 @@ publish = "subscribers"
 recovery = true
 """
 
-# ---------------------------------------------------------------- reporting
+# ---------------------------------------------------------------- reporting, duplex serve (duplex_py)
 
-passed = failed = skipped = 0
-failures = []
-T0 = time.monotonic()
-
-
-async def check(name, coro_fn, timeout=30):
-    global passed, failed
-    start = time.monotonic()
-    try:
-        await asyncio.wait_for(coro_fn(), timeout)
-    except Exception as e:  # noqa: BLE001 - every failure is reported
-        failed += 1
-        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        failures.append(f"{name}: {why}")
-        print(f"FAIL {name} ({(time.monotonic() - start) * 1000:.0f} ms): {why}", flush=True)
-        return False
-    passed += 1
-    print(f"PASS {name} ({(time.monotonic() - start) * 1000:.0f} ms)", flush=True)
-    return True
-
-
-def skip(name, why):
-    global skipped
-    skipped += 1
-    print(f"SKIP {name}: {why}", flush=True)
-
-
-def expect(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
-def expect_eq(actual, expected, what):
-    if actual != expected:
-        raise AssertionError(f"{what}: expected {expected!r}, got {actual!r}")
-
-
-# ---------------------------------------------------------------- duplex serve
-
-CHILDREN = set()
-
-
-def kill_children(*_):
-    for proc in list(CHILDREN):
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-
-
-def on_term(*_):
-    kill_children()
-    os._exit(143)
-
-
-class Duplex:
-    """`duplex serve --listen 127.0.0.1:0 ...`, port parsed from its log."""
-
-    def __init__(self, proc):
-        self.proc = proc
-        self.log = []
-        self.port = None
-
-    @classmethod
-    async def start(cls, *args, timeout=20):
-        env = dict(os.environ, DUPLEX_LOG=os.environ.get("DUPLEX_LOG", "info"), NO_COLOR="1")
-        proc = await asyncio.create_subprocess_exec(
-            DUPLEX, "serve", "--listen", "127.0.0.1:0", *args,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-        )
-        CHILDREN.add(proc)
-        self = cls(proc)
-        found = asyncio.get_running_loop().create_future()
-
-        async def pump():
-            while True:
-                line = await proc.stdout.readline()
-                if not line:
-                    break
-                text = re.sub(r"\x1b\[[0-9;]*m", "", line.decode("utf-8", "replace"))
-                self.log.append(text)
-                m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
-                if m and not found.done():
-                    found.set_result(int(m.group(1)))
-            if not found.done():
-                found.set_exception(RuntimeError(
-                    f"duplex serve {' '.join(args)} exited ({await proc.wait()}) before listening: "
-                    f"{''.join(self.log).strip()[-1500:]}"))
-
-        self._pump = asyncio.create_task(pump())
-        try:
-            self.port = await asyncio.wait_for(asyncio.shield(found), timeout)
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    def tail(self, n=15):
-        return "".join(self.log[-n:]).strip()
-
-    async def stop(self):
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 3)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        CHILDREN.discard(self.proc)
-        self._pump.cancel()
-
+REPORT = Report(SUITE)
+check = REPORT.check
+skip = REPORT.skip
 
 # ---------------------------------------------------------------- tokens
 
 
-def b64url(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-
-
 def hs256(claims, secret=SECRET):
-    head = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
-    body = b64url(json.dumps(claims, separators=(",", ":")).encode())
-    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
-    return f"{head}.{body}.{b64url(sig)}"
+    return duplex_py.hs256(claims, secret)
 
 
 def conn_token(user, info=None):
@@ -407,32 +285,6 @@ class NopeRequest(CentRequest[PublishResult]):
 
     __returning__ = PublishResult
     __api_method__ = "nope"
-
-
-def http_post(port, path, body, headers):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=STEP)
-    try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **headers})
-        r = conn.getresponse()
-        return r.status, r.read().decode("utf-8", "replace")
-    finally:
-        conn.close()
-
-
-async def post(port, path, body, headers):
-    return await asyncio.to_thread(http_post, port, path, body, headers)
-
-
-async def eventually(fn, what, timeout=STEP):
-    """Polls the async predicate-with-message `fn` until it returns None."""
-    deadline = time.monotonic() + timeout
-    while True:
-        problem = await fn()
-        if problem is None:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: {problem}")
-        await asyncio.sleep(0.1)
 
 
 # ---------------------------------------------------------------- main
@@ -852,7 +704,7 @@ async def main():
                 await asyncio.wait_for(stop(), 5)
             except Exception:  # noqa: BLE001
                 pass
-        if failed and srv is not None:
+        if REPORT.failed and srv is not None:
             print(f"\n{SUITE}: last lines of the duplex log:\n{srv.tail()}", flush=True)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -861,19 +713,5 @@ if __name__ == "__main__":
     import websockets
     from importlib.metadata import version
 
-    signal.signal(signal.SIGTERM, on_term)
-    print(f"python {sys.version.split()[0]}, cent {version('cent')}, websockets {websockets.__version__}, "
-          f"requests {requests.__version__}", flush=True)
-    try:
-        asyncio.run(asyncio.wait_for(main(), 150))
-    except Exception as e:  # noqa: BLE001
-        failed += 1
-        failures.append(f"suite aborted: {type(e).__name__}: {e}")
-        print(f"FAIL {SUITE} suite aborted: {type(e).__name__}: {e}", flush=True)
-    kill_children()
-    if failures:
-        print(f"\n{SUITE}: failures:")
-        for f in failures:
-            print(f"  - {f}")
-    print(f"\n{SUITE}: {passed} passed, {failed} failed, {skipped} skipped ({time.monotonic() - T0:.1f} s)")
-    sys.exit(1 if failed else 0)
+    duplex_py.run_suite(REPORT, main, f"python {sys.version.split()[0]}, cent {version('cent')}, "
+                        f"websockets {websockets.__version__}, requests {requests.__version__}", limit=150)

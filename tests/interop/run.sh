@@ -6,11 +6,14 @@
 #   api      PyPI `cent` (Centrifugo server-API client) against the hub's /api/<method>
 #   centrifuge  npm `centrifuge` (centrifuge-js 5.x) against the hub's /connection/websocket
 #            and /api, in Node (ws) and in Chromium (the SDK's browser bundle)
+#   pysdk    PyPI `centrifuge-python` (Centrifugo's Python client SDK) against the hub's
+#            /connection/websocket (and /api to publish)
 #
-# Usage: tests/interop/run.sh [browser] [node] [python] [api] [centrifuge]   (default: all)
+# Usage: tests/interop/run.sh [browser] [node] [python] [api] [centrifuge] [pysdk]   (default: all)
 #
 # Installs what is missing: npm packages from package-lock.json (`npm ci`),
-# Python `websockets` (pip), and, as root, Debian's chromium (apt-get).
+# Python `websockets`, `cent` and `centrifuge-python` (pip), and, as root,
+# Debian's chromium (apt-get).
 # Builds target/debug/duplex unless DUPLEX_BIN names a binary.
 # Every suite prints one line per check and is bounded in time; the script
 # exits non-zero if any check fails.
@@ -20,7 +23,7 @@ root="$(cd "$here/../.." && pwd)"
 cd "$here"
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(browser node python api centrifuge)
+[ ${#suites[@]} -gt 0 ] || suites=(browser node python api centrifuge pysdk)
 SUITE_TIMEOUT="${INTEROP_SUITE_TIMEOUT:-180}"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 export CHROMIUM
@@ -30,7 +33,7 @@ die() { echo "interop: $*" >&2; echo "interop: 0 passed, 1 failed"; exit 1; }
 wants() { local s; for s in "${suites[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 for s in "${suites[@]}"; do
-  case "$s" in browser | node | python | api | centrifuge) ;; *) die "unknown suite '$s' (browser, node, python, api, centrifuge)" ;; esac
+  case "$s" in browser | node | python | api | centrifuge | pysdk) ;; *) die "unknown suite '$s' (browser, node, python, api, centrifuge, pysdk)" ;; esac
 done
 
 # ------------------------------------------------------------- prerequisites
@@ -66,6 +69,14 @@ if wants api; then
   if ! python3 -c 'import importlib.metadata as m, cent; assert m.version("cent").startswith("5.")' 2>/dev/null; then
     step "pip install cent 5.x (Centrifugo server-API client)"
     python3 -m pip install --quiet --disable-pip-version-check 'cent>=5,<6' || die "pip install cent failed"
+  fi
+fi
+
+if wants pysdk; then
+  # `import centrifuge` alone could find the unrelated 2015 PyPI package of that name.
+  if ! python3 -c 'import importlib.metadata as m, centrifuge; m.version("centrifuge-python")' 2>/dev/null; then
+    step "pip install centrifuge-python (Centrifugo's Python client SDK, import name centrifuge)"
+    python3 -m pip install --quiet --disable-pip-version-check 'centrifuge-python' || die "pip install centrifuge-python failed"
   fi
 fi
 
@@ -112,6 +123,7 @@ wants node && run_suite node node node_ws.mjs
 wants python && run_suite python python3 python_ws.py
 wants api && run_suite api python3 centrifugo_api.py
 wants centrifuge && run_suite centrifuge node centrifuge.mjs
+wants pysdk && run_suite pysdk python3 centrifuge_python.py
 
 step "interop summary"
 for line in "${report[@]}"; do echo "  $line"; done

@@ -274,6 +274,16 @@ impl Client<'_> {
         self.info.as_ref().map_or("", |i| &i.client)
     }
 
+    /// How long past a token's `exp` the connection (or subscription) may
+    /// stay: the close delay for its refresh to arrive, plus the clock skew
+    /// tokens are verified with — a token accepted at connect within the
+    /// skew must not be closed before it would be refused, or a client
+    /// without a fresh token would reconnect in a loop instead of being
+    /// told 109.
+    fn expiry_grace(&self) -> u64 {
+        self.front.config.expired_close_delay.as_secs() + self.front.auth.config().leeway.as_secs()
+    }
+
     /// The next time something is due: a ping, a pong, an expiry, or (not
     /// yet connected) the connect timeout.
     fn deadline(&self) -> Instant {
@@ -284,7 +294,7 @@ impl Client<'_> {
         if let Some(p) = self.pong_deadline {
             d = d.min(p);
         }
-        let delay = self.front.config.expired_close_delay.as_secs();
+        let delay = self.expiry_grace();
         let expiries = self
             .expires_at
             .into_iter()
@@ -309,7 +319,7 @@ impl Client<'_> {
         if self.pong_deadline.is_some_and(|d| now >= d) {
             return Err(wire::NO_PONG);
         }
-        let delay = self.front.config.expired_close_delay.as_secs();
+        let delay = self.expiry_grace();
         let unix = unix_now();
         if self.expires_at.is_some_and(|at| unix >= at + delay) {
             return Err(wire::EXPIRED);

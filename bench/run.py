@@ -9,6 +9,7 @@ BENCHMARKS.md at the repository root, with an SVG chart in bench/chart.svg.
 
     python3 bench/run.py            # full run (about 10 minutes)
     python3 bench/run.py --quick    # smoke run: short windows, 1 round
+    python3 bench/run.py --only broadcast --merge   # one scenario, spliced into BENCHMARKS.md
 
 Raw results (one JSON line per run) go to bench/results/ (not committed).
 Standard library only.
@@ -30,6 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 DUPLEX = os.path.join(ROOT, "target", "release", "duplex")
 PEERS = os.path.join(BENCH, "target", "release")
+BROADCAST_CONFIG = os.path.join(BENCH, "duplex-broadcast.toml")
 ADDR = "127.0.0.1:9001"
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
@@ -44,9 +46,22 @@ SERVERS = {
     "tokio-tungstenite": ([os.path.join(PEERS, "tungstenite-echo"), ADDR], False, {}),
     "node ws": (["node", os.path.join(BENCH, "node", "echo.js"), ADDR], False, {}),
     "raw TCP echo": ([os.path.join(PEERS, "tcp-echo"), ADDR], True, {}),
+    "duplex (centrifuge)": ([DUPLEX, "serve", "--listen", ADDR, "--no-deflate", "--config", BROADCAST_CONFIG],
+                            False, {"DUPLEX_LOG": "warn"}),
+    "node ws broadcast": (["node", os.path.join(BENCH, "node", "broadcast.js"), ADDR], False, {}),
+    "python websockets broadcast": (["python3", os.path.join(BENCH, "python", "broadcast.py"), ADDR], False, {}),
+    "raw TCP fan-out": ([os.path.join(PEERS, "tcp-fanout"), ADDR], True, {}),
+}
+# Broadcast: the URL path and the generator's protocol for each server.
+BROADCAST_GEN = {
+    "duplex (centrifuge)": ("/connection/websocket", ["--protocol", "centrifuge", "--api-key", "bench"]),
+    "node ws broadcast": ("/", ["--protocol", "plain"]),
+    "python websockets broadcast": ("/", ["--protocol", "plain"]),
+    "raw TCP fan-out": ("/", ["--protocol", "plain"]),
 }
 ECHO_SERVERS = ["duplex", "fastwebsockets", "tokio-tungstenite", "node ws", "raw TCP echo"]
 WS_SERVERS = ["duplex", "fastwebsockets", "tokio-tungstenite", "node ws"]
+BROADCAST_SERVERS = ["duplex (centrifuge)", "node ws broadcast", "python websockets broadcast", "raw TCP fan-out"]
 
 
 def scenarios(quick):
@@ -54,6 +69,7 @@ def scenarios(quick):
     w = ["--warmup", "0.3", "--duration", "1"] if quick else ["--warmup", "1", "--duration", "4"]
     hw = ["--warmup", "0.3", "--duration", "1"] if quick else ["--warmup", "1", "--duration", "3"]
     idle_n = "1000" if quick else "10000"
+    bw = ["--warmup", "0.5", "--duration", "1", "--hold", "1"] if quick else ["--warmup", "1", "--duration", "4", "--hold", "2"]
     return [
         ("text20", "100 connections x 20 B text, depth 1", "echo", ECHO_SERVERS,
          ["-c", "100", "--depth", "1", "--size", "20", "--text"] + w),
@@ -74,6 +90,9 @@ def scenarios(quick):
          ["-c", idle_n, "--concurrency", "64", "--duration", "2", "--deflate", "--messages", "1"]),
         ("handshake", "handshakes (connect, upgrade, close), 16 at a time", "handshake", WS_SERVERS,
          ["-c", "16"] + hw),
+        ("broadcast", f"broadcast: 1 channel, {int(idle_n):,} subscribers, 100 B publications, "
+         "publisher as fast as the server delivers", "broadcast", BROADCAST_SERVERS,
+         ["-c", idle_n, "--size", "100", "--window", "32", "--concurrency", "64"] + bw),
     ]
 
 
@@ -125,9 +144,10 @@ def run_one(server, mode, args, timeout):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(ADDR, proc)
-        url = f"ws://{ADDR}/echo"
+        path, extra = BROADCAST_GEN.get(server, ("/echo", [])) if mode == "broadcast" else ("/echo", [])
+        url = f"ws://{ADDR}{path}"
         gen = ["taskset", "-c", CLIENT_CPU, DUPLEX, "bench", mode, url,
-               "--server-pid", str(proc.pid), "--label", server] + args
+               "--server-pid", str(proc.pid), "--label", server] + args + extra
         if raw:
             gen.append("--raw-tcp-peer")
         out = subprocess.run(gen, capture_output=True, text=True, timeout=timeout)
@@ -197,12 +217,12 @@ def summarise(results, quick):
     return by
 
 
-def ratios(by, key, server):
+def ratios(by, key, server, ref="raw TCP echo", field="server_cpu_us_per_msg"):
     """Per-round server CPU/msg ratio to the raw TCP echo of the same round."""
-    tcp = {r["round"]: r["json"].get("server_cpu_us_per_msg") for r in by.get((key, "raw TCP echo"), [])}
+    tcp = {r["round"]: r["json"].get(field) for r in by.get((key, ref), [])}
     out = []
     for r in by.get((key, server), []):
-        a, b = r["json"].get("server_cpu_us_per_msg"), tcp.get(r["round"])
+        a, b = r["json"].get(field), tcp.get(r["round"])
         if a is not None and b:
             out.append(a / b)
     return out
@@ -234,7 +254,8 @@ def tool_versions():
         v["ws"] = pl["packages"]["node_modules/ws"]["version"]
     except (OSError, KeyError, ValueError):
         pass
-    for name, cmd in [("rustc", ["rustc", "--version"]), ("node", ["node", "--version"])]:
+    for name, cmd in [("rustc", ["rustc", "--version"]), ("node", ["node", "--version"]),
+                      ("python websockets", ["python3", "-c", "import websockets; print(websockets.__version__)"])]:
         try:
             v[name] = subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
         except OSError:
@@ -286,11 +307,80 @@ def targets(by):
     return rows
 
 
+BCAST_REF = "raw TCP fan-out"
+BCAST_DUPLEX = "duplex (centrifuge)"
+BCAST_WS_PEERS = ["node ws broadcast", "python websockets broadcast"]
+
+
+def bcast_ratios(by, key, server):
+    """Per-round server CPU/delivery ratio to the raw TCP fan-out of the same round."""
+    return ratios(by, key, server, BCAST_REF, "server_cpu_us_per_delivery")
+
+
+def broadcast_targets(by, key, n):
+    """(target, measured, met) rows from issue 10."""
+    rows = []
+    m = med(bcast_ratios(by, key, BCAST_DUPLEX))
+    c = med(vals(by, key, BCAST_DUPLEX, "server_cpu_us_per_delivery"))
+    t = med(vals(by, key, BCAST_REF, "server_cpu_us_per_delivery"))
+    detail = "" if c is None or t is None else f" ({c:.3f} vs {t:.3f} µs per delivery)"
+    rows.append(("Server CPU per delivery ≤ 1.3 × raw TCP fan-out",
+                 "–" if m is None else f"{m:.2f}{detail}", m is not None and m <= 1.3))
+    d = med(vals(by, key, BCAST_DUPLEX, "deliveries_per_s"))
+    peers = [(s, med(vals(by, key, s, "deliveries_per_s"))) for s in BCAST_WS_PEERS]
+    tcp = med(vals(by, key, BCAST_REF, "deliveries_per_s"))
+    ok = d is not None and all(v is not None and d > v for _, v in peers)
+    others = "; ".join(f"{s.replace(' broadcast', '')} {fmt(v)}/s" for s, v in peers)
+    rows.append(("Deliveries/s ahead of every WebSocket peer",
+                 "–" if d is None else f"{fmt(d)}/s; {others} (raw TCP fan-out {fmt(tcp)}/s)", ok))
+    r = med(vals(by, key, BCAST_DUPLEX, "rss_bytes_per_conn"))
+    rows.append((f"Idle subscribed connection ≤ 2 KiB RSS (at {n:,})",
+                 "–" if r is None else f"{r:,.0f} B", r is not None and r <= 2048))
+    return rows
+
+
+def broadcast_table(L, by, key, servers, args):
+    n = int(args[args.index("-c") + 1])
+    L.append("Each server gets its own client traffic: `duplex (centrifuge)` with `--protocol centrifuge` "
+             "(connect + subscribe per connection, publications through `POST /api/publish`, "
+             "`bench/duplex-broadcast.toml`); the peers with `--protocol plain` (the publisher is one "
+             "more connection whose messages the server sends to every other one); the raw TCP fan-out "
+             "with `--raw-tcp-peer`. Every delivery is checked, in order, for every subscriber.")
+    L.append("")
+    L.append("| target (issue 10) | measured | met |")
+    L.append("|---|---|---|")
+    for t, m, ok in broadcast_targets(by, key, n):
+        L.append(f"| {t} | {m} | {'yes' if ok else '**no**'} |")
+    L.append("")
+    L.append("| server | deliveries/s | server CPU µs/delivery | × TCP fan-out | p50 µs | p99 µs | p99.9 µs "
+             "| RSS per subscribed connection, B | publications/s | server core | generator core | lost | errors |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in servers:
+        cpu = vals(by, key, s, "server_cpu_us_per_delivery")
+        n_err, first = errors_of(by, key, s)
+        lost = sum(int(r["json"].get("lost") or 0) for r in by.get((key, s), []))
+        L.append("| " + " | ".join([
+            s, fmt_ms(vals(by, key, s, "deliveries_per_s")),
+            fmt_ms(cpu, cpu_digits(med(cpu))),
+            "1" if s == BCAST_REF else fmt_ms(bcast_ratios(by, key, s), 2),
+            fmt_ms(vals(by, key, s, "p50_us")),
+            fmt_ms(vals(by, key, s, "p99_us")),
+            fmt_ms(vals(by, key, s, "p999_us")),
+            fmt_ms(vals(by, key, s, "rss_bytes_per_conn")),
+            fmt_ms(vals(by, key, s, "publications_per_s")),
+            pct(med(vals(by, key, s, "server_cpu_util"))),
+            pct(med(vals(by, key, s, "generator_cpu_util"))),
+            str(lost),
+            str(n_err) + (f" ({esc(first)})" if first else "")]) + " |")
+
+
 def svg_chart(by, scen, path):
     """Three panels of horizontal bars, hand-written SVG."""
     colors = {"duplex": "#2b6cb0", "duplex (deflate)": "#63b3ed",
               "duplex (deflate, context takeover)": "#90cdf4", "fastwebsockets": "#dd6b20",
-              "tokio-tungstenite": "#38a169", "node ws": "#805ad5", "raw TCP echo": "#718096"}
+              "tokio-tungstenite": "#38a169", "node ws": "#805ad5", "raw TCP echo": "#718096",
+              "duplex (centrifuge)": "#2b6cb0", "node ws broadcast": "#805ad5",
+              "python websockets broadcast": "#d69e2e"}
     panels = []
     echo = [s for s in scen if s[2] == "echo"]
     groups = []
@@ -303,6 +393,12 @@ def svg_chart(by, scen, path):
     hs = [s for s in scen if s[2] == "handshake"]
     groups = [(title, [(s, med(vals(by, key, s, "handshakes_per_s"))) for s in servers]) for key, title, _, servers, _ in hs]
     panels.append(("Handshakes per second (higher is better)", groups, "{:,.0f}/s", None))
+    bc = [s for s in scen if s[2] == "broadcast"]
+    if bc:
+        groups = [(title, [(s, med(bcast_ratios(by, key, s))) for s in servers if s != BCAST_REF])
+                  for key, title, _, servers, _ in bc]
+        panels.append(("Server CPU per delivery, relative to the raw TCP fan-out (lower is better)",
+                       groups, "{:.2f}×", 1.0))
 
     width, left, bar_h, gap = 820, 210, 14, 4
     out, y = [], 10
@@ -339,10 +435,14 @@ def esc(s):
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def write_report(results, scen, meta, path):
+def write_report(results, scen, meta, path, merge=False):
+    """Writes the whole report, or with `merge` splices the sections of the
+    scenarios in `results` into the report already at `path` (and refreshes
+    its notes), leaving everything else there as it is."""
     by = summarise(results, meta["quick"])
-    chart = os.path.join(BENCH, "chart.svg")
-    svg_chart(by, scen, chart)
+    if not merge:
+        chart = os.path.join(BENCH, "chart.svg")
+        svg_chart(by, scen, chart)
     L = []
     L.append("# Benchmarks")
     L.append("")
@@ -376,9 +476,18 @@ def write_report(results, scen, meta, path):
     for t, m, ok in targets(by):
         L.append(f"| {t} | {m} | {'yes' if ok else '**no**'} |")
     L.append("")
+    sections = {}
     for key, title, mode, servers, args in scen:
+        start = len(L)
+        L.append(f"<!-- scenario:{key} -->")
         L.append(f"## {title}")
         L.append("")
+        if merge:
+            L.append(f"_Measured {meta['date']} with `python3 bench/run.py --only {key} --merge"
+                     f"{' --quick' if meta['quick'] else ''}`: {meta['rounds']} round(s), load average "
+                     f"{meta['load_before']} before, {meta['load_after']} after; "
+                     + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "._")
+            L.append("")
         L.append(f"`duplex bench {mode} URL {' '.join(args)}`")
         L.append("")
         if mode == "echo":
@@ -410,6 +519,8 @@ def write_report(results, scen, meta, path):
                     fmt_ms(vals(by, key, s, "open_s"), 2),
                     fmt_ms(vals(by, key, s, "server_cpu_us_per_conn"), 1),
                     str(n) + (f" ({esc(first)})" if first else "")]) + " |")
+        elif mode == "broadcast":
+            broadcast_table(L, by, key, servers, args)
         else:
             L.append("| server | handshakes/s | upgrade p50 µs | p99 µs | server CPU µs per handshake | server core | generator core | errors |")
             L.append("|---|---|---|---|---|---|---|---|")
@@ -423,17 +534,54 @@ def write_report(results, scen, meta, path):
                     pct(med(vals(by, key, s, "server_cpu_util"))),
                     pct(med(vals(by, key, s, "generator_cpu_util"))),
                     str(n) + (f" ({esc(first)})" if first else "")]) + " |")
+        L.append(f"<!-- /scenario:{key} -->")
         L.append("")
+        sections[key] = (title, L[start:])
     L.append(f"Total run time: {meta['elapsed']:.0f} s.")
     L.append("")
     notes = os.path.join(BENCH, "notes.md")
-    if os.path.exists(notes):
+    notes_text = open(notes).read().rstrip() if os.path.exists(notes) else ""
+    if merge:
+        L = splice(open(path).read().split("\n"), sections, notes_text)
+    elif notes_text:
         # Hand-written analysis (profiles, what each change bought), kept
         # in bench/notes.md and carried into every regenerated report.
-        L.append(open(notes).read().rstrip())
+        L.append(notes_text)
         L.append("")
     with open(path, "w") as f:
         f.write("\n".join(L))
+
+
+def splice(old, sections, notes_text):
+    """The lines of report `old` with each scenario section replaced by the
+    new one (found by its markers, or by its heading in a report written
+    before there were markers; a new section goes before the run time
+    line), and the notes at the end replaced by `notes_text`."""
+    def tail_at():
+        for i, line in enumerate(old):
+            if line.startswith("Total run time:"):
+                return i
+        return len(old)
+    for key, (title, lines) in sections.items():
+        begin, end = f"<!-- scenario:{key} -->", f"<!-- /scenario:{key} -->"
+        if begin in old and end in old:
+            i, j = old.index(begin), old.index(end) + 2
+        elif f"## {title}" in old:
+            i = old.index(f"## {title}")
+            j = i + 1
+            while j < len(old) and not (old[j].startswith("## ") or old[j].startswith("<!-- scenario:")
+                                        or old[j].startswith("Total run time:")):
+                j += 1
+        else:
+            i = j = tail_at()
+        old[i:j] = lines
+    if notes_text:
+        first = notes_text.split("\n")[0]
+        if first in old:
+            old[old.index(first):] = notes_text.split("\n") + [""]
+        else:
+            old += notes_text.split("\n") + [""]
+    return old
 
 
 def pct(v):
@@ -454,6 +602,9 @@ def main():
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
     ap.add_argument("--only", help="comma-separated scenario keys to run")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--merge", action="store_true",
+                    help="splice the scenarios run into the existing report instead of rewriting it "
+                         "(with --only; the chart is left as it is)")
     ap.add_argument("--report-only", metavar="JSONL",
                     help="rewrite the report from a previous run's bench/results/*.jsonl")
     a = ap.parse_args()
@@ -463,8 +614,8 @@ def main():
         results = [json.loads(line) for line in open(a.report_only)]
         keys = {r["key"] for r in results}
         scen = [s for s in scenarios(meta["quick"]) if s[0] in keys]
-        write_report(results, scen, meta, a.out)
-        log(f"wrote {a.out} and bench/chart.svg from {a.report_only}")
+        write_report(results, scen, meta, a.out, a.merge)
+        log(f"wrote {a.out} from {a.report_only}")
         return
     if not a.no_build:
         build()
@@ -486,7 +637,7 @@ def main():
                 order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
                 for s in order:
                     log(f"[round {rnd + 1}/{rounds}] {title}: {s}")
-                    timeout = 120 if mode == "idle" else 60
+                    timeout = 120 if mode in ("idle", "broadcast") else 60
                     j = run_one(s, mode, args, timeout)
                     rec = {"key": key, "server": s, "round": rnd, "json": j}
                     results.append(rec)
@@ -496,8 +647,8 @@ def main():
     meta["load_after"] = loadavg()
     with open(raw_path.replace(".jsonl", ".meta.json"), "w") as f:
         json.dump(meta, f)
-    write_report(results, scen, meta, a.out)
-    log(f"wrote {a.out}, bench/chart.svg and {raw_path}")
+    write_report(results, scen, meta, a.out, a.merge)
+    log(f"wrote {a.out}{'' if a.merge else ', bench/chart.svg'} and {raw_path}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,12 @@ enum Mode {
     Idle(IdleArgs),
     /// Connect, upgrade and close, over and over.
     Handshake(HandshakeArgs),
+    /// One channel, N subscribers, a publisher: fan-out rate, latency, loss.
+    Broadcast(broadcast::BroadcastArgs),
 }
+
+#[path = "bench_broadcast.rs"]
+mod broadcast;
 
 #[derive(Args, Debug, Clone)]
 struct Common {
@@ -155,6 +160,7 @@ pub async fn run(a: BenchArgs) -> ExitCode {
                 Mode::Echo(e) => echo(e).await,
                 Mode::Idle(i) => idle(i).await,
                 Mode::Handshake(h) => handshake(h).await,
+                Mode::Broadcast(b) => broadcast::run(b).await,
             }
         });
         match outcome {

@@ -24,7 +24,7 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Connect to a WebSocket server.
     Connect(connect::ConnectArgs),
-    /// Load generator: echo, idle and handshake benchmarks.
+    /// Load generator: echo, idle, handshake and broadcast benchmarks.
     Bench(bench::BenchArgs),
     /// Print a connection or subscription token (HS256 JWT).
     Token(token::TokenArgs),

@@ -9,8 +9,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_duplex");
 
 /// Starts `duplex serve` on a free port; returns the child and its address.
 fn serve() -> (Child, String) {
+    serve_with(&["--no-deflate"])
+}
+
+/// `duplex serve` on a free port with these further arguments.
+fn serve_with(args: &[&str]) -> (Child, String) {
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-deflate"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -196,4 +202,118 @@ fn handshake_counts_complete_upgrade_and_close_cycles() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("404"));
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// The configuration bench/README.md documents for the broadcast benchmark.
+const BROADCAST_CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../bench/duplex-broadcast.toml"
+);
+
+#[test]
+fn broadcast_delivers_every_publication_to_every_subscriber_in_order() {
+    let (mut server, addr) = serve_with(&["--config", BROADCAST_CONFIG]);
+    let pid = server.id().to_string();
+    let url = format!("ws://{addr}/connection/websocket");
+    let short = ["--duration", "0.3", "--warmup", "0.1", "--hold", "0.1"];
+    let j = bench(
+        &[
+            &["broadcast", &url, "-c", "20", "--window", "4"][..],
+            &short,
+            &["--server-pid", &pid, "--label", "duplex"],
+        ]
+        .concat(),
+    );
+    assert_eq!(j["mode"], "broadcast");
+    assert_eq!(j["label"], "duplex");
+    assert_eq!(j["protocol"], "centrifuge");
+    assert_eq!(j["subscribed"], 20);
+    assert_eq!(j["size"], 100);
+    assert_eq!(j["errors"], 0, "{j}");
+    assert_eq!(j["lost"], 0);
+    assert_eq!(j["complete"], true);
+    assert!(j["publications"].as_u64().unwrap() > 0, "{j}");
+    assert!(j["deliveries"].as_u64().unwrap() > 0, "{j}");
+    assert!(j["deliveries_per_s"].as_f64().unwrap() > 0.0);
+    assert!(j["p50_us"].as_f64().unwrap() <= j["p99_us"].as_f64().unwrap());
+    assert!(j["server_cpu_us_per_delivery"].is_number(), "{j}");
+    assert!(j["rss_bytes_per_conn"].is_number(), "{j}");
+    // A fixed rate, and a larger payload.
+    let j = bench(
+        &[
+            &[
+                "broadcast",
+                &url,
+                "-c",
+                "5",
+                "--rate",
+                "200",
+                "--size",
+                "1KiB",
+            ][..],
+            &short,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        (j["errors"].as_u64(), j["lost"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let rate = j["publications_per_s"].as_f64().unwrap();
+    assert!(rate > 100.0 && rate < 300.0, "{j}");
+    // The wrong API key: every publication is refused, and that is an error.
+    let out = Command::new(BIN)
+        .args(["bench", "broadcast", &url, "-c", "2", "--api-key", "nope"])
+        .args(short)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("401"));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn broadcast_against_a_raw_tcp_fan_out() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+    // Whatever one connection sends goes to every other one.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns: Arc<Mutex<Vec<(usize, TcpStream)>>> = Arc::default();
+    std::thread::spawn(move || {
+        for (me, tcp) in listener.incoming().enumerate() {
+            let Ok(mut tcp) = tcp else { return };
+            conns.lock().unwrap().push((me, tcp.try_clone().unwrap()));
+            let conns = conns.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = tcp.read(&mut buf) {
+                    for (id, c) in conns.lock().unwrap().iter_mut() {
+                        if *id != me {
+                            let _ = c.write_all(&buf[..n]);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let args = [
+        "broadcast",
+        &url,
+        "--raw-tcp-peer",
+        "-c",
+        "4",
+        "--hold",
+        "0",
+    ];
+    let j = bench(&[&args[..], &["--duration", "0.3", "--warmup", "0.1"]].concat());
+    assert_eq!(j["protocol"], "raw-tcp");
+    assert_eq!(
+        (j["errors"].as_u64(), j["lost"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(j["deliveries"].as_u64().unwrap() > 0, "{j}");
 }

@@ -107,9 +107,11 @@ impl Outbound {
     /// Frees the buffers if nothing is queued.
     pub(crate) fn release_if_empty(&mut self) {
         if self.len == 0 {
-            if self.tail.capacity() > 0 {
-                self.tail = BytesMut::new();
-            }
+            // Unconditionally: a buffer drained by `advance` to its end
+            // reports no capacity yet still holds its whole allocation
+            // (a batch of frames that filled it exactly, or a client's
+            // masked copy of a large payload).
+            self.tail = BytesMut::new();
             if self.chunks.capacity() > 0 {
                 self.chunks = VecDeque::new();
             }

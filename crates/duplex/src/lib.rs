@@ -35,9 +35,9 @@ pub use duplex_proto::{
     self as proto, CloseCode, CloseFrame, Config, DeflateConfig, Message, PreparedMessage,
     Utf8Bytes,
 };
-pub use error::{Error, Result};
+pub use error::{Error, PemItem, ProxyError, Result, TlsError, UrlError};
 pub use proxy::Proxy;
 pub use server::{accept, accept_with, Decision, Handshake, Policy};
-pub use split::{WsReceiver, WsSender};
+pub use split::{ReuniteError, WsReceiver, WsSender};
 pub use tls::{MaybeTlsStream, Verify};
 pub use ws::{ReadyState, WebSocket};

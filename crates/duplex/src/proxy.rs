@@ -13,7 +13,7 @@
 //! reach directly (`*`, exact names or IPs, and domain suffixes such as
 //! `.example.com` or `example.com`).
 
-use crate::error::{Error, Result};
+use crate::error::{ProxyError, Result, UrlError};
 use base64::Engine;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,15 +88,11 @@ impl Proxy {
 /// Parses `http://[user:password@]host[:port][/]` (the scheme may be left
 /// out, as in many environments).
 fn parse_proxy_url(url: &str) -> Result<ProxyTarget> {
-    let bad = |why: &str| Error::Proxy(format!("{url}: {why}"));
+    let bad = |e: UrlError| ProxyError::Url(e);
     let rest = match url.split_once("://") {
         Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
             "http" => rest,
-            other => {
-                return Err(bad(&format!(
-                    "{other}:// proxies are not supported (http:// only)"
-                )))
-            }
+            _ => return Err(bad(UrlError::UnsupportedScheme(scheme.to_string())).into()),
         },
         None => url,
     };
@@ -108,20 +104,23 @@ fn parse_proxy_url(url: &str) -> Result<ProxyTarget> {
     let (host, port) = if let Some(r) = hostport.strip_prefix('[') {
         let (h, after) = r
             .split_once(']')
-            .ok_or_else(|| bad("unclosed IPv6 literal"))?;
+            .ok_or_else(|| bad(UrlError::UnclosedIpv6))?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+            Some(p) => p.parse().map_err(|_| bad(UrlError::BadPort))?,
             None => 80,
         };
         (h.to_string(), port)
     } else {
         match hostport.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad("bad port"))?),
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse().map_err(|_| bad(UrlError::BadPort))?,
+            ),
             None => (hostport.to_string(), 80),
         }
     };
     if host.is_empty() {
-        return Err(bad("missing host"));
+        return Err(bad(UrlError::MissingHost).into());
     }
     Ok(ProxyTarget {
         host,
@@ -178,15 +177,13 @@ fn no_proxy_matches(list: &str, host: &str) -> bool {
 }
 
 /// Connects to `proxy` and opens a tunnel to `host:port` with `CONNECT`.
-/// A non-2xx answer is an error naming the status.
+/// A non-2xx answer is [`ProxyError::Refused`] with its status.
 pub async fn connect_via(proxy: &ProxyTarget, host: &str, port: u16) -> Result<TcpStream> {
     let mut stream = TcpStream::connect((proxy.host.as_str(), proxy.port))
         .await
-        .map_err(|e| {
-            Error::Proxy(format!(
-                "cannot reach proxy {}:{}: {e}",
-                proxy.host, proxy.port
-            ))
+        .map_err(|source| ProxyError::Connect {
+            proxy: format!("{}:{}", proxy.host, proxy.port),
+            source,
         })?;
     stream.set_nodelay(true)?;
     let authority = if host.contains(':') {
@@ -209,32 +206,26 @@ pub async fn connect_via(proxy: &ProxyTarget, host: &str, port: u16) -> Result<T
             Ok(httparse::Status::Complete(n)) => {
                 let code = resp.code.unwrap_or(0);
                 if !(200..300).contains(&code) {
-                    return Err(Error::Proxy(format!(
-                        "proxy {}:{} refused CONNECT {authority}: HTTP {code} {}",
-                        proxy.host,
-                        proxy.port,
-                        resp.reason.unwrap_or("")
-                    )));
+                    return Err(ProxyError::Refused {
+                        status: code,
+                        reason: resp.reason.unwrap_or("").to_string(),
+                    }
+                    .into());
                 }
                 if buf.len() > n {
-                    return Err(Error::Proxy(
-                        "proxy sent data before the tunnel was used".into(),
-                    ));
+                    return Err(ProxyError::UnexpectedData.into());
                 }
                 return Ok(stream);
             }
             Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(Error::Proxy(format!("bad proxy response: {e}"))),
+            Err(e) => return Err(ProxyError::BadResponse(e).into()),
         }
         if buf.len() >= MAX_RESPONSE_HEAD {
-            return Err(Error::Proxy("proxy response head too large".into()));
+            return Err(ProxyError::ResponseTooLarge.into());
         }
         buf.reserve(1024);
         if stream.read_buf(&mut buf).await? == 0 {
-            return Err(Error::Proxy(format!(
-                "proxy {}:{} closed the connection during CONNECT",
-                proxy.host, proxy.port
-            )));
+            return Err(ProxyError::ClosedEarly.into());
         }
     }
 }
@@ -242,6 +233,7 @@ pub async fn connect_via(proxy: &ProxyTarget, host: &str, port: u16) -> Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |k| {
@@ -323,16 +315,20 @@ mod tests {
         let t = parse_proxy_url("http://[::1]:3128").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 3128));
         assert_eq!(parse_proxy_url("http://proxy").unwrap().port, 80);
-        for bad in [
-            "socks5://p:1080",
-            "https://p:443",
-            "http://",
-            "http://p:notaport",
+        for (bad, why) in [
+            (
+                "socks5://p:1080",
+                UrlError::UnsupportedScheme("socks5".into()),
+            ),
+            ("https://p:443", UrlError::UnsupportedScheme("https".into())),
+            ("http://", UrlError::MissingHost),
+            ("http://p:notaport", UrlError::BadPort),
+            ("http://[::1:80", UrlError::UnclosedIpv6),
         ] {
-            assert!(
-                matches!(parse_proxy_url(bad), Err(Error::Proxy(_))),
-                "{bad}"
-            );
+            match parse_proxy_url(bad) {
+                Err(Error::Proxy(ProxyError::Url(e))) => assert_eq!(e, why, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
         }
         assert!(Proxy::None.resolve("example.com", true).unwrap().is_none());
     }

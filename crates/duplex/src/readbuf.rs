@@ -13,7 +13,7 @@
 
 use bytes::BytesMut;
 use std::cell::RefCell;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -88,15 +88,16 @@ fn take_warm(need: u64) -> Option<BytesMut> {
 /// Reads once from `stream` into `buf`; `pending_frame` is how many bytes
 /// the frame being received still needs (a growth hint, already bounded by
 /// the frame size limit). Returns the bytes read (0 at EOF).
+#[cfg(test)]
 pub(crate) async fn read_into<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
     pending_frame: usize,
 ) -> io::Result<usize> {
-    poll_fn(|cx| poll_read_into(stream, buf, pending_frame, cx)).await
+    std::future::poll_fn(|cx| poll_read_into(stream, buf, pending_frame, cx)).await
 }
 
-/// The poll form of [`read_into`]: holds nothing between polls, so a
+/// Reads once from `stream` into `buf` (see `read_into`): holds nothing between polls, so a
 /// waiting connection's state is its buffer (empty when idle) alone.
 pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
     stream: &mut R,
@@ -192,12 +193,8 @@ fn poll_read_buf<R: AsyncRead + Unpin>(
 }
 
 /// Reads and discards until EOF or an error (the linger after our FIN),
-/// through the per-thread scratch buffer so that waiting costs nothing.
-pub(crate) async fn drain<R: AsyncRead + Unpin>(stream: &mut R) {
-    poll_fn(|cx| poll_drain(stream, cx)).await
-}
-
-/// The poll form of [`drain`]: ready at EOF or on an error.
+/// through the per-thread scratch buffer so that waiting costs nothing:
+/// ready at EOF or on an error.
 pub(crate) fn poll_drain<R: AsyncRead + Unpin>(stream: &mut R, cx: &mut Context<'_>) -> Poll<()> {
     loop {
         let n = SCRATCH_BUF.with(|s| {

@@ -7,7 +7,7 @@
 //! Mozilla root store bundled by `webpki-roots`, plus any private CA given,
 //! and send SNI for host names.
 
-use crate::error::{Error, Result};
+use crate::error::{PemItem, Result, TlsError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -30,10 +30,6 @@ fn provider() -> Arc<CryptoProvider> {
     static P: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
         .clone()
-}
-
-fn tls_err(what: impl std::fmt::Display) -> Error {
-    Error::Tls(what.to_string())
 }
 
 /// How a client verifies the server's certificate.
@@ -64,7 +60,7 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>> {
     }
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(tls_err)?;
+        .map_err(TlsError::Config)?;
     let mut config = match verify {
         Verify::Insecure => builder
             .dangerous()
@@ -91,7 +87,7 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>> {
             }
             let roots = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
-                .map_err(tls_err)?;
+                .map_err(TlsError::Verifier)?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinnedOrRoots { pinned, roots }))
@@ -109,50 +105,73 @@ pub fn client_config(verify: &Verify) -> Result<Arc<ClientConfig>> {
 /// A server configuration from a PEM certificate chain and a PEM private
 /// key (PKCS#8, PKCS#1 or SEC1).
 pub fn server_config_from_pem(cert_chain: &[u8], key: &[u8]) -> Result<Arc<ServerConfig>> {
-    let certs = CertificateDer::pem_slice_iter(cert_chain)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(format!("certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(tls_err("certificate: no CERTIFICATE block in the PEM"));
-    }
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| tls_err(format!("key: {e}")))?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(tls_err)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(tls_err)?;
-    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-    Ok(Arc::new(config))
+    server_config_at(cert_chain, key, None, None)
 }
 
 /// [`server_config_from_pem`] reading two files.
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|e| tls_err(format!("cannot read {}: {e}", p.display())))
-    };
-    server_config_from_pem(&read(cert_file)?, &read(key_file)?).map_err(|e| {
-        tls_err(format!(
-            "{} / {}: {e}",
-            cert_file.display(),
-            key_file.display()
-        ))
+    server_config_at(
+        &read_pem(cert_file)?,
+        &read_pem(key_file)?,
+        Some(cert_file),
+        Some(key_file),
+    )
+}
+
+/// The server configuration; the paths, when the PEM came from files,
+/// name them in errors.
+fn server_config_at(
+    cert_chain: &[u8],
+    key: &[u8],
+    cert_file: Option<&Path>,
+    key_file: Option<&Path>,
+) -> Result<Arc<ServerConfig>> {
+    let certs = parse_certs(cert_chain, cert_file)?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|source| TlsError::Pem {
+        item: PemItem::Key,
+        path: key_file.map(Path::to_path_buf),
+        source,
+    })?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(TlsError::Config)?;
+    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| {
+        TlsError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
     })
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem =
-        std::fs::read(path).map_err(|e| tls_err(format!("cannot read {}: {e}", path.display())))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+/// The certificates of a PEM chain: at least one.
+fn parse_certs(pem: &[u8], path: Option<&Path>) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+        .map_err(|source| TlsError::Pem {
+            item: PemItem::Certificate,
+            path: path.map(Path::to_path_buf),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(tls_err(format!(
-            "{}: no CERTIFICATE block in the PEM",
-            path.display()
-        )));
+        return Err(TlsError::NoCertificate {
+            path: path.map(Path::to_path_buf),
+        }
+        .into());
     }
     Ok(certs)
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    parse_certs(&read_pem(path)?, Some(path))
 }
 
 /// Runs the TLS client handshake over `stream`, sending SNI for `host`
@@ -165,12 +184,18 @@ pub async fn connect_tls<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|e| tls_err(format!("{host}: not a valid server name: {e}")))?;
-    TlsConnector::from(config)
+    let name = ServerName::try_from(host.to_string()).map_err(|source| TlsError::ServerName {
+        host: host.to_string(),
+        source,
+    })?;
+    let tls = TlsConnector::from(config)
         .connect(name, stream)
         .await
-        .map_err(|e| tls_err(format!("handshake with {host} failed: {e}")))
+        .map_err(|source| TlsError::Handshake {
+            host: host.to_string(),
+            source,
+        })?;
+    Ok(tls)
 }
 
 /// A client's transport: plain TCP for `ws://`, TLS for `wss://`.

@@ -1,6 +1,6 @@
 //! `ws://` and `wss://` URLs.
 
-use crate::error::Error;
+use crate::error::UrlError;
 
 /// A parsed WebSocket URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,16 +18,15 @@ pub struct WsUrl {
 impl WsUrl {
     /// Parses `ws://host[:port][/path][?query]` (also `wss://`, and `http(s)://`
     /// as aliases). Fragments are not allowed (RFC 6455 §3).
-    pub fn parse(url: &str) -> Result<WsUrl, Error> {
-        let bad = |why: &str| Error::Url(format!("{url}: {why}"));
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("missing scheme"))?;
+    pub fn parse(url: &str) -> Result<WsUrl, UrlError> {
+        let (scheme, rest) = url.split_once("://").ok_or(UrlError::MissingScheme)?;
         let secure = match scheme.to_ascii_lowercase().as_str() {
             "ws" | "http" => false,
             "wss" | "https" => true,
-            _ => return Err(bad("scheme must be ws or wss")),
+            _ => return Err(UrlError::UnsupportedScheme(scheme.to_string())),
         };
         if rest.contains('#') {
-            return Err(bad("fragments are not allowed"));
+            return Err(UrlError::Fragment);
         }
         let (authority, target) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
@@ -35,27 +34,25 @@ impl WsUrl {
             None => (rest, "/".to_string()),
         };
         if authority.contains('@') {
-            return Err(bad("user info is not supported"));
+            return Err(UrlError::UserInfo);
         }
         let default_port = if secure { 443 } else { 80 };
         let (host, port) = if let Some(r) = authority.strip_prefix('[') {
-            let (h, after) = r
-                .split_once(']')
-                .ok_or_else(|| bad("unclosed IPv6 literal"))?;
+            let (h, after) = r.split_once(']').ok_or(UrlError::UnclosedIpv6)?;
             let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+                Some(p) => p.parse().map_err(|_| UrlError::BadPort)?,
                 None if after.is_empty() => default_port,
-                None => return Err(bad("junk after IPv6 literal")),
+                None => return Err(UrlError::JunkAfterIpv6),
             };
             (h.to_string(), port)
         } else {
             match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad("bad port"))?),
+                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| UrlError::BadPort)?),
                 None => (authority.to_string(), default_port),
             }
         };
         if host.is_empty() {
-            return Err(bad("missing host"));
+            return Err(UrlError::MissingHost);
         }
         Ok(WsUrl {
             secure,
@@ -104,15 +101,18 @@ mod tests {
 
     #[test]
     fn refuses_bad_urls() {
-        for u in [
-            "example.com",
-            "ftp://x",
-            "ws://",
-            "ws://x:notaport",
-            "ws://x/#frag",
-            "ws://u@x",
+        for (u, why) in [
+            ("example.com", UrlError::MissingScheme),
+            ("ftp://x", UrlError::UnsupportedScheme("ftp".into())),
+            ("ws://", UrlError::MissingHost),
+            ("ws://x:notaport", UrlError::BadPort),
+            ("ws://x:65536", UrlError::BadPort),
+            ("ws://x/#frag", UrlError::Fragment),
+            ("ws://u@x", UrlError::UserInfo),
+            ("ws://[::1", UrlError::UnclosedIpv6),
+            ("ws://[::1]x", UrlError::JunkAfterIpv6),
         ] {
-            assert!(WsUrl::parse(u).is_err(), "{u}");
+            assert_eq!(WsUrl::parse(u), Err(why), "{u}");
         }
     }
 }

@@ -58,6 +58,57 @@ pub struct WebSocket<S> {
     phase: Phase,
     transport_closed: bool,
     reported_error: bool,
+    /// Where the last `poll_recv` waits (if it returned `Pending` and none
+    /// ran since). Waiting for input, a flush that empties the queue
+    /// meanwhile (from a [`WsSender`] while the [`WsReceiver`] waits)
+    /// releases the idle buffers as that wait would have.
+    ///
+    /// [`WsSender`]: crate::WsSender
+    /// [`WsReceiver`]: crate::WsReceiver
+    recv_wait: RecvWait,
+}
+
+/// Where a pending `poll_recv` waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvWait {
+    /// Not waiting, or on the transport's shutdown.
+    Other,
+    /// For queued frames to be written before it reads.
+    Flush,
+    /// For input, with nothing queued.
+    Input,
+}
+
+/// What the other half of a split socket may be waiting on: compared
+/// before and after each call through one half (see `split.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// Bytes queued.
+    pub(crate) outbound: usize,
+    /// The closing handshake, the driver's phase, the transport.
+    pub(crate) lifecycle: (State, Phase, bool),
+    /// What the one timer is armed for.
+    pub(crate) timer: Timer,
+    /// Where a pending receive waits.
+    pub(crate) recv_wait: RecvWait,
+}
+
+impl Progress {
+    /// Whether a sender waiting for room or for a flush should look again:
+    /// the queue shrank, or the connection moved on (it may have failed).
+    pub(crate) fn wakes_sender(&self, before: &Progress) -> bool {
+        self.outbound < before.outbound || self.lifecycle != before.lifecycle
+    }
+
+    /// Whether a pending receiver should look again: closing started (its
+    /// close deadline must be armed), the connection moved on, the timer
+    /// it was waiting on was taken for a write, or the frames it waited to
+    /// see written before reading were written by the sender.
+    pub(crate) fn wakes_receiver(&self, before: &Progress) -> bool {
+        self.lifecycle != before.lifecycle
+            || (before.timer == Timer::Read && self.timer != Timer::Read)
+            || (before.recv_wait == RecvWait::Flush && self.outbound < before.outbound)
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
@@ -97,6 +148,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             phase: Phase::Open,
             transport_closed: false,
             reported_error: false,
+            recv_wait: RecvWait::Other,
+        }
+    }
+
+    /// The state a split half compares before and after a call.
+    pub(crate) fn progress(&self) -> Progress {
+        Progress {
+            outbound: self.conn.outbound_len(),
+            lifecycle: (self.conn.state(), self.phase, self.transport_closed),
+            timer: self.timer_use,
+            recv_wait: self.recv_wait,
         }
     }
 
@@ -188,8 +250,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Sends a ping.
     pub async fn ping(&mut self, payload: &[u8]) -> Result<()> {
-        self.conn.ping(payload)?;
+        self.queue_ping(payload)?;
         self.flush().await
+    }
+
+    /// Queues a ping (at most 125 bytes of payload).
+    pub(crate) fn queue_ping(&mut self, payload: &[u8]) -> Result<()> {
+        self.conn.ping(payload)?;
+        Ok(())
+    }
+
+    /// Queues a close frame unless closing has started.
+    pub(crate) fn start_closing(&mut self, frame: Option<CloseFrame>) -> Result<()> {
+        self.conn.close(frame)?;
+        Ok(())
     }
 
     /// Writes everything queued, coalescing frames into vectored writes.
@@ -219,7 +293,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 }
             }
         }
-        Pin::new(&mut self.stream).poll_flush(cx).map_err(Error::Io)
+        let flushed = ready!(Pin::new(&mut self.stream).poll_flush(cx)).map_err(Error::Io);
+        if self.recv_wait == RecvWait::Input {
+            // The receiving side waits for input and nothing is queued now.
+            self.conn.release_idle_buffers();
+        }
+        Poll::Ready(flushed)
     }
 
     /// Ready when a message may be queued without going over
@@ -260,12 +339,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Closes with 1000 (unless closing has started) and polls until the
     /// closing handshake and the transport are done (`Sink::poll_close`).
-    /// Data messages that arrive meanwhile are discarded.
+    /// Data messages that arrive meanwhile are discarded. `Ok(())` only for
+    /// a clean close; otherwise the error [`recv`](Self::recv) reports
+    /// ([`Error::CloseTimeout`] for a peer that never answered).
     pub fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if self.conn.state() == State::Open {
-            self.conn
-                .close(Some(CloseFrame::new(CloseCode::NORMAL, "")))?;
-        }
+        self.start_closing(Some(CloseFrame::new(CloseCode::NORMAL, "")))?;
         loop {
             match ready!(self.poll_recv(cx)) {
                 Some(Ok(_)) => continue,
@@ -277,7 +355,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// The next data message. `None` once the connection has closed cleanly
     /// (see [`close_code`](Self::close_code)); `Some(Err(_))` once if it was
-    /// failed or dropped, then `None`.
+    /// failed or dropped, or if the peer never answered our close frame
+    /// ([`Error::CloseTimeout`]), then `None`.
     pub async fn recv(&mut self) -> Option<Result<Message>> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
@@ -285,6 +364,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// The poll form of [`recv`](Self::recv). All its state lives in the
     /// `WebSocket`, so a task waiting on it holds nothing else.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
+        self.recv_wait = RecvWait::Other;
         loop {
             match self.phase {
                 Phase::Open => {}
@@ -308,8 +388,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 }
             }
             if self.conn.outbound_len() > 0 {
-                if let Err(e) = ready!(self.poll_flush(cx)) {
-                    self.start_abort(e);
+                match self.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => self.start_abort(e),
+                    Poll::Pending => {
+                        self.recv_wait = RecvWait::Flush;
+                        return Poll::Pending;
+                    }
                 }
                 continue;
             }
@@ -351,10 +436,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                                     self.disarm(Timer::Read);
                                     continue;
                                 }
-                                Poll::Pending => return Poll::Pending,
+                                Poll::Pending => {
+                                    self.recv_wait = RecvWait::Input;
+                                    return Poll::Pending;
+                                }
                             }
                         }
-                        None => return Poll::Pending,
+                        None => {
+                            self.recv_wait = RecvWait::Input;
+                            return Poll::Pending;
+                        }
                     }
                 }
             };
@@ -385,12 +476,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
+    /// The end of the connection, reported once: `None` for a clean
+    /// close, else what went wrong.
     fn take_error(&mut self) -> Option<Result<Message>> {
-        match self.conn.error().cloned() {
-            Some(e) => self.report(e.into()),
-            None if !self.conn.is_closed() => self.report(Error::AbnormalClosure),
-            None => None,
-        }
+        let conn = &self.conn;
+        let e = match conn.error().cloned() {
+            Some(e) => e.into(),
+            None if !conn.is_closed() => Error::AbnormalClosure,
+            // Closed with our close frame sent and none received, without
+            // an error: the close deadline passed.
+            None if conn.sent_close().is_some() && conn.received_close().is_none() => {
+                Error::CloseTimeout
+            }
+            None => return None,
+        };
+        self.report(e)
     }
 
     /// The transport failed: shut it down, then report `e`.
@@ -487,11 +587,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
-    /// Starts the closing handshake and waits until it completes (or
-    /// `close_timeout` passes). Data messages that arrive meanwhile are
-    /// discarded.
+    /// Starts the closing handshake and waits until it completes. Data
+    /// messages that arrive meanwhile are discarded.
+    ///
+    /// `Ok(())` means the closing handshake completed cleanly. A peer that
+    /// does not answer within `close_timeout` is
+    /// [`Error::CloseTimeout`] (the connection is then closed anyway);
+    /// one that drops the connection or breaks the protocol meanwhile is
+    /// the error [`recv`](Self::recv) would report.
     pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
-        self.conn.close(Some(CloseFrame::new(code, reason)))?;
+        self.start_closing(Some(CloseFrame::new(code, reason)))?;
         self.close_inner().await
     }
 
@@ -499,26 +604,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// [`recv`](Self::recv), which returns the messages the peer sent before
     /// it saw the close, then `None` once the closing handshake completes.
     pub async fn start_close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
-        self.conn.close(Some(CloseFrame::new(code, reason)))?;
+        self.start_closing(Some(CloseFrame::new(code, reason)))?;
         self.flush().await
     }
 
     /// Like [`close`](Self::close) without a status code.
     pub async fn close_without_code(&mut self) -> Result<()> {
-        self.conn.close(None)?;
+        self.start_closing(None)?;
         self.close_inner().await
     }
 
+    /// Runs the closing handshake to its end. The driver gives up on the
+    /// peer's close frame after `close_timeout` and a client lingers at
+    /// most as long for the server's FIN; three times that is a backstop
+    /// for a transport that stalls otherwise (a write that blocks below
+    /// `write_timeout`), reported as the timeout it is, once.
     async fn close_inner(&mut self) -> Result<()> {
         let timeout: Duration = self.conn.config().close_timeout;
-        let _ =
-            tokio::time::timeout(timeout * 2, async { while self.recv().await.is_some() {} }).await;
-        Ok(())
+        match tokio::time::timeout(timeout * 3, poll_fn(|cx| self.poll_close(cx))).await {
+            Ok(done) => done,
+            Err(_) => {
+                self.reported_error = true;
+                Err(Error::CloseTimeout)
+            }
+        }
     }
 
     /// Splits into a sending and a receiving half, for use from two tasks.
+    /// Both are views of this one `WebSocket` (see [`crate::split`]).
     pub fn split(self) -> (crate::split::WsSender<S>, crate::split::WsReceiver<S>) {
-        crate::split::split(self.stream, self.conn, self.rbuf)
+        crate::split::split(self)
     }
 
     /// The underlying stream.
@@ -586,7 +701,7 @@ enum Limit {
 
 /// What the connection's one timer is armed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Timer {
+pub(crate) enum Timer {
     None,
     /// No write progress since it was armed (`write_timeout`).
     Write,
@@ -597,8 +712,8 @@ enum Timer {
 }
 
 /// Where a connection stands, beyond what `Connection` knows.
-#[derive(Debug)]
-enum Phase {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
     Open,
     /// The transport failed: shutting it down, then `Extra::aborted` is
     /// reported.
@@ -610,8 +725,8 @@ enum Phase {
 }
 
 /// The steps after the closing handshake.
-#[derive(Debug, Clone, Copy)]
-enum Finish {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
     Flush,
     Shutdown,
     Drain,

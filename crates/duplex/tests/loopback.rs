@@ -1,8 +1,26 @@
-//! The tokio layer over real loopback sockets.
+//! The tokio layer over real loopback sockets. The tests of a connection's
+//! life (messages, closing, timeouts) run twice, against a whole
+//! `WebSocket` and against its split halves (`both!`).
+
+#[macro_use]
+mod support;
 
 use duplex::{ClientOptions, CloseCode, Decision, Error, Message, ReadyState};
 use std::time::Duration;
+use support::{client_frame, raw_client, Mode, Ws};
 use tokio::net::TcpListener;
+
+both!(
+    echo_with_browser_style_state,
+    dropped_transport_is_an_abnormal_closure,
+    keepalive_ping_is_answered_automatically,
+    write_timeout_fails_a_peer_that_stops_reading,
+    keepalive_fails_a_peer_that_never_answers_pings,
+    close_gives_up_on_a_peer_that_never_answers,
+    frames_sent_with_the_handshake_response_are_seen_at_once,
+    stream_and_sink_carry_messages_and_close,
+    server_closes_the_tcp_connection_first_after_a_clean_close,
+);
 
 /// Serves one connection with `serve`, returns the ws:// URL.
 async fn one_shot<F, Fut>(serve: F) -> (String, tokio::task::JoinHandle<()>)
@@ -19,22 +37,23 @@ where
     (url, h)
 }
 
-#[tokio::test]
-async fn echo_with_browser_style_state() {
-    let (url, server) = one_shot(|tcp| async move {
-        let mut ws = duplex::accept(tcp).await.unwrap();
+async fn echo_with_browser_style_state(mode: Mode) {
+    let (url, server) = one_shot(move |tcp| async move {
+        let mut ws = Ws::new(duplex::accept(tcp).await.unwrap(), mode);
         while let Some(m) = ws.recv().await {
             ws.send(m.unwrap()).await.unwrap();
         }
         assert_eq!(ws.close_code(), Some(CloseCode(4000)));
-        assert_eq!(ws.close_reason(), Some("app done"));
+        assert_eq!(ws.close_reason().as_deref(), Some("app done"));
         assert!(ws.was_clean());
+        assert_eq!(ws.ready_state(), ReadyState::Closed);
     })
     .await;
-    let mut ws = duplex::connect(&url).await.unwrap();
-    assert_eq!(ws.ready_state(), ReadyState::Open);
+    let ws = duplex::connect(&url).await.unwrap();
     assert_eq!(ws.url(), Some(url.as_str()));
     assert_eq!(ws.extensions(), "permessage-deflate");
+    let mut ws = Ws::new(ws, mode);
+    assert_eq!(ws.ready_state(), ReadyState::Open);
     for i in 0..100 {
         ws.feed(Message::text(format!("message {i}")))
             .await
@@ -129,14 +148,13 @@ async fn split_halves_work_from_two_tasks() {
     server.await.unwrap();
 }
 
-#[tokio::test]
-async fn dropped_transport_is_an_abnormal_closure() {
+async fn dropped_transport_is_an_abnormal_closure(mode: Mode) {
     let (url, server) = one_shot(|tcp| async move {
         let ws = duplex::accept(tcp).await.unwrap();
         drop(ws);
     })
     .await;
-    let mut ws = duplex::connect(&url).await.unwrap();
+    let mut ws = Ws::new(duplex::connect(&url).await.unwrap(), mode);
     server.await.unwrap();
     assert!(matches!(ws.recv().await, Some(Err(Error::AbnormalClosure))));
     assert!(ws.recv().await.is_none());
@@ -144,16 +162,16 @@ async fn dropped_transport_is_an_abnormal_closure() {
     assert!(!ws.was_clean());
 }
 
-#[tokio::test]
-async fn keepalive_ping_is_answered_automatically() {
-    let (url, server) = one_shot(|tcp| async move {
-        let mut ws = duplex::accept(tcp).await.unwrap();
+async fn keepalive_ping_is_answered_automatically(mode: Mode) {
+    let (url, server) = one_shot(move |tcp| async move {
+        let mut ws = Ws::new(duplex::accept(tcp).await.unwrap(), mode);
         // The server only reads; pongs to the client's pings go out by themselves.
         while ws.recv().await.is_some() {}
+        assert!(ws.was_clean());
     })
     .await;
     let cfg = duplex::Config::default().with_ping_interval(Some(Duration::from_millis(50)));
-    let mut ws = duplex::connect_with(
+    let ws = duplex::connect_with(
         &url,
         ClientOptions {
             config: cfg,
@@ -162,6 +180,7 @@ async fn keepalive_ping_is_answered_automatically() {
     )
     .await
     .unwrap();
+    let mut ws = Ws::new(ws, mode);
     // Idle for several ping intervals: no pong timeout, still open.
     let r = tokio::time::timeout(Duration::from_millis(400), ws.recv()).await;
     assert!(r.is_err(), "no message expected");
@@ -244,16 +263,16 @@ fn client_with(config: duplex::Config) -> ClientOptions {
     }
 }
 
-#[tokio::test]
-async fn write_timeout_fails_a_peer_that_stops_reading() {
+async fn write_timeout_fails_a_peer_that_stops_reading(mode: Mode) {
     let (url, server) = raw_peer(|tcp| async move {
         // Holds the socket open without reading a byte.
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        std::future::pending::<()>().await;
         drop(tcp);
     })
     .await;
     let cfg = duplex::Config::default().with_write_timeout(Duration::from_millis(300));
-    let mut ws = duplex::connect_with(&url, client_with(cfg)).await.unwrap();
+    let ws = duplex::connect_with(&url, client_with(cfg)).await.unwrap();
+    let mut ws = Ws::new(ws, mode);
     let big = bytes::Bytes::from(vec![7u8; 1 << 20]);
     let started = std::time::Instant::now();
     let err = loop {
@@ -267,42 +286,55 @@ async fn write_timeout_fails_a_peer_that_stops_reading() {
         );
     };
     assert!(matches!(err, Error::WriteTimeout), "{err}");
+    // The end of the connection is reported once, as the same error.
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.recv())
+        .await
+        .expect("the failed connection ends");
+    assert!(matches!(end, Some(Err(Error::WriteTimeout))), "{end:?}");
+    assert!(ws.recv().await.is_none());
+    assert_eq!(ws.close_code(), Some(CloseCode::ABNORMAL));
     server.abort();
 }
 
-#[tokio::test]
-async fn keepalive_fails_a_peer_that_never_answers_pings() {
+async fn keepalive_fails_a_peer_that_never_answers_pings(mode: Mode) {
     let (url, server) = raw_peer(swallow).await;
     let cfg = duplex::Config::default()
         .with_ping_interval(Some(Duration::from_millis(50)))
         .with_pong_timeout(Duration::from_millis(150));
-    let mut ws = duplex::connect_with(&url, client_with(cfg)).await.unwrap();
+    let ws = duplex::connect_with(&url, client_with(cfg)).await.unwrap();
+    let mut ws = Ws::new(ws, mode);
     let r = tokio::time::timeout(Duration::from_secs(5), ws.recv())
         .await
         .expect("keepalive gave up in time");
     let err = r.expect("an error, not a clean end").unwrap_err();
-    assert!(err.to_string().contains("pong"), "{err}");
+    assert!(
+        matches!(err, Error::Protocol(duplex::proto::Error::KeepaliveTimeout)),
+        "{err:?}"
+    );
     assert!(ws.recv().await.is_none());
     assert_eq!(ws.ready_state(), ReadyState::Closed);
     assert!(!ws.was_clean());
     server.await.unwrap();
 }
 
-#[tokio::test]
-async fn close_gives_up_on_a_peer_that_never_answers() {
+async fn close_gives_up_on_a_peer_that_never_answers(mode: Mode) {
     let (url, server) = raw_peer(|tcp| async move {
         // Reads our close but neither answers it nor closes its side.
         use tokio::io::AsyncReadExt;
         let mut tcp = tcp;
         let mut buf = [0u8; 64];
         let _ = tcp.read(&mut buf).await;
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        std::future::pending::<()>().await;
     })
     .await;
     let cfg = duplex::Config::default().with_close_timeout(Duration::from_millis(200));
-    let mut ws = duplex::connect_with(&url, client_with(cfg)).await.unwrap();
+    let ws = duplex::connect_with(&url, client_with(cfg)).await.unwrap();
+    let mut ws = Ws::new(ws, mode);
     let started = std::time::Instant::now();
-    ws.close(CloseCode::NORMAL, "bye").await.unwrap();
+    // A close that timed out says so.
+    let err = ws.close(CloseCode::NORMAL, "bye").await.unwrap_err();
+    assert!(matches!(err, Error::CloseTimeout), "{err:?}");
+    assert!(ws.recv().await.is_none(), "reported once");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -314,8 +346,7 @@ async fn close_gives_up_on_a_peer_that_never_answers() {
     server.abort();
 }
 
-#[tokio::test]
-async fn frames_sent_with_the_handshake_response_are_seen_at_once() {
+async fn frames_sent_with_the_handshake_response_are_seen_at_once(mode: Mode) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Response and a first text frame in one write; then wait for the echo.
     let (url, server) =
@@ -329,7 +360,7 @@ async fn frames_sent_with_the_handshake_response_are_seen_at_once() {
             let _ = tcp.shutdown().await;
         })
         .await;
-    let mut ws = duplex::connect(&url).await.unwrap();
+    let mut ws = Ws::new(duplex::connect(&url).await.unwrap(), mode);
     let m = tokio::time::timeout(Duration::from_secs(5), ws.recv())
         .await
         .expect("first frame seen")
@@ -340,75 +371,43 @@ async fn frames_sent_with_the_handshake_response_are_seen_at_once() {
     server.await.unwrap();
 }
 
-#[tokio::test]
-async fn stream_and_sink_carry_messages_and_close() {
-    use futures_util::{SinkExt, StreamExt};
-    let (url, server) = one_shot(|tcp| async move {
-        let mut ws = duplex::accept(tcp).await.unwrap();
-        // Echo through the Stream and Sink impls.
+async fn stream_and_sink_carry_messages_and_close(mode: Mode) {
+    let (url, server) = one_shot(move |tcp| async move {
+        let mut ws = Ws::new(duplex::accept(tcp).await.unwrap(), mode);
+        // Echo through the Stream and Sink impls: fed messages leave when
+        // the stream waits for input.
         while let Some(m) = ws.next().await {
-            ws.feed(m.unwrap()).await.unwrap();
+            ws.sink_feed(m.unwrap()).await.unwrap();
         }
         assert_eq!(ws.close_code(), Some(CloseCode::NORMAL));
         assert!(ws.was_clean());
     })
     .await;
-    let mut ws = duplex::connect(&url).await.unwrap();
+    let mut ws = Ws::new(duplex::connect(&url).await.unwrap(), mode);
     for i in 0..50 {
-        SinkExt::feed(&mut ws, Message::binary(vec![i as u8; i]))
+        ws.sink_feed(Message::binary(vec![i as u8; i]))
             .await
             .unwrap();
     }
-    SinkExt::flush(&mut ws).await.unwrap();
+    ws.sink_flush().await.unwrap();
     for i in 0..50 {
         let m = ws.next().await.unwrap().unwrap();
         assert_eq!(m, Message::binary(vec![i as u8; i]));
     }
-    SinkExt::close(&mut ws).await.unwrap();
+    // The whole socket's close runs the handshake; the sender's sends the
+    // close frame and the receiver's stream ends with the handshake.
+    ws.sink_close().await.unwrap();
+    assert!(ws.next().await.is_none());
     assert_eq!(ws.ready_state(), ReadyState::Closed);
     assert!(ws.was_clean());
-    assert!(ws.next().await.is_none());
     server.await.unwrap();
 }
 
-/// A client that opens the socket by hand and then speaks raw frames.
-async fn raw_client(url: &str) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = url.trim_start_matches("ws://").split('/').next().unwrap();
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET /chat HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        tcp.read_exact(&mut byte).await.unwrap();
-        got.push(byte[0]);
-    }
-    assert!(
-        got.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&got)
-    );
-    tcp
-}
-
-/// A masked client frame (mask key 0: the payload goes as is).
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
-    f.extend_from_slice(payload);
-    f
-}
-
-#[tokio::test]
-async fn server_closes_the_tcp_connection_first_after_a_clean_close() {
+async fn server_closes_the_tcp_connection_first_after_a_clean_close(mode: Mode) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let (url, server) = one_shot(|tcp| async move {
-        let mut ws = duplex::accept(tcp).await.unwrap();
+    let (url, server) = one_shot(move |tcp| async move {
+        let mut ws = Ws::new(duplex::accept(tcp).await.unwrap(), mode);
         assert!(ws.recv().await.is_none());
         assert!(ws.was_clean());
         let _ = done_tx.send(());

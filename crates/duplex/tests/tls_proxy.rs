@@ -1,7 +1,10 @@
 //! wss:// with rustls, HTTP CONNECT proxies, and the default handshake
 //! policy (Origin, subprotocols), over real loopback sockets.
 
-use duplex::{ClientOptions, CloseCode, Error, Message, Policy, Proxy, Verify};
+use duplex::tls::rustls;
+use duplex::{
+    ClientOptions, CloseCode, Error, Message, Policy, Proxy, ProxyError, TlsError, Verify,
+};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -93,9 +96,22 @@ async fn wss_refuses_an_untrusted_certificate_unless_insecure() {
     )
     .await
     .unwrap_err();
-    match err {
-        Error::Tls(msg) => assert!(msg.contains("certificate"), "{msg}"),
-        e => panic!("expected a TLS error, got {e}"),
+    match &err {
+        Error::Tls(tls @ TlsError::Handshake { host, .. }) => {
+            assert_eq!(host, "localhost");
+            // The rustls error is kept, not flattened into text.
+            assert!(
+                matches!(
+                    tls.rustls_error(),
+                    Some(rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::UnknownIssuer
+                    ))
+                ),
+                "{tls:?}"
+            );
+            assert!(std::error::Error::source(&err).is_some());
+        }
+        e => panic!("expected a TLS handshake error, got {e:?}"),
     }
     echo_roundtrip(
         &url,
@@ -115,15 +131,36 @@ async fn tls_config_errors_are_clear() {
     let junk = dir.join("junk.pem");
     std::fs::write(&junk, "not a pem file\n").unwrap();
     let missing = dir.join("missing.pem");
-    for (c, k) in [(&junk, &junk), (&missing, &junk)] {
-        match duplex::tls::server_config(c, k) {
-            Err(Error::Tls(msg)) => assert!(msg.contains(".pem"), "{msg}"),
-            other => panic!("expected a TLS error, got {other:?}"),
+    // Not PEM at all: no certificate in it, and the file is named.
+    match duplex::tls::server_config(&junk, &junk) {
+        Err(Error::Tls(TlsError::NoCertificate { path })) => {
+            assert_eq!(path.as_deref(), Some(junk.as_path()))
         }
+        other => panic!("expected a missing certificate, got {other:?}"),
     }
-    match duplex::tls::client_config(&Verify::OnlyCa(vec![junk])) {
-        Err(Error::Tls(msg)) => assert!(msg.contains("no CERTIFICATE"), "{msg}"),
-        other => panic!("expected a TLS error, got {other:?}"),
+    // A file that is not there: the I/O error is the source.
+    match duplex::tls::server_config(&missing, &junk) {
+        Err(Error::Tls(TlsError::ReadFile { path, source })) => {
+            assert_eq!(path, missing);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected a read error, got {other:?}"),
+    }
+    // A certificate without a usable key.
+    let (cert, _) = test_cert("nokey");
+    match duplex::tls::server_config(&cert, &junk) {
+        Err(Error::Tls(TlsError::Pem {
+            item: duplex::PemItem::Key,
+            path,
+            ..
+        })) => assert_eq!(path.as_deref(), Some(junk.as_path())),
+        other => panic!("expected a key error, got {other:?}"),
+    }
+    match duplex::tls::client_config(&Verify::OnlyCa(vec![junk.clone()])) {
+        Err(Error::Tls(TlsError::NoCertificate { path })) => {
+            assert_eq!(path.as_deref(), Some(junk.as_path()))
+        }
+        other => panic!("expected a missing certificate, got {other:?}"),
     }
 }
 
@@ -237,10 +274,16 @@ async fn proxy_authentication_and_refusal() {
     )
     .await
     .unwrap_err();
-    match err {
-        Error::Proxy(msg) => assert!(msg.contains("407"), "{msg}"),
-        e => panic!("expected a proxy error, got {e}"),
+    match &err {
+        Error::Proxy(ProxyError::Refused {
+            status: 407,
+            reason,
+        }) => {
+            assert_eq!(reason, "Proxy Authentication Required")
+        }
+        e => panic!("expected a proxy refusal, got {e:?}"),
     }
+    assert_eq!(err.http_status(), Some(407));
     echo_roundtrip(
         &url,
         ClientOptions {
@@ -384,5 +427,54 @@ async fn a_self_signed_ca_certificate_given_as_ca_is_pinned() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::Tls(_)), "{err}");
+    assert!(
+        matches!(&err, Error::Tls(TlsError::Handshake { .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn url_and_unreachable_proxy_errors_are_variants() {
+    let err = duplex::connect("ftp://example.com/").await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Url(duplex::UrlError::UnsupportedScheme(s)) if s == "ftp"),
+        "{err:?}"
+    );
+    assert!(std::error::Error::source(&err).is_some());
+    // A proxy nobody listens on: the connect error is kept as the source.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = l.local_addr().unwrap();
+    drop(l);
+    let err = duplex::connect_with(
+        "ws://127.0.0.1:9/",
+        ClientOptions {
+            proxy: Proxy::Url(format!("http://{dead}")),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    match &err {
+        Error::Proxy(ProxyError::Connect { proxy, source }) => {
+            assert_eq!(proxy, &dead.to_string());
+            assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+        e => panic!("expected an unreachable proxy, got {e:?}"),
+    }
+    let err = duplex::connect_with(
+        "ws://127.0.0.1:9/",
+        ClientOptions {
+            proxy: Proxy::Url("socks5://127.0.0.1:1080".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Proxy(ProxyError::Url(duplex::UrlError::UnsupportedScheme(_)))
+        ),
+        "{err:?}"
+    );
 }

@@ -74,7 +74,7 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     answer_wait: f64,
     /// Largest message accepted (bytes).
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = duplex::Config::default().max_message_size)]
     max_message_size: usize,
     /// Do not offer permessage-deflate.
     #[arg(long)]

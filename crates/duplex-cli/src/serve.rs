@@ -23,10 +23,18 @@ pub struct ServeArgs {
     listen: Option<SocketAddr>,
     /// Largest message accepted (bytes, after reassembly and inflation);
     /// larger ones close the connection with 1009.
-    #[arg(long, env = "DUPLEX_MAX_MESSAGE_SIZE", default_value_t = 64 << 20)]
+    #[arg(
+        long,
+        env = "DUPLEX_MAX_MESSAGE_SIZE",
+        default_value_t = duplex::Config::default().max_message_size
+    )]
     max_message_size: usize,
     /// Most frames in one fragmented message; more closes with 1008.
-    #[arg(long, env = "DUPLEX_MAX_FRAGMENTS", default_value_t = 131_072)]
+    #[arg(
+        long,
+        env = "DUPLEX_MAX_FRAGMENTS",
+        default_value_t = duplex::Config::default().max_fragments
+    )]
     max_fragments: usize,
     /// Refuse permessage-deflate even when clients offer it.
     #[arg(long, env = "DUPLEX_NO_DEFLATE")]
@@ -266,5 +274,30 @@ pub async fn run(a: ServeArgs) -> ExitCode {
             eprintln!("duplex serve: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// The limits a plain `duplex serve` runs with are the library's.
+    #[test]
+    fn limits_default_to_the_library_defaults() {
+        let a = Cli::try_parse_from(["serve"]).unwrap().serve;
+        let d = duplex::Config::default();
+        assert_eq!(a.max_message_size, d.max_message_size);
+        assert_eq!(a.max_fragments, d.max_fragments);
+        let a = Cli::try_parse_from(["serve", "--max-fragments", "7"])
+            .unwrap()
+            .serve;
+        assert_eq!(a.max_fragments, 7);
     }
 }

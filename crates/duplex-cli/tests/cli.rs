@@ -1,43 +1,17 @@
 //! The `duplex` binary, run as a user would.
 
 use duplex::{CloseCode, Message};
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, BufReader as BufReaderAsync};
 use tokio::net::TcpListener;
 
-const BIN: &str = env!("CARGO_BIN_EXE_duplex");
+mod common;
+use common::{serve_with, BIN};
 
 /// Starts `duplex serve` on a free port; returns the child and its address.
 fn serve() -> (std::process::Child, String) {
     serve_with(&[], "http")
-}
-
-/// `duplex serve` with extra flags; `scheme` is what it announces (http or
-/// https).
-fn serve_with(extra: &[&str], scheme: &str) -> (std::process::Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("serve exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split(&format!("listening on {scheme}://")).nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
 }
 
 #[tokio::test]

@@ -66,52 +66,147 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Sets `max_message_size`, and `max_frame_size` to the same value.
+    /// Sets `max_message_size`, and `max_frame_size` to the same value (a
+    /// frame larger than the largest message could never be accepted).
+    ///
+    /// ```
+    /// let c = duplex_proto::Config::default().with_max_message_size(1 << 20);
+    /// assert_eq!((c.max_message_size, c.max_frame_size), (1 << 20, 1 << 20));
+    /// ```
     pub fn with_max_message_size(mut self, n: usize) -> Self {
         self.max_message_size = n;
         self.max_frame_size = n;
         self
     }
 
-    /// Sets `max_frame_size`.
+    /// Sets `max_frame_size` alone.
+    ///
+    /// ```
+    /// let c = duplex_proto::Config::default().with_max_frame_size(64 << 10);
+    /// assert_eq!(c.max_frame_size, 64 << 10);
+    /// assert_eq!(c.max_message_size, 64 << 20); // unchanged
+    /// ```
     pub fn with_max_frame_size(mut self, n: usize) -> Self {
         self.max_frame_size = n;
         self
     }
 
     /// Sets `max_fragments`.
+    ///
+    /// ```
+    /// let c = duplex_proto::Config::default().with_max_fragments(1024);
+    /// assert_eq!(c.max_fragments, 1024);
+    /// ```
     pub fn with_max_fragments(mut self, n: usize) -> Self {
         self.max_fragments = n;
         self
     }
 
-    /// Sets or disables permessage-deflate.
-    pub fn with_deflate(mut self, d: Option<DeflateConfig>) -> Self {
-        self.deflate = d;
+    /// Sets `max_handshake_bytes`.
+    ///
+    /// ```
+    /// let c = duplex_proto::Config::default().with_max_handshake_bytes(8 << 10);
+    /// assert_eq!(c.max_handshake_bytes, 8 << 10);
+    /// ```
+    pub fn with_max_handshake_bytes(mut self, n: usize) -> Self {
+        self.max_handshake_bytes = n;
         self
     }
 
-    /// Sets the keepalive ping interval.
-    pub fn with_ping_interval(mut self, d: Option<Duration>) -> Self {
-        self.ping_interval = d;
+    /// Sets `max_headers`.
+    ///
+    /// ```
+    /// let c = duplex_proto::Config::default().with_max_headers(32);
+    /// assert_eq!(c.max_headers, 32);
+    /// ```
+    pub fn with_max_headers(mut self, n: usize) -> Self {
+        self.max_headers = n;
         self
     }
 
-    /// Sets how long to wait for the pong to a keepalive ping.
-    pub fn with_pong_timeout(mut self, d: Duration) -> Self {
-        self.pong_timeout = d;
+    /// Sets `handshake_timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = duplex_proto::Config::default().with_handshake_timeout(Duration::from_secs(3));
+    /// assert_eq!(c.handshake_timeout, Duration::from_secs(3));
+    /// ```
+    pub fn with_handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
         self
     }
 
-    /// Sets the write timeout.
+    /// Sets `write_buffer_size`.
+    ///
+    /// ```
+    /// let c = duplex_proto::Config::default().with_write_buffer_size(1 << 20);
+    /// assert_eq!(c.write_buffer_size, 1 << 20);
+    /// ```
+    pub fn with_write_buffer_size(mut self, n: usize) -> Self {
+        self.write_buffer_size = n;
+        self
+    }
+
+    /// Sets `write_timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = duplex_proto::Config::default().with_write_timeout(Duration::from_secs(5));
+    /// assert_eq!(c.write_timeout, Duration::from_secs(5));
+    /// ```
     pub fn with_write_timeout(mut self, d: Duration) -> Self {
         self.write_timeout = d;
         self
     }
 
-    /// Sets the close timeout.
+    /// Sets `close_timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = duplex_proto::Config::default().with_close_timeout(Duration::from_secs(1));
+    /// assert_eq!(c.close_timeout, Duration::from_secs(1));
+    /// ```
     pub fn with_close_timeout(mut self, d: Duration) -> Self {
         self.close_timeout = d;
+        self
+    }
+
+    /// Sets the keepalive `ping_interval`; `None` turns keepalive off.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = duplex_proto::Config::default().with_ping_interval(Some(Duration::from_secs(30)));
+    /// assert_eq!(c.ping_interval, Some(Duration::from_secs(30)));
+    /// ```
+    pub fn with_ping_interval(mut self, d: Option<Duration>) -> Self {
+        self.ping_interval = d;
+        self
+    }
+
+    /// Sets `pong_timeout`, how long to wait for the pong to a keepalive
+    /// ping.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = duplex_proto::Config::default().with_pong_timeout(Duration::from_secs(10));
+    /// assert_eq!(c.pong_timeout, Duration::from_secs(10));
+    /// ```
+    pub fn with_pong_timeout(mut self, d: Duration) -> Self {
+        self.pong_timeout = d;
+        self
+    }
+
+    /// Sets or (with `None`) disables permessage-deflate.
+    ///
+    /// ```
+    /// use duplex_proto::{Config, DeflateConfig};
+    /// let c = Config::default().with_deflate(None);
+    /// assert!(c.deflate.is_none());
+    /// let c = Config::default().with_deflate(Some(DeflateConfig::without_context_takeover()));
+    /// assert!(c.deflate.unwrap().no_context_takeover);
+    /// ```
+    pub fn with_deflate(mut self, d: Option<DeflateConfig>) -> Self {
+        self.deflate = d;
         self
     }
 }
@@ -152,6 +247,65 @@ impl DeflateConfig {
             request_peer_no_context_takeover: true,
             ..DeflateConfig::default()
         }
+    }
+}
+
+impl DeflateConfig {
+    /// Sets the compression `level`, 0–9 (values above 9 are taken as 9
+    /// when compressing).
+    ///
+    /// ```
+    /// let d = duplex_proto::DeflateConfig::default().with_level(6);
+    /// assert_eq!(d.level, 6);
+    /// ```
+    pub fn with_level(mut self, level: u32) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// Sets `max_window_bits`, 9–15 (values outside are clamped).
+    ///
+    /// ```
+    /// let d = duplex_proto::DeflateConfig::default().with_max_window_bits(10);
+    /// assert_eq!(d.max_window_bits, 10);
+    /// ```
+    pub fn with_max_window_bits(mut self, bits: u8) -> Self {
+        self.max_window_bits = bits;
+        self
+    }
+
+    /// Sets `no_context_takeover` (our compressor resets after every message).
+    ///
+    /// ```
+    /// let d = duplex_proto::DeflateConfig::default().with_no_context_takeover(true);
+    /// assert!(d.no_context_takeover);
+    /// ```
+    pub fn with_no_context_takeover(mut self, on: bool) -> Self {
+        self.no_context_takeover = on;
+        self
+    }
+
+    /// Sets `request_peer_no_context_takeover` (ask the peer to reset its
+    /// compressor after every message).
+    ///
+    /// ```
+    /// let d = duplex_proto::DeflateConfig::default().with_request_peer_no_context_takeover(true);
+    /// assert!(d.request_peer_no_context_takeover);
+    /// ```
+    pub fn with_request_peer_no_context_takeover(mut self, on: bool) -> Self {
+        self.request_peer_no_context_takeover = on;
+        self
+    }
+
+    /// Sets `min_compress_size`: shorter messages are sent uncompressed.
+    ///
+    /// ```
+    /// let d = duplex_proto::DeflateConfig::default().with_min_compress_size(256);
+    /// assert_eq!(d.min_compress_size, 256);
+    /// ```
+    pub fn with_min_compress_size(mut self, n: usize) -> Self {
+        self.min_compress_size = n;
+        self
     }
 }
 

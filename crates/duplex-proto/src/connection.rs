@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::deflate::{DeflateParams, Deflater, Inflater, Side};
 use crate::error::Error;
 use crate::frame::{FrameHeader, OpCode};
+use crate::growth;
 use crate::mask::apply_mask;
 use crate::message::{Event, Message};
 use crate::outbound::Outbound;
@@ -362,6 +363,8 @@ impl Connection {
                     let codec = self.codec.as_mut().ok_or(Error::ReservedBitsSet)?;
                     codec.inflater.inflate(chunk, &mut msg.buf, limit)
                 } else {
+                    // The headers kept the total within the limit.
+                    growth::reserve_within(&mut msg.buf, chunk.len(), limit);
                     msg.buf.extend_from_slice(chunk);
                     Ok(())
                 };
@@ -390,7 +393,7 @@ impl Connection {
                     }
                     inflated?;
                 }
-                self.deliver(msg.text, Bytes::from(msg.buf))?;
+                self.deliver(msg.text, growth::into_bytes(msg.buf))?;
             }
         }
     }

@@ -21,6 +21,7 @@
 
 use crate::config::DeflateConfig;
 use crate::error::Error;
+use crate::growth;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 /// The extension token.
@@ -429,7 +430,13 @@ impl Inflater {
     }
 
     /// Inflates a piece of a compressed message onto `out`, failing with
-    /// [`Error::MessageTooLarge`] as soon as `out` would exceed `limit` bytes.
+    /// [`Error::MessageTooLarge`] as soon as the output would exceed `limit`
+    /// bytes.
+    ///
+    /// `out`'s capacity never exceeds `limit` (an overflow is detected by
+    /// inflating into a few bytes on the stack), and it grows without a
+    /// trail of copies (see `growth.rs`): inflating a message costs its
+    /// inflated size plus at most about 1 MiB of outgrown buffers.
     pub fn inflate(
         &mut self,
         mut input: &[u8],
@@ -449,11 +456,11 @@ impl Inflater {
         });
         loop {
             if out.len() == out.capacity() {
-                let room = (limit + 1).saturating_sub(out.len());
-                if room == 0 {
-                    return Err(Error::MessageTooLarge { limit });
+                if out.len() >= limit {
+                    // Full at the limit: one more byte of output is too many.
+                    return Self::probe_past_limit(d, input, limit, &mut self.stream_ended);
                 }
-                out.reserve_exact(out.len().max(4096).min(room));
+                growth::reserve_within(out, 1, limit);
             }
             let (bi, bo) = (d.total_in(), d.total_out());
             let status = d
@@ -463,6 +470,8 @@ impl Inflater {
             let produced = d.total_out() - bo;
             input = &input[used..];
             if out.len() > limit {
+                // Only when the caller handed in a buffer with more
+                // capacity than the limit.
                 return Err(Error::MessageTooLarge { limit });
             }
             if status == Status::StreamEnd {
@@ -478,6 +487,45 @@ impl Inflater {
                 return Ok(());
             }
             if used == 0 && produced == 0 && out.len() < out.capacity() {
+                return Err(Error::InflateFailed("inflate made no progress".into()));
+            }
+        }
+    }
+
+    /// Inflates the rest of `input` into a scratch buffer once `out` holds
+    /// `limit` bytes: any output at all (including output zlib still holds
+    /// back from when `out` filled up) exceeds the limit.
+    fn probe_past_limit(
+        d: &mut Decompress,
+        mut input: &[u8],
+        limit: usize,
+        stream_ended: &mut bool,
+    ) -> Result<(), Error> {
+        let mut scratch = [0u8; 16];
+        loop {
+            let (bi, bo) = (d.total_in(), d.total_out());
+            let status = d
+                .decompress(input, &mut scratch, FlushDecompress::None)
+                .map_err(|e| Error::InflateFailed(e.to_string()))?;
+            let used = (d.total_in() - bi) as usize;
+            if d.total_out() > bo {
+                return Err(Error::MessageTooLarge { limit });
+            }
+            input = &input[used..];
+            if status == Status::StreamEnd {
+                *stream_ended = true;
+                if !input.is_empty() {
+                    return Err(Error::InflateFailed(
+                        "data after the final deflate block".into(),
+                    ));
+                }
+                return Ok(());
+            }
+            if input.is_empty() {
+                // Everything taken, and nothing came out.
+                return Ok(());
+            }
+            if used == 0 {
                 return Err(Error::InflateFailed("inflate made no progress".into()));
             }
         }
@@ -722,7 +770,54 @@ mod tests {
         let mut out = Vec::new();
         let err = i.inflate(&bomb, &mut out, 100_000).unwrap_err();
         assert_eq!(err, Error::MessageTooLarge { limit: 100_000 });
-        assert!(out.capacity() <= 100_001, "capacity {}", out.capacity());
+        assert!(out.capacity() <= 100_000, "capacity {}", out.capacity());
+    }
+
+    /// A message of exactly the limit inflates; one byte more is refused;
+    /// the output never has a capacity past the limit — whether zlib fills
+    /// the buffer in the middle of a match or not, in one piece or many,
+    /// below and above the size where the buffer stops doubling.
+    #[test]
+    fn exactly_the_limit_passes_one_byte_more_fails_and_capacity_stays_within() {
+        let cfg = DeflateConfig::default();
+        for n in [1, 4096, 5000, 1 << 20, (1 << 20) + 1, 3 << 20] {
+            // Runs (long matches) and text, so output stops mid-match too.
+            let data: Vec<u8> = (0..n)
+                .map(|i| {
+                    if (i / 700) % 2 == 0 {
+                        0
+                    } else {
+                        b"abcdefg"[i % 7]
+                    }
+                })
+                .collect();
+            let mut d = Deflater::new(Side::Client, &DeflateParams::default(), &cfg);
+            let z = d.compress(&data).unwrap();
+            for piece in [z.len(), 1000, 7] {
+                let run = |limit: usize| {
+                    let mut i = Inflater::new(Side::Server, &DeflateParams::default());
+                    let mut out = Vec::new();
+                    let mut r = Ok(());
+                    for c in z.chunks(piece) {
+                        r = i.inflate(c, &mut out, limit);
+                        assert!(out.capacity() <= limit, "capacity {}", out.capacity());
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                    if r.is_ok() {
+                        r = i.finish_message(&mut out, limit);
+                    }
+                    assert!(out.capacity() <= limit, "capacity {}", out.capacity());
+                    (r, out)
+                };
+                let (r, out) = run(n);
+                assert_eq!(r, Ok(()), "{n} bytes in pieces of {piece}");
+                assert!(out == data, "{n} bytes in pieces of {piece}");
+                let (r, _) = run(n - 1);
+                assert_eq!(r, Err(Error::MessageTooLarge { limit: n - 1 }), "{n}");
+            }
+        }
     }
 
     #[test]

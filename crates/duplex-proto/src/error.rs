@@ -89,8 +89,9 @@ pub enum Error {
     MethodNotGet,
     /// The request is not HTTP/1.1 or later.
     HttpVersion,
-    /// A required header is missing or has the wrong value.
-    BadHeader(&'static str),
+    /// A required header is missing or has the wrong value; which one, and
+    /// what is wrong, is in the [`HeaderError`].
+    BadHeader(HeaderError),
     /// `Sec-WebSocket-Version` is absent or not 13.
     UnsupportedVersion,
     /// `Sec-WebSocket-Key` is not 16 bytes of base64.
@@ -138,7 +139,7 @@ impl Error {
         match self {
             HandshakeTooLarge { .. } | TooManyHeaders { .. } => 431,
             // A plain request to a WebSocket endpoint: say what is required.
-            UnsupportedVersion | BadHeader("Upgrade: websocket") => 426,
+            UnsupportedVersion | BadHeader(HeaderError::UpgradeNotWebSocket) => 426,
             MethodNotGet => 405,
             _ => 400,
         }
@@ -215,3 +216,80 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// Which required opening-handshake header is missing or wrong
+/// ([`Error::BadHeader`]). The header's name is
+/// [`HeaderError::header`]; `Display` says what was required.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HeaderError {
+    /// A request without a `Host` header, or with an empty one (RFC 6455
+    /// §4.2.1 item 2). Answered 400.
+    MissingHost,
+    /// `Upgrade` is absent or does not list `websocket` (§4.2.1 item 3 in a
+    /// request, §4.1 item 2 in a response). A request like this is usually
+    /// plain HTTP sent to a WebSocket endpoint: answered 426 with
+    /// `Sec-WebSocket-Version: 13`.
+    UpgradeNotWebSocket,
+    /// `Connection` is absent or does not list `Upgrade` (§4.2.1 item 4,
+    /// §4.1 item 3). Answered 400.
+    ConnectionNotUpgrade,
+}
+
+impl HeaderError {
+    /// The header's name as RFC 6455 spells it (`"Host"`, `"Upgrade"`,
+    /// `"Connection"`).
+    pub fn header(&self) -> &'static str {
+        match self {
+            HeaderError::MissingHost => "Host",
+            HeaderError::UpgradeNotWebSocket => "Upgrade",
+            HeaderError::ConnectionNotUpgrade => "Connection",
+        }
+    }
+}
+
+impl fmt::Display for HeaderError {
+    /// The header as it is required: `Host`, `Upgrade: websocket`,
+    /// `Connection: Upgrade`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderError::MissingHost => f.write_str("Host"),
+            HeaderError::UpgradeNotWebSocket => f.write_str("Upgrade: websocket"),
+            HeaderError::ConnectionNotUpgrade => f.write_str("Connection: Upgrade"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Status and message come from the variant: each header names itself
+    /// and what was required, and only a missing `Upgrade: websocket` (plain
+    /// HTTP at a WebSocket endpoint) is a 426.
+    #[test]
+    fn bad_headers_say_which_header_and_get_their_status() {
+        for (h, name, status, text) in [
+            (HeaderError::MissingHost, "Host", 400, "Host"),
+            (
+                HeaderError::UpgradeNotWebSocket,
+                "Upgrade",
+                426,
+                "Upgrade: websocket",
+            ),
+            (
+                HeaderError::ConnectionNotUpgrade,
+                "Connection",
+                400,
+                "Connection: Upgrade",
+            ),
+        ] {
+            let e = Error::BadHeader(h);
+            assert_eq!(h.header(), name);
+            assert_eq!(e.http_status(), status, "{e}");
+            assert_eq!(e.to_string(), format!("missing or invalid header: {text}"));
+            assert!(e.is_handshake());
+            assert_eq!(e.close_code(), None);
+        }
+    }
+}

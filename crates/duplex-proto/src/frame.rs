@@ -206,7 +206,9 @@ fn put_header(out: &mut BytesMut, b0: u8, mask: Option<[u8; 4]>, len: u64) {
 /// any 4-bit opcode, reserved ones included) and payload, masked with `mask`
 /// when given, using the shortest length encoding. For tests, fuzz seeds and
 /// load generators that need frames a [`Connection`](crate::Connection)
-/// would never produce. Costs one allocation of the frame's size.
+/// would never produce. Costs one allocation of the frame's size. Only with
+/// the `test-support` feature.
+#[cfg(feature = "test-support")]
 pub fn encode_raw(first_byte: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(MAX_HEADER_LEN + payload.len());
     put_header(&mut out, first_byte, mask, payload.len() as u64);

@@ -6,12 +6,27 @@
 //! every behaviour is deterministic and can be fuzzed.
 //!
 //! ```
-//! use duplex_proto::{pair::Pair, Message, Event};
-//! let mut p = Pair::new(Default::default(), Default::default());
-//! p.client.send(Message::text("hi")).unwrap();
-//! p.transfer();
-//! assert_eq!(p.server.poll_event(), Some(Event::Message(Message::text("hi"))));
+//! use bytes::BytesMut;
+//! use duplex_proto::{Config, Connection, Event, Message, Role};
+//!
+//! // Both ends after the opening handshake (see `handshake`), without
+//! // permessage-deflate.
+//! let mut client = Connection::new(Role::Client, Config::default(), None);
+//! let mut server = Connection::new(Role::Server, Config::default(), None);
+//!
+//! client.send(Message::text("hi")).unwrap();
+//! // What a driver does with a socket: write the client's outbound bytes,
+//! // read them on the other side.
+//! let mut wire = BytesMut::from(client.outbound());
+//! client.consume_outbound(wire.len());
+//! server.receive(&mut wire).unwrap();
+//! assert_eq!(server.poll_event(), Some(Event::Message(Message::text("hi"))));
 //! ```
+//!
+//! Test scaffolding — an in-memory client/server pair with a virtual clock
+//! (`pair`), the fuzz-target bodies (`fuzzing`) and `frame::encode_raw` —
+//! is compiled only with the `test-support` feature, which no user build
+//! needs.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -22,11 +37,17 @@ pub mod deflate;
 pub mod error;
 pub mod frame;
 /// Fuzz-target bodies (`fuzz/`), also run over the seed corpora as tests.
+/// Only with the `test-support` feature.
+#[cfg(feature = "test-support")]
 pub mod fuzzing;
+mod growth;
 pub mod handshake;
 pub mod mask;
 pub mod message;
 mod outbound;
+/// An in-memory client/server pair for tests. Only with the `test-support`
+/// feature.
+#[cfg(feature = "test-support")]
 pub mod pair;
 pub mod prepared;
 pub mod utf8;
@@ -34,7 +55,7 @@ pub mod utf8;
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, DeflateConfig};
 pub use connection::{Connection, Role, State};
-pub use error::Error;
+pub use error::{Error, HeaderError};
 pub use message::{Event, Message};
 pub use prepared::PreparedMessage;
 pub use utf8::Utf8Bytes;

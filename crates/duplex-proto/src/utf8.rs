@@ -223,6 +223,141 @@ mod tests {
         split_valid(s, &cuts).unwrap();
     }
 
+    /// Feeds `data` in pieces ending at `cuts` and returns the index of the
+    /// piece (0-based; `cuts.len() + 1` for `finish`) that reported an error.
+    fn failing_piece(data: &[u8], cuts: &[usize]) -> Option<usize> {
+        let mut v = Utf8Validator::new();
+        let mut prev = 0;
+        for (i, &c) in cuts.iter().chain(std::iter::once(&data.len())).enumerate() {
+            let c = c.clamp(prev, data.len());
+            if v.feed(&data[prev..c]).is_err() {
+                return Some(i);
+            }
+            prev = c;
+        }
+        v.finish().is_err().then_some(cuts.len() + 1)
+    }
+
+    /// Checks the validator against std for `data` cut at `cuts` (sorted):
+    /// the same verdict, and no error before the first invalid byte nor
+    /// after the piece holding the byte that proves it.
+    fn check_against_std(data: &[u8], cuts: &[usize]) {
+        let got = failing_piece(data, cuts);
+        match std::str::from_utf8(data) {
+            Ok(_) => assert_eq!(got, None, "valid input refused, cuts {cuts:?}"),
+            Err(e) => {
+                let piece_of = |i: usize| cuts.iter().filter(|&&c| c <= i).count();
+                let got = got.unwrap_or_else(|| {
+                    panic!("invalid at {} accepted, cuts {cuts:?}", e.valid_up_to())
+                });
+                // Pieces wholly before the first invalid byte are a valid prefix.
+                let earliest = piece_of(e.valid_up_to());
+                let latest = match e.error_len() {
+                    // The sequence is invalid by its own bytes, or by the
+                    // byte after them.
+                    Some(n) => piece_of((e.valid_up_to() + n).min(data.len() - 1)),
+                    // Truncated at the end: only `finish` can tell.
+                    None => cuts.len() + 1,
+                };
+                assert!(
+                    (earliest..=latest).contains(&got),
+                    "error in piece {got}, expected {earliest}..={latest}: \
+                     invalid at {} (len {:?}) of {}, cuts {cuts:?}",
+                    e.valid_up_to(),
+                    e.error_len(),
+                    data.len()
+                );
+            }
+        }
+    }
+
+    /// Byte sequences that are never valid UTF-8, each of a different kind.
+    const INVALID: &[&[u8]] = &[
+        b"\x80",             // lone continuation byte
+        b"\xbf\x80",         // two of them
+        b"\xc0\xaf",         // overlong '/'
+        b"\xc1\xbf",         // overlong
+        b"\xe0\x80\xaf",     // overlong 3-byte
+        b"\xed\xa0\x80",     // UTF-16 surrogate
+        b"\xf0\x82\x82\xac", // overlong 4-byte
+        b"\xf4\x90\x80\x80", // above U+10FFFF
+        b"\xf5\x80\x80\x80", // never a lead byte
+        b"\xff",             // never in UTF-8
+        b"\xe2\x82",         // truncated 3-byte, followed by more text
+        b"\xf0\x9f\x98",     // truncated 4-byte, followed by more text
+        b"\xc3",             // truncated 2-byte, followed by more text
+    ];
+
+    /// Valid text of `len` bytes mixing 1- to 4-byte code points, so that
+    /// pieces start and end inside code points.
+    fn text(len: usize) -> Vec<u8> {
+        let mut s = String::new();
+        let alphabet = ['a', 'é', '€', '𝄞', ' ', 'ж', '中', '😀', 'z'];
+        let mut i = 0;
+        while s.len() < len {
+            s.push(alphabet[i % alphabet.len()]);
+            i += 1;
+        }
+        let mut b = s.into_bytes();
+        // Cut back to a code point boundary at or below `len`.
+        while std::str::from_utf8(&b[..len.min(b.len())]).is_err() {
+            b.pop();
+        }
+        b.truncate(len);
+        b
+    }
+
+    /// Cut sets: whole, the start and end of the invalid sequence, and
+    /// pieces of 63, 64 and 65 bytes (std below 64 bytes, simdutf8 from
+    /// 64: a piece on either side of the switch).
+    fn cut_sets(len: usize, at: usize, bad: usize) -> Vec<Vec<usize>> {
+        let mut sets = vec![
+            vec![],
+            vec![at],
+            vec![at + 1],
+            vec![at, at + bad],
+            vec![at.saturating_sub(64), at + 1],
+            vec![at.saturating_sub(63), at + bad + 64],
+        ];
+        for step in [63, 64, 65] {
+            sets.push((step..len).step_by(step).collect());
+        }
+        sets
+    }
+
+    /// Every invalid sequence at every position of a 3 KiB text, in every
+    /// cut set: std and the validator agree, and the validator fails in
+    /// the right piece.
+    #[test]
+    fn invalid_sequences_at_every_position_agree_with_std() {
+        let base = text(3 << 10);
+        for at in 0..=base.len() {
+            for bad in INVALID {
+                let mut data = base[..at].to_vec();
+                data.extend_from_slice(bad);
+                data.extend_from_slice(&base[at..]);
+                for cuts in cut_sets(data.len(), at, bad.len()) {
+                    check_against_std(&data, &cuts);
+                }
+            }
+        }
+    }
+
+    /// Valid texts of every length around the 64-byte switch and of a few
+    /// KiB, fed whole, byte by byte near the end, and in 63/64/65-byte
+    /// pieces.
+    #[test]
+    fn valid_text_of_any_length_passes_any_cut() {
+        for len in (0..200).chain([1000, 4095, 4096, 4097]) {
+            let data = text(len);
+            for cuts in cut_sets(data.len(), data.len() / 2, 1) {
+                check_against_std(&data, &cuts);
+            }
+            let tail: Vec<usize> = (data.len().saturating_sub(70)..data.len()).collect();
+            check_against_std(&data, &tail);
+        }
+    }
+
     proptest! {
         #[test]
         fn agrees_with_std_for_any_split(data in proptest::collection::vec(any::<u8>(), 0..64),
@@ -231,6 +366,30 @@ mod tests {
             cuts.sort();
             let expected = std::str::from_utf8(&data).is_ok();
             prop_assert_eq!(split_valid(&data, &cuts).is_ok(), expected);
+        }
+
+        /// Texts up to 4 KiB with an invalid sequence (or a random byte)
+        /// at any position, cut anywhere: pieces long and short enough to
+        /// take both validators.
+        #[test]
+        fn long_inputs_agree_with_std_for_any_split(
+            len in 0usize..4096,
+            at in any::<proptest::sample::Index>(),
+            bad in proptest::option::of(0..INVALID.len()),
+            random in any::<u8>(),
+            cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..8),
+        ) {
+            let base = text(len);
+            let at = at.index(base.len() + 1);
+            let mut data = base[..at].to_vec();
+            match bad {
+                Some(i) => data.extend_from_slice(INVALID[i]),
+                None => data.push(random),
+            }
+            data.extend_from_slice(&base[at..]);
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+            cuts.sort();
+            check_against_std(&data, &cuts);
         }
 
         #[test]

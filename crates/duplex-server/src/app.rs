@@ -45,7 +45,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 impl App {
     /// Builds the state; fails on unusable keys.
-    pub fn new(config: ServerConfig) -> Result<Arc<App>, String> {
+    pub fn new(config: ServerConfig) -> Result<Arc<App>, crate::Error> {
         let metrics = Arc::new(Metrics::default());
         let clock = Arc::new(SystemClock);
         let broker = Arc::new(LocalBroker::new(clock.clone()));
@@ -60,11 +60,11 @@ impl App {
                     .clone()
                     .with_max_message_size(config.centrifuge.max_message_size),
             ),
-            centrifuge: centrifuge::Front {
-                hub: hub.clone(),
-                auth: auth.clone(),
-                config: config.centrifuge.clone(),
-            },
+            centrifuge: centrifuge::Front::new(
+                hub.clone(),
+                auth.clone(),
+                config.centrifuge.clone(),
+            ),
             node: NodeInfo {
                 uid: crate::hub::new_client_id().to_string(),
                 name: config.node_name.clone(),

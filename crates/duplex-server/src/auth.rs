@@ -2,6 +2,7 @@
 //! ES256), and the key of the HTTP API. Comparisons of secrets are
 //! constant-time; clock skew is bounded ([`AuthConfig::leeway`]).
 
+use crate::error::{Error, FileAction, KeyKind};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -125,31 +126,45 @@ impl std::fmt::Debug for Auth {
 }
 
 /// Reads a PEM value: the text itself, or a path to a file holding it.
-fn pem(v: &str) -> Result<Vec<u8>, String> {
+fn pem(v: &str) -> Result<Vec<u8>, Error> {
     if v.trim_start().starts_with("-----BEGIN") {
         Ok(v.as_bytes().to_vec())
     } else {
-        std::fs::read(v).map_err(|e| format!("cannot read {v}: {e}"))
+        std::fs::read(v).map_err(|source| Error::File {
+            action: FileAction::Read,
+            path: v.into(),
+            source,
+        })
     }
 }
 
 impl Auth {
     /// Parses the configured keys.
-    pub fn new(config: AuthConfig) -> Result<Auth, String> {
+    pub fn new(config: AuthConfig) -> Result<Auth, Error> {
         let hmac = config
             .hmac_secret
             .as_ref()
             .map(|s| DecodingKey::from_secret(s.as_bytes()));
         let rsa = match &config.rsa_public_key {
-            Some(k) => Some(
-                DecodingKey::from_rsa_pem(&pem(k)?).map_err(|e| format!("RSA public key: {e}"))?,
-            ),
+            Some(k) => {
+                Some(
+                    DecodingKey::from_rsa_pem(&pem(k)?).map_err(|source| Error::TokenKey {
+                        kind: KeyKind::Rsa,
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         let ecdsa = match &config.ecdsa_public_key {
-            Some(k) => Some(
-                DecodingKey::from_ec_pem(&pem(k)?).map_err(|e| format!("ECDSA public key: {e}"))?,
-            ),
+            Some(k) => {
+                Some(
+                    DecodingKey::from_ec_pem(&pem(k)?).map_err(|source| Error::TokenKey {
+                        kind: KeyKind::Ecdsa,
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         Ok(Auth {

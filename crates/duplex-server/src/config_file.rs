@@ -4,6 +4,7 @@
 //! strings such as `"25s"` or `"5m"`, or integer seconds.
 
 use crate::config::ServerConfig;
+use crate::error::Error;
 use crate::hub::namespace::{ChannelOptions, PublishRule, SubscribeRule};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -19,10 +20,14 @@ enum Dur {
 }
 
 impl Dur {
-    fn get(&self, key: &str) -> Result<Duration, String> {
+    fn get(&self, key: &str) -> Result<Duration, Error> {
         match self {
             Dur::Secs(s) => Ok(Duration::from_secs(*s)),
-            Dur::Text(t) => humantime::parse_duration(t).map_err(|e| format!("{key}: {t:?}: {e}")),
+            Dur::Text(t) => humantime::parse_duration(t).map_err(|source| Error::Duration {
+                key: key.to_string(),
+                value: t.clone(),
+                source,
+            }),
         }
     }
 }
@@ -94,7 +99,7 @@ struct Namespace {
 }
 
 impl Namespace {
-    fn options(&self, name: &str) -> Result<ChannelOptions, String> {
+    fn options(&self, name: &str) -> Result<ChannelOptions, Error> {
         let d = ChannelOptions::default();
         let o = ChannelOptions {
             history_size: self.history_size.unwrap_or(d.history_size),
@@ -113,7 +118,10 @@ impl Namespace {
             recovery: self.recovery.unwrap_or(d.recovery),
         };
         if o.recovery && !o.has_history() {
-            return Err(format!("{name}: recovery needs history (history_size > 0)"));
+            return Err(Error::Setting {
+                key: name.to_string(),
+                requirement: "recovery needs history (history_size > 0)",
+            });
         }
         Ok(o)
     }
@@ -128,8 +136,8 @@ pub struct Extras {
 }
 
 /// Applies the file's settings over `config`.
-pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, String> {
-    let f: File = toml::from_str(text).map_err(|e| e.to_string())?;
+pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, Error> {
+    let f: File = toml::from_str(text).map_err(Error::ConfigFile)?;
     if let Some(l) = f.listen {
         config.listen = l;
     }
@@ -166,7 +174,10 @@ pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, String> {
     if let Some(d) = &h.ping_interval {
         c.ping_interval = d.get("hub.ping_interval")?;
         if c.ping_interval < Duration::from_secs(1) {
-            return Err("hub.ping_interval: at least 1s".into());
+            return Err(Error::Setting {
+                key: "hub.ping_interval".into(),
+                requirement: "at least 1s",
+            });
         }
     }
     if let Some(d) = &h.pong_timeout {
@@ -217,9 +228,10 @@ pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, String> {
     }
     for (name, ns) in &f.namespaces {
         if name.is_empty() || name.contains(':') || !name.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "namespaces.{name:?}: a namespace name is printable ASCII without ':'"
-            ));
+            return Err(Error::Setting {
+                key: format!("namespaces.{name:?}"),
+                requirement: "a namespace name is printable ASCII without ':'",
+            });
         }
         hc.namespaces
             .named
@@ -280,13 +292,30 @@ mod tests {
     #[test]
     fn mistakes_are_reported() {
         let mut c = ServerConfig::default();
-        assert!(apply(&mut c, "lisen = \"x\"")
-            .unwrap_err()
-            .contains("lisen"));
-        assert!(apply(&mut c, "[hub]\nping_interval = \"soon\"").is_err());
-        assert!(apply(&mut c, "[channels]\nsubscribe = \"everyone\"").is_err());
+        let e = apply(&mut c, "lisen = \"x\"").unwrap_err();
+        assert!(matches!(e, Error::ConfigFile(_)), "{e:?}");
+        assert!(e.to_string().contains("lisen"), "{e}");
+        let e = apply(&mut c, "[hub]\nping_interval = \"soon\"").unwrap_err();
+        assert!(
+            matches!(&e, Error::Duration { key, value, .. } if key == "hub.ping_interval" && value == "soon"),
+            "{e:?}"
+        );
+        let e = apply(&mut c, "[hub]\nping_interval = \"10ms\"").unwrap_err();
+        assert!(
+            matches!(&e, Error::Setting { key, .. } if key == "hub.ping_interval"),
+            "{e:?}"
+        );
+        assert!(matches!(
+            apply(&mut c, "[channels]\nsubscribe = \"everyone\""),
+            Err(Error::ConfigFile(_))
+        ));
         let e = apply(&mut c, "[channels]\nrecovery = true").unwrap_err();
-        assert!(e.contains("needs history"), "{e}");
-        assert!(apply(&mut c, "[namespaces.\"a:b\"]").is_err());
+        assert!(
+            matches!(&e, Error::Setting { key, .. } if key == "channels"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("needs history"), "{e}");
+        let e = apply(&mut c, "[namespaces.\"a:b\"]").unwrap_err();
+        assert!(matches!(e, Error::Setting { .. }), "{e:?}");
     }
 }

@@ -15,6 +15,7 @@ pub mod broker;
 pub mod config;
 pub mod config_file;
 pub mod echo;
+pub mod error;
 pub mod front;
 pub mod http;
 pub mod hub;
@@ -26,4 +27,5 @@ pub mod tls;
 pub mod web;
 
 pub use config::ServerConfig;
+pub use error::Error;
 pub use server::Server;

@@ -54,7 +54,7 @@ struct Shared {
 /// A bound server, ready to run.
 pub struct Server {
     listener: TcpListener,
-    app: Arc<App>,
+    shared: Arc<Shared>,
 }
 
 impl Server {
@@ -63,13 +63,27 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> std::io::Result<Server> {
         let listener = TcpListener::bind(config.listen).await?;
         let app = App::new(config).map_err(std::io::Error::other)?;
-        Ok(Server { listener, app })
+        let max = app.config.max_connections;
+        let shared = Arc::new(Shared {
+            app,
+            shutdown: Shutdown::new(),
+            limit: Semaphore::new(max),
+            refusals: Semaphore::new(REFUSAL_BACKLOG),
+            epoch: Instant::now(),
+        });
+        Ok(Server { listener, shared })
     }
 
     /// The application state (hub, metrics...), shared with the running
     /// server.
     pub fn app(&self) -> &Arc<App> {
-        &self.app
+        &self.shared.app
+    }
+
+    /// The server's connection count, observable while it runs (take it
+    /// before [`run`](Self::run) consumes the server).
+    pub fn connections(&self) -> Connections {
+        Connections(self.shared.clone())
     }
 
     /// The bound address (useful with port 0).
@@ -79,15 +93,9 @@ impl Server {
 
     /// Serves until `shutdown` completes, then closes connections gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let max = self.app.config.max_connections;
-        let upkeep = self.app.spawn_upkeep();
-        let shared = Arc::new(Shared {
-            app: self.app,
-            shutdown: Shutdown::new(),
-            limit: Semaphore::new(max),
-            refusals: Semaphore::new(REFUSAL_BACKLOG),
-            epoch: Instant::now(),
-        });
+        let shared = self.shared;
+        let max = shared.app.config.max_connections;
+        let upkeep = shared.app.spawn_upkeep();
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -136,6 +144,39 @@ impl Server {
         }
         upkeep.abort();
         Ok(())
+    }
+}
+
+/// A running server's connection count ([`Server::connections`]): a
+/// pointer to the server's shared state, cheap to clone.
+#[derive(Clone)]
+pub struct Connections(Arc<Shared>);
+
+impl Connections {
+    /// How many connections hold a place under `max_connections` now
+    /// (those being refused with 503 are not counted). Once shutdown has
+    /// begun the server gathers the places back as connections end, and
+    /// the count reads as full.
+    pub fn open(&self) -> usize {
+        self.0.app.config.max_connections - self.0.limit.available_permits()
+    }
+
+    /// Completes once fewer than `max_connections` connections are open,
+    /// so that the next one is admitted (unless another takes the place
+    /// first). The signal a test or a health check waits for instead of
+    /// retrying; during shutdown it waits until the server is done.
+    pub async fn below_limit(&self) {
+        // Only `Semaphore::close` makes `acquire` fail, and it is never
+        // called; the permit goes back at once.
+        let _ = self.0.limit.acquire().await;
+    }
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("open", &self.open())
+            .finish()
     }
 }
 

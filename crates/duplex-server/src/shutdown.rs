@@ -74,39 +74,60 @@ impl Shutdown {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
-    use std::time::Duration;
+    use std::task::{Context, Poll, Wake, Waker};
 
-    #[tokio::test]
-    async fn waiters_wake_at_their_stage_and_late_ones_return_at_once() {
-        let s = Arc::new(Shutdown::new());
-        let closing = tokio::spawn({
-            let s = s.clone();
-            async move { s.reached(Stage::Closing).await }
-        });
-        let now = tokio::spawn({
-            let s = s.clone();
-            async move { s.reached(Stage::Now).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!closing.is_finished() && !now.is_finished());
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `f` once with `waker`'s count: no runtime, no timing.
+    fn poll<F: Future>(f: Pin<&mut F>, waker: &Arc<Count>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(&Waker::from(waker.clone())))
+    }
+
+    fn woken(w: &Arc<Count>) -> usize {
+        w.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn waiters_wake_at_their_stage_and_late_ones_return_at_once() {
+        let s = Shutdown::new();
+        let (wc, wn) = (Arc::default(), Arc::default());
+        let mut closing = pin!(s.reached(Stage::Closing));
+        let mut now = pin!(s.reached(Stage::Now));
+        // Both wait, registered with the signal.
+        assert!(poll(closing.as_mut(), &wc).is_pending());
+        assert!(poll(now.as_mut(), &wn).is_pending());
+        assert_eq!((woken(&wc), woken(&wn)), (0, 0));
+
         s.advance(Stage::Closing);
-        tokio::time::timeout(Duration::from_secs(5), closing)
-            .await
-            .unwrap()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!now.is_finished(), "Now is not reached by Closing");
+        assert_eq!(woken(&wc), 1, "the Closing waiter is woken");
+        assert!(poll(closing.as_mut(), &wc).is_ready());
+        // Woken too, but Closing is not Now: it waits again.
+        assert!(
+            poll(now.as_mut(), &wn).is_pending(),
+            "Now is not reached by Closing"
+        );
+
+        let before = woken(&wn);
         s.advance(Stage::Now);
-        tokio::time::timeout(Duration::from_secs(5), now)
-            .await
-            .unwrap()
-            .unwrap();
+        assert_eq!(woken(&wn), before + 1, "the Now waiter is woken");
+        assert!(poll(now.as_mut(), &wn).is_ready());
+
         // Never back; a late waiter returns at once.
         s.advance(Stage::Closing);
         assert_eq!(s.stage(), Stage::Now);
-        tokio::time::timeout(Duration::from_secs(5), s.reached(Stage::Closing))
-            .await
-            .unwrap();
+        let late = pin!(s.reached(Stage::Closing));
+        assert!(poll(late, &Arc::default()).is_ready());
     }
 }

@@ -1,5 +1,7 @@
 //! Hostile inputs against a real `duplex-server` on loopback: each ends with
-//! the stated close code or HTTP status, and the server keeps serving.
+//! the stated close code or HTTP status, and the server keeps serving. The
+//! deflate bomb, whose memory must be measured in a process of its own, is
+//! in `crates/duplex-cli/tests/memory.rs`.
 
 use duplex::Message;
 use duplex_server::{Server, ServerConfig};
@@ -7,8 +9,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Tests that allocate a lot take turns, so the peak-memory check of the
-/// bomb test sees only its own allocations.
+/// Tests that move tens of MiB take turns, so that on a small machine the
+/// write-timeout test's stall is not competing with a large echo. (The
+/// memory bound of a deflate bomb is measured in a server process of its
+/// own: `crates/duplex-cli/tests/memory.rs`.)
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Running {
@@ -95,58 +99,6 @@ async fn still_serving(addr: std::net::SocketAddr) {
     assert!(ws.was_clean());
 }
 
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-#[tokio::test]
-async fn deflate_bomb_closes_1009_while_inflating() {
-    let _turn = HEAVY.lock().await;
-    let limit = 4 << 20;
-    let srv = start(duplex::Config::default().with_max_message_size(limit)).await;
-    // 512 MiB of zeros, deflated in 1 MiB steps (the test never holds them).
-    let mut c = flate2::Compress::new(flate2::Compression::best(), false);
-    let zeros = vec![0u8; 1 << 20];
-    let mut bomb = Vec::with_capacity(1 << 20);
-    for i in 0..512 {
-        let flush = if i == 511 {
-            flate2::FlushCompress::Sync
-        } else {
-            flate2::FlushCompress::None
-        };
-        let mut fed = 0;
-        while fed < zeros.len() || flush == flate2::FlushCompress::Sync {
-            bomb.reserve(64 << 10);
-            let before = c.total_in();
-            c.compress_vec(&zeros[fed..], &mut bomb, flush).unwrap();
-            fed += (c.total_in() - before) as usize;
-            if fed == zeros.len() && bomb.len() < bomb.capacity() {
-                break;
-            }
-        }
-    }
-    assert!(bomb.len() < 1 << 20, "bomb is {} bytes", bomb.len());
-    let before = peak_rss_kib();
-    let s = raw_upgrade(srv.addr, Some("permessage-deflate")).await;
-    let (mut r, mut w) = s.into_split();
-    // Write in the background: the server stops reading once it fails us.
-    let wire = frame(true, true, 2, true, &bomb);
-    let writer = tokio::spawn(async move {
-        let _ = w.write_all(&wire).await;
-        w
-    });
-    assert_eq!(read_close_code(&mut r).await, 1009);
-    drop(writer);
-    let grown_mib = (peak_rss_kib() - before) / 1024;
-    assert!(
-        grown_mib < 64,
-        "peak RSS grew {grown_mib} MiB for a 512 MiB bomb"
-    );
-    still_serving(srv.addr).await;
-}
-
 #[tokio::test]
 async fn huge_declared_length_closes_1009_at_once() {
     let srv = start(duplex::Config::default()).await;
@@ -175,8 +127,9 @@ async fn continuation_flood_closes_at_the_fragment_limit() {
         let _ = w.write_all(&batch).await;
         w
     });
-    let code = read_close_code(&mut r).await;
-    assert!(code == 1008 || code == 1009, "closed with {code}");
+    // `max_fragments` is reached long before `max_message_size` (131 073
+    // one-byte frames are 128 KiB of payload): 1008, policy violation.
+    assert_eq!(read_close_code(&mut r).await, 1008);
     drop(writer);
     still_serving(srv.addr).await;
 }

@@ -1,6 +1,7 @@
 //! Connection limit and graceful shutdown of a real server on loopback.
 
 use duplex::{CloseCode, Message};
+use duplex_server::server::Connections;
 use duplex_server::{Server, ServerConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +14,7 @@ struct Running {
     addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    connections: Connections,
 }
 
 async fn start(config: ServerConfig) -> Running {
@@ -22,11 +24,17 @@ async fn start(config: ServerConfig) -> Running {
     };
     let server = Server::bind(config).await.unwrap();
     let addr = server.local_addr().unwrap();
+    let connections = server.connections();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
-    Running { addr, stop, task }
+    Running {
+        addr,
+        stop,
+        task,
+        connections,
+    }
 }
 
 #[tokio::test]
@@ -35,6 +43,7 @@ async fn shutdown_closes_open_connections_with_1001() {
         addr,
         stop,
         task: running,
+        ..
     } = start(ServerConfig::default()).await;
     let mut ws = duplex::connect(&format!("ws://{addr}/echo")).await.unwrap();
     ws.send(Message::text("hello")).await.unwrap();
@@ -65,19 +74,16 @@ async fn connections_over_the_limit_get_503() {
         matches!(err, duplex::Error::Refused { status: 503, .. }),
         "{err}"
     );
-    // A slot frees up when a connection ends.
+    assert_eq!(srv.connections.open(), 2);
+    // A slot frees up when a connection ends: the server says when.
     a.close(CloseCode::NORMAL, "").await.unwrap();
-    let mut c = None;
-    for _ in 0..50 {
-        match duplex::connect(&url).await {
-            Ok(ws) => {
-                c = Some(ws);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    let mut c = c.expect("a slot should free up");
+    tokio::time::timeout(Duration::from_secs(10), srv.connections.below_limit())
+        .await
+        .expect("the closed connection's slot comes back");
+    assert_eq!(srv.connections.open(), 1);
+    let mut c = duplex::connect(&url)
+        .await
+        .expect("admitted in the freed slot");
     c.send(Message::text("in")).await.unwrap();
     assert_eq!(c.recv().await.unwrap().unwrap(), Message::text("in"));
     b.close(CloseCode::NORMAL, "").await.unwrap();

@@ -3,7 +3,7 @@
 use super::{accept_key, collect_headers, map_httparse, Headers};
 use crate::config::Config;
 use crate::deflate::{self, DeflateParams};
-use crate::error::Error;
+use crate::error::{Error, HeaderError};
 use base64::Engine;
 use rand::RngCore;
 
@@ -120,10 +120,10 @@ impl ClientHandshake {
         }
         let headers = collect_headers(resp.headers);
         if !headers.has_token("upgrade", "websocket") {
-            return Err(Error::BadHeader("Upgrade: websocket"));
+            return Err(Error::BadHeader(HeaderError::UpgradeNotWebSocket));
         }
         if !headers.has_token("connection", "upgrade") {
-            return Err(Error::BadHeader("Connection: Upgrade"));
+            return Err(Error::BadHeader(HeaderError::ConnectionNotUpgrade));
         }
         if headers.get("sec-websocket-accept").map(str::trim)
             != Some(&accept_key(self.key.as_bytes()))

@@ -3,7 +3,7 @@
 use super::{accept_key, collect_headers, map_httparse, split_list, Headers};
 use crate::config::Config;
 use crate::deflate::{self, DeflateParams, ExtensionOffer};
-use crate::error::Error;
+use crate::error::{Error, HeaderError};
 use base64::Engine;
 
 /// A parsed HTTP/1.x request head (not yet known to be a WebSocket upgrade).
@@ -90,12 +90,12 @@ impl UpgradeRequest {
         let host = h
             .get("host")
             .filter(|v| !v.trim().is_empty())
-            .ok_or(Error::BadHeader("Host"))?;
+            .ok_or(Error::BadHeader(HeaderError::MissingHost))?;
         if !h.has_token("upgrade", "websocket") {
-            return Err(Error::BadHeader("Upgrade: websocket"));
+            return Err(Error::BadHeader(HeaderError::UpgradeNotWebSocket));
         }
         if !h.has_token("connection", "upgrade") {
-            return Err(Error::BadHeader("Connection: Upgrade"));
+            return Err(Error::BadHeader(HeaderError::ConnectionNotUpgrade));
         }
         if h.get("sec-websocket-version").map(str::trim) != Some("13") {
             return Err(Error::UnsupportedVersion);
@@ -317,30 +317,66 @@ mod tests {
     }
 
     #[test]
-    fn each_missing_requirement_is_refused_with_its_status() {
-        let cases: Vec<(String, u16)> = vec![
-            (GOOD.replace("GET", "POST"), 405),
-            (GOOD.replace("HTTP/1.1", "HTTP/1.0"), 400),
-            (GOOD.replace("Host: server.example.com\r\n", ""), 400),
-            (GOOD.replace("Upgrade: websocket\r\n", ""), 426),
+    fn each_missing_requirement_is_refused_with_its_variant_and_status() {
+        use HeaderError::*;
+        let cases: Vec<(String, Error, u16)> = vec![
+            (GOOD.replace("GET", "POST"), Error::MethodNotGet, 405),
+            (
+                GOOD.replace("HTTP/1.1", "HTTP/1.0"),
+                Error::HttpVersion,
+                400,
+            ),
+            (
+                GOOD.replace("Host: server.example.com\r\n", ""),
+                Error::BadHeader(MissingHost),
+                400,
+            ),
+            (
+                GOOD.replace("Host: server.example.com", "Host:  "),
+                Error::BadHeader(MissingHost),
+                400,
+            ),
+            (
+                GOOD.replace("Upgrade: websocket\r\n", ""),
+                Error::BadHeader(UpgradeNotWebSocket),
+                426,
+            ),
+            (
+                GOOD.replace("Upgrade: websocket", "Upgrade: h2c"),
+                Error::BadHeader(UpgradeNotWebSocket),
+                426,
+            ),
             (
                 GOOD.replace("Connection: Upgrade\r\n", "Connection: keep-alive\r\n"),
+                Error::BadHeader(ConnectionNotUpgrade),
                 400,
             ),
             (
                 GOOD.replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"),
+                Error::UnsupportedVersion,
                 426,
             ),
-            (GOOD.replace("Sec-WebSocket-Version: 13\r\n", ""), 426),
+            (
+                GOOD.replace("Sec-WebSocket-Version: 13\r\n", ""),
+                Error::UnsupportedVersion,
+                426,
+            ),
             (
                 GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ=="),
+                Error::BadKey,
                 400,
             ),
-            (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "not base64!"), 400),
+            (
+                GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "not base64!"),
+                Error::BadKey,
+                400,
+            ),
         ];
-        for (req, status) in cases {
+        for (req, expected, status) in cases {
             let err = validate(&req).unwrap_err();
+            assert_eq!(err, expected, "{req:?}");
             assert_eq!(err.http_status(), status, "{err} for {req:?}");
+            assert!(err.is_handshake() && err.close_code().is_none(), "{err}");
         }
     }
 

@@ -105,7 +105,8 @@ impl Mailbox {
         let n = max.min(s.queue.len());
         let out: Vec<_> = s.queue.drain(..n).collect();
         s.bytes -= out.iter().map(|d| d.cost()).sum::<usize>();
-        if s.queue.is_empty() && s.queue.capacity() > 16 {
+        // An idle connection holds no queue storage.
+        if s.queue.is_empty() {
             s.queue = VecDeque::new();
         }
         Some(Next::Events(out))

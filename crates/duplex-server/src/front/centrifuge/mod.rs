@@ -11,6 +11,7 @@
 //! read fills its mailbox, which then overflows: disconnect 3008 "slow".
 
 pub(crate) mod calls;
+mod subs;
 pub(crate) mod wire;
 
 use crate::auth::{Auth, TokenError};
@@ -24,7 +25,7 @@ use crate::shutdown::{Shutdown, Stage};
 use bytes::Bytes;
 use calls::hub_error;
 use duplex::{CloseCode, Message, PreparedMessage, WebSocket};
-use std::collections::HashMap;
+use prometheus_client::metrics::counter::Counter;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
@@ -89,6 +90,33 @@ pub struct Front {
     pub auth: Arc<Auth>,
     /// Settings.
     pub config: CentrifugeConfig,
+    counters: Counters,
+}
+
+/// The front's counters, looked up in their families once (not per event).
+#[derive(Debug)]
+struct Counters {
+    encodings: Counter,
+    bytes_out: Counter,
+    bytes_in: Counter,
+}
+
+impl Front {
+    /// The front over `hub`.
+    pub fn new(hub: Arc<Hub>, auth: Arc<Auth>, config: CentrifugeConfig) -> Front {
+        let m = hub.metrics();
+        let counters = Counters {
+            encodings: m.encodings.get_or_create(&FRONT).clone(),
+            bytes_out: m.bytes_out.get_or_create(&FRONT).clone(),
+            bytes_in: m.bytes_in.get_or_create(&FRONT).clone(),
+        };
+        Front {
+            hub,
+            auth,
+            config,
+            counters,
+        }
+    }
 }
 
 /// One subscription of a connection.
@@ -110,7 +138,7 @@ struct Client<'f> {
     mailbox: Arc<Mailbox>,
     /// Set by `connect`.
     info: Option<Arc<ClientInfo>>,
-    subs: HashMap<Arc<str>, Sub>,
+    subs: subs::Subs<Sub>,
     /// When the connection token expires (Unix seconds).
     expires_at: Option<u64>,
     opened: Instant,
@@ -151,7 +179,7 @@ where
         front,
         mailbox: Arc::new(Mailbox::new(front.config.mailbox_bytes)),
         info: None,
-        subs: HashMap::new(),
+        subs: subs::Subs::default(),
         expires_at: None,
         opened: now,
         next_ping: now + front.config.ping_interval,
@@ -175,10 +203,6 @@ where
 }
 
 impl Client<'_> {
-    fn hub(&self) -> &Hub {
-        &self.front.hub
-    }
-
     /// The loop; returns the disconnect to send, if the server ends it.
     async fn run<S>(&mut self, ws: &mut WebSocket<S>, shutdown: &Shutdown) -> Option<Disconnect>
     where
@@ -245,11 +269,7 @@ impl Client<'_> {
                         // Binary frames would be the Protobuf format.
                         return Some(wire::BAD_REQUEST_DISCONNECT);
                     };
-                    self.hub()
-                        .metrics()
-                        .bytes_in
-                        .get_or_create(&FRONT)
-                        .inc_by(text.len() as u64);
+                    self.front.counters.bytes_in.inc_by(text.len() as u64);
                     match Box::pin(self.frame(text.as_str())).await {
                         Ok(replies) => replies,
                         Err(d) => return Some(d),
@@ -258,11 +278,7 @@ impl Client<'_> {
             };
             timer.as_mut().reset(self.deadline());
             if !out.is_empty() {
-                self.hub()
-                    .metrics()
-                    .bytes_out
-                    .get_or_create(&FRONT)
-                    .inc_by(out.len() as u64);
+                self.front.counters.bytes_out.inc_by(out.len() as u64);
                 if ws.start_send(Message::text(out)).is_err() {
                     return None;
                 }
@@ -360,7 +376,8 @@ impl Client<'_> {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let metrics = self.front.hub.metrics().clone();
+        let counters = &self.front.counters;
+        let mut sent = 0u64;
         for d in events {
             let channel = match &d.event {
                 Event::Publication {
@@ -399,24 +416,21 @@ impl Client<'_> {
                     continue;
                 }
                 Event::Disconnect { code, reason } => {
-                    return Some(Disconnect::custom(*code, reason))
+                    counters.bytes_out.inc_by(sent);
+                    return Some(Disconnect::custom(*code, reason));
                 }
             };
-            if !self.subs.contains_key(channel) {
-                continue;
-            }
+            let _ = channel;
             let m = d.encoded(FrontKind::Centrifuge, |e| {
-                metrics.encodings.get_or_create(&FRONT).inc();
+                counters.encodings.inc();
                 encode_event(e)
             });
-            metrics
-                .bytes_out
-                .get_or_create(&FRONT)
-                .inc_by(m.payload().len() as u64);
+            sent += m.payload().len() as u64;
             if ws.start_send_prepared(m).is_err() {
-                return None;
+                break;
             }
         }
+        counters.bytes_out.inc_by(sent);
         None
     }
 

@@ -496,6 +496,7 @@ impl Client<'_> {
             wire::error(out, id, wire::TOO_MANY_REQUESTS);
             return Ok(());
         }
+        let hub = self.front.hub.clone();
         let r = if let Some(req) = cmd.subscribe {
             self.subscribe(id, req, out).await
         } else if let Some(req) = cmd.unsubscribe {
@@ -503,11 +504,17 @@ impl Client<'_> {
         } else if let Some(req) = cmd.publish {
             self.publish(id, req, out).await
         } else if let Some(req) = cmd.presence {
-            self.presence(id, &req.channel, out).await
+            let call = calls::presence(&hub, &req.channel);
+            self.subscriber_read(id, "presence", &req.channel, call, out)
+                .await
         } else if let Some(req) = cmd.presence_stats {
-            self.presence_stats(id, &req.channel, out).await
+            let call = calls::presence_stats(&hub, &req.channel);
+            self.subscriber_read(id, "presence_stats", &req.channel, call, out)
+                .await
         } else if let Some(req) = cmd.history {
-            self.history(id, req, out).await
+            let call = calls::history(&hub, &req);
+            self.subscriber_read(id, "history", &req.channel, call, out)
+                .await
         } else if let Some(req) = cmd.refresh {
             return self.refresh(id, &req.token, out);
         } else if let Some(req) = cmd.sub_refresh {
@@ -765,39 +772,19 @@ impl Client<'_> {
         }
     }
 
-    async fn presence(
-        &mut self,
+    /// Answers a read of a channel the client is subscribed to
+    /// (presence, presence stats, history) with what `call` gives.
+    async fn subscriber_read(
+        &self,
         id: u32,
+        method: &str,
         channel: &str,
+        call: impl Future<Output = Result<String, ProtoError>>,
         out: &mut String,
     ) -> Result<(), ProtoError> {
         self.require_sub(channel)?;
-        let body = calls::presence(&self.front.hub, channel).await?;
-        wire::reply(out, id, "presence", &body);
-        Ok(())
-    }
-
-    async fn presence_stats(
-        &mut self,
-        id: u32,
-        channel: &str,
-        out: &mut String,
-    ) -> Result<(), ProtoError> {
-        self.require_sub(channel)?;
-        let body = calls::presence_stats(&self.front.hub, channel).await?;
-        wire::reply(out, id, "presence_stats", &body);
-        Ok(())
-    }
-
-    async fn history(
-        &mut self,
-        id: u32,
-        req: wire::HistoryRequest,
-        out: &mut String,
-    ) -> Result<(), ProtoError> {
-        self.require_sub(&req.channel)?;
-        let body = calls::history(&self.front.hub, &req).await?;
-        wire::reply(out, id, "history", &body);
+        let body = call.await?;
+        wire::reply(out, id, method, &body);
         Ok(())
     }
 

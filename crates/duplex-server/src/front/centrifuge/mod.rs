@@ -158,6 +158,25 @@ enum Wake {
     Closed,
 }
 
+/// Seconds until a token's `exp` (at least 1: the SDKs refresh after
+/// `ttl` seconds, and 0 would make them refresh in a loop).
+fn ttl(exp: u64) -> u64 {
+    exp.saturating_sub(unix_now()).max(1)
+}
+
+/// `{"client":..,"version":..[,"expires":true,"ttl":N]` — the common start
+/// of the connect and refresh replies (the caller closes the object).
+fn connection_body(client: &str, exp: Option<u64>) -> String {
+    let mut body = String::from("{\"client\":");
+    wire::string(&mut body, client);
+    body.push_str(",\"version\":");
+    wire::string(&mut body, env!("CARGO_PKG_VERSION"));
+    if let Some(exp) = exp {
+        body.push_str(&format!(",\"expires\":true,\"ttl\":{}", ttl(exp)));
+    }
+    body
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -602,16 +621,7 @@ impl Client<'_> {
             }
         }
         subs.push('}');
-        let mut body = String::from("{\"client\":");
-        wire::string(&mut body, &info.client);
-        body.push_str(",\"version\":");
-        wire::string(&mut body, env!("CARGO_PKG_VERSION"));
-        if let Some(exp) = exp {
-            body.push_str(&format!(
-                ",\"expires\":true,\"ttl\":{}",
-                exp.saturating_sub(unix_now()).max(1)
-            ));
-        }
+        let mut body = connection_body(&info.client, exp);
         body.push_str(&format!(
             ",\"ping\":{},\"pong\":true",
             self.front.config.ping_interval.as_secs().max(1)
@@ -720,8 +730,8 @@ impl Client<'_> {
             .join(&req.channel, info, recover, expires_at, req.join_leave)
             .await?;
         let mut body = String::new();
-        let ttl = expires_at.map(|e| e.saturating_sub(unix_now()).max(1));
-        wire::subscribe_result(&mut body, &s, recoverable, ttl);
+        let expires_in = expires_at.map(ttl);
+        wire::subscribe_result(&mut body, &s, recoverable, expires_in);
         wire::reply(out, id, "subscribe", &body);
         Ok(())
     }
@@ -793,17 +803,8 @@ impl Client<'_> {
         match self.front.auth.verify_connect(token) {
             Ok(c) if *c.sub == *info.user => {
                 self.expires_at = c.exp;
-                let mut body = String::from("{\"client\":");
-                wire::string(&mut body, &info.client);
-                body.push_str(",\"version\":");
-                wire::string(&mut body, env!("CARGO_PKG_VERSION"));
-                match c.exp {
-                    Some(exp) => body.push_str(&format!(
-                        ",\"expires\":true,\"ttl\":{}}}",
-                        exp.saturating_sub(unix_now()).max(1)
-                    )),
-                    None => body.push('}'),
-                }
+                let mut body = connection_body(&info.client, c.exp);
+                body.push('}');
                 wire::reply(out, id, "refresh", &body);
                 Ok(())
             }
@@ -845,10 +846,7 @@ impl Client<'_> {
         let sub = self.subs.get_mut(channel).ok_or(wire::PERMISSION_DENIED)?;
         sub.expires_at = c.exp;
         let body = match c.exp {
-            Some(exp) => format!(
-                "{{\"expires\":true,\"ttl\":{}}}",
-                exp.saturating_sub(unix_now()).max(1)
-            ),
+            Some(exp) => format!("{{\"expires\":true,\"ttl\":{}}}", ttl(exp)),
             None => "{}".to_string(),
         };
         wire::reply(out, id, "sub_refresh", &body);

@@ -8,12 +8,15 @@
 #            and /api, in Node (ws) and in Chromium (the SDK's browser bundle)
 #   pysdk    PyPI `centrifuge-python` (Centrifugo's Python client SDK) against the hub's
 #            /connection/websocket (and /api to publish)
+#   scaleout 3 `duplex serve` nodes over one redis-server (--broker): npm `centrifuge`
+#            clients and /api across nodes, redis killed and restarted, a node killed,
+#            FLUSHALL, cross-node presence
 #
-# Usage: tests/interop/run.sh [browser] [node] [python] [api] [centrifuge] [pysdk]   (default: all)
+# Usage: tests/interop/run.sh [browser] [node] [python] [api] [centrifuge] [pysdk] [scaleout]   (default: all)
 #
 # Installs what is missing: npm packages from package-lock.json (`npm ci`),
 # Python `websockets`, `cent` and `centrifuge-python` (pip), and, as root,
-# Debian's chromium (apt-get).
+# Debian's chromium and redis-server (apt-get).
 # Builds target/debug/duplex unless DUPLEX_BIN names a binary.
 # Every suite prints one line per check and is bounded in time; the script
 # exits non-zero if any check fails.
@@ -23,7 +26,7 @@ root="$(cd "$here/../.." && pwd)"
 cd "$here"
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(browser node python api centrifuge pysdk)
+[ ${#suites[@]} -gt 0 ] || suites=(browser node python api centrifuge pysdk scaleout)
 SUITE_TIMEOUT="${INTEROP_SUITE_TIMEOUT:-180}"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 export CHROMIUM
@@ -33,7 +36,7 @@ die() { echo "interop: $*" >&2; echo "interop: 0 passed, 1 failed"; exit 1; }
 wants() { local s; for s in "${suites[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 for s in "${suites[@]}"; do
-  case "$s" in browser | node | python | api | centrifuge | pysdk) ;; *) die "unknown suite '$s' (browser, node, python, api, centrifuge, pysdk)" ;; esac
+  case "$s" in browser | node | python | api | centrifuge | pysdk | scaleout) ;; *) die "unknown suite '$s' (browser, node, python, api, centrifuge, pysdk, scaleout)" ;; esac
 done
 
 # ------------------------------------------------------------- prerequisites
@@ -45,7 +48,7 @@ fi
 [ -x "$DUPLEX_BIN" ] || die "no duplex binary at $DUPLEX_BIN"
 command -v openssl >/dev/null || die "openssl is needed to make test certificates"
 
-if wants browser || wants node || wants centrifuge; then
+if wants browser || wants node || wants centrifuge || wants scaleout; then
   command -v node >/dev/null || die "node is needed (Debian: apt-get install nodejs npm)"
   if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] || [ ! -d node_modules/centrifuge ]; then
     step "npm ci (playwright-core, ws, centrifuge)"
@@ -89,6 +92,21 @@ if { wants browser || wants centrifuge; } && [ ! -x "$CHROMIUM" ]; then
   [ -x "$CHROMIUM" ] || die "no Chromium at $CHROMIUM (Debian: apt-get install chromium)"
 fi
 
+if wants scaleout; then
+  REDIS_SERVER="${REDIS_SERVER:-redis-server}"
+  if ! command -v "$REDIS_SERVER" >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      step "apt-get install redis-server"
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; } \
+        || die "apt-get install redis-server failed"
+    fi
+    command -v "$REDIS_SERVER" >/dev/null \
+      || die "the scaleout suite needs redis-server (Debian: apt-get install redis-server; or REDIS_SERVER=/path/to/redis-server)"
+  fi
+  # Debian's package also starts a system redis on :6379; the suite uses its own on free ports.
+  export REDIS_SERVER
+fi
+
 # ------------------------------------------------------------- suites
 total_pass=0
 total_fail=0
@@ -124,6 +142,7 @@ wants python && run_suite python python3 python_ws.py
 wants api && run_suite api python3 centrifugo_api.py
 wants centrifuge && run_suite centrifuge node centrifuge.mjs
 wants pysdk && run_suite pysdk python3 centrifuge_python.py
+wants scaleout && run_suite scaleout node scaleout.mjs
 
 step "interop summary"
 for line in "${report[@]}"; do echo "  $line"; done

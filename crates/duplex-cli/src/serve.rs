@@ -70,6 +70,21 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     api_key: Option<String>,
+    /// Share channels, history and presence with other nodes through Redis:
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS
+    /// (overrides the file's broker.url). Without it, everything stays in
+    /// this process.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DUPLEX_BROKER",
+        hide_env_values = true
+    )]
+    broker: Option<String>,
+    /// Prefix of every Redis key and channel, so that several deployments
+    /// can share one Redis [default: duplex].
+    #[arg(long, value_name = "NAME", env = "DUPLEX_BROKER_PREFIX")]
+    broker_prefix: Option<String>,
     /// Also accept sockets opened by pages from ORIGIN
     /// (`scheme://host[:port]`; `*` for any). Repeatable. Without it, a
     /// browser page may connect only from this server's own host and port
@@ -158,6 +173,30 @@ pub async fn run(a: ServeArgs) -> ExitCode {
     if let Some(k) = &a.api_key {
         config.auth.api_key = Some(k.clone());
     }
+    if let Some(url) = &a.broker {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            eprintln!("duplex serve: --broker {url:?}: expected a redis:// or rediss:// URL");
+            return ExitCode::from(2);
+        }
+        let mut o = config.broker.take().unwrap_or_default();
+        o.url = url.clone();
+        config.broker = Some(o);
+    }
+    if let Some(p) = &a.broker_prefix {
+        if p.is_empty() || p.contains(['{', '}']) {
+            eprintln!("duplex serve: --broker-prefix {p:?}: must be non-empty, without {{ or }}");
+            return ExitCode::from(2);
+        }
+        match config.broker.as_mut() {
+            Some(o) => o.prefix = p.clone(),
+            None => {
+                eprintln!(
+                    "duplex serve: --broker-prefix needs --broker (or broker.url in the file)"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
     let development = a.config.is_none() && config.listen.ip().is_loopback();
     if development {
         config = config.development();
@@ -223,7 +262,7 @@ pub async fn run(a: ServeArgs) -> ExitCode {
     let server = match Server::bind(config).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("duplex serve: cannot listen on {listen}: {e}");
+            eprintln!("duplex serve: cannot start on {listen}: {e}");
             return ExitCode::from(1);
         }
     };

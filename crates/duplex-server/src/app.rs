@@ -3,6 +3,8 @@
 
 use crate::auth::Auth;
 use crate::broker::local::LocalBroker;
+use crate::broker::redis::{redact, RedisBroker};
+use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::front::api::NodeInfo;
 use crate::front::centrifuge;
@@ -23,8 +25,8 @@ pub struct App {
     pub ws_centrifuge: Arc<duplex::Config>,
     /// The hub.
     pub hub: Arc<Hub>,
-    /// The in-process broker.
-    pub broker: Arc<LocalBroker>,
+    /// The broker: in-process, or Redis shared with other nodes.
+    pub broker: Arc<dyn Broker>,
     /// The Centrifugo front.
     pub centrifuge: centrifuge::Front,
     /// Keys.
@@ -34,21 +36,30 @@ pub struct App {
     registry: Registry,
 }
 
-impl std::fmt::Debug for LocalBroker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LocalBroker")
-    }
-}
-
-/// How often the local broker drops idle streams and expired presence.
+/// How often the broker drops idle streams and expired presence.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 impl App {
-    /// Builds the state; fails on unusable keys.
-    pub fn new(config: ServerConfig) -> Result<Arc<App>, crate::Error> {
+    /// Builds the state; fails on unusable keys, or a configured Redis
+    /// that cannot be reached.
+    pub async fn new(config: ServerConfig) -> Result<Arc<App>, crate::Error> {
         let metrics = Arc::new(Metrics::default());
         let clock = Arc::new(SystemClock);
-        let broker = Arc::new(LocalBroker::new(clock.clone()));
+        let broker: Arc<dyn Broker> = match &config.broker {
+            None => Arc::new(LocalBroker::new(clock.clone())),
+            Some(o) => {
+                let b = RedisBroker::connect(o.clone(), clock.clone())
+                    .await
+                    .map_err(crate::Error::Broker)?;
+                tracing::info!(
+                    url = %redact(&o.url),
+                    prefix = %o.prefix,
+                    node = %b.node(),
+                    "broker: Redis"
+                );
+                Arc::new(b)
+            }
+        };
         let hub = Hub::new(config.hub.clone(), broker.clone(), clock, metrics.clone());
         let auth = Arc::new(Auth::new(config.auth.clone())?);
         let registry = metrics.registry();
@@ -79,14 +90,25 @@ impl App {
         Ok(app)
     }
 
-    /// Runs the periodic upkeep until the returned handle is aborted.
+    /// Runs the periodic upkeep until the returned handle is aborted: the
+    /// broker's sweep, and this node's presence heartbeat (every third of
+    /// the presence TTL).
     pub fn spawn_upkeep(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let broker = self.broker.clone();
+        let (broker, hub) = (self.broker.clone(), self.hub.clone());
+        let beat = (hub.config().presence_ttl / 3).max(Duration::from_millis(100));
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(SWEEP_EVERY);
+            let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            let mut presence = tokio::time::interval(beat);
+            presence.tick().await;
             loop {
-                every.tick().await;
-                broker.sweep();
+                tokio::select! {
+                    _ = sweep.tick() => broker.upkeep(),
+                    _ = presence.tick() => {
+                        if let Err(e) = hub.refresh_all_presence().await {
+                            tracing::warn!(error = %e, "presence heartbeat failed");
+                        }
+                    }
+                }
             }
         })
     }
@@ -94,9 +116,10 @@ impl App {
     /// The metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
         let m = self.hub.metrics();
-        let (n, bytes) = self.broker.history_size();
-        m.history_publications.set(n as i64);
-        m.history_bytes.set(bytes as i64);
+        if let Some((n, bytes)) = self.broker.held() {
+            m.history_publications.set(n as i64);
+            m.history_bytes.set(bytes as i64);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub api_max_body: usize,
     /// This node's name (API `info`). Default: "duplex".
     pub node_name: String,
+    /// A Redis shared with other nodes (`--broker redis://…`); `None`
+    /// keeps channels, history and presence in this process.
+    pub broker: Option<crate::broker::redis::RedisOptions>,
 }
 
 /// The server's protocol settings: the library defaults, except that
@@ -80,6 +83,7 @@ impl Default for ServerConfig {
             centrifuge: CentrifugeConfig::default(),
             api_max_body: 1 << 20,
             node_name: "duplex".to_string(),
+            broker: None,
         }
     }
 }

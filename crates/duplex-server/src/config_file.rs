@@ -47,6 +47,16 @@ struct File {
     channels: Option<Namespace>,
     #[serde(default)]
     namespaces: HashMap<String, Namespace>,
+    broker: Option<Broker>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Broker {
+    url: String,
+    prefix: Option<String>,
+    connect_timeout: Option<Dur>,
+    command_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -149,6 +159,34 @@ pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, Error> {
     }
     if let Some(d) = f.shutdown_grace {
         config.shutdown_grace = d.get("shutdown_grace")?;
+    }
+    if let Some(b) = &f.broker {
+        let mut o = crate::broker::redis::RedisOptions {
+            url: b.url.clone(),
+            ..Default::default()
+        };
+        if let Some(p) = &b.prefix {
+            o.prefix = p.clone();
+        }
+        if let Some(d) = &b.connect_timeout {
+            o.connect_timeout = d.get("broker.connect_timeout")?;
+        }
+        if let Some(d) = &b.command_timeout {
+            o.command_timeout = d.get("broker.command_timeout")?;
+        }
+        if !(o.url.starts_with("redis://") || o.url.starts_with("rediss://")) {
+            return Err(Error::Setting {
+                key: "broker.url".into(),
+                requirement: "a redis:// or rediss:// URL",
+            });
+        }
+        if o.prefix.is_empty() || o.prefix.contains(['{', '}']) {
+            return Err(Error::Setting {
+                key: "broker.prefix".into(),
+                requirement: "not empty, without { or }",
+            });
+        }
+        config.broker = Some(o);
     }
     let a = &mut config.auth;
     a.hmac_secret = f.auth.token_hmac_secret.or(a.hmac_secret.take());

@@ -58,6 +58,8 @@ pub enum Error {
     },
     /// A certificate and key that do not make a TLS server configuration.
     Tls(duplex::Error),
+    /// The broker (Redis) could not be reached at startup.
+    Broker(crate::broker::BrokerError),
 }
 
 /// What was being done to a file when it failed ([`Error::File`]).
@@ -109,6 +111,7 @@ impl fmt::Display for Error {
             }
             Error::Certificate { step, source } => write!(f, "certificate {step}: {source}"),
             Error::Tls(e) => write!(f, "{e}"),
+            Error::Broker(e) => write!(f, "{e}"),
         }
     }
 }
@@ -123,6 +126,7 @@ impl std::error::Error for Error {
             Error::TokenKey { source, .. } => Some(source),
             Error::Certificate { source, .. } => Some(source),
             Error::Tls(e) => Some(e),
+            Error::Broker(e) => Some(e),
         }
     }
 }

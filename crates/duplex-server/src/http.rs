@@ -163,7 +163,10 @@ pub async fn handle(
             );
             r
         }
-        Route::Health => text(StatusCode::OK, "ok\n"),
+        // Ready only with a working broker, so that a load balancer sends
+        // no clients to a node that cannot reach Redis.
+        Route::Health if app.hub.broker_healthy() => text(StatusCode::OK, "ok\n"),
+        Route::Health => text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable\n"),
         Route::Api(method) => {
             if !app
                 .auth

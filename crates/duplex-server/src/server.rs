@@ -62,7 +62,7 @@ impl Server {
     /// (a key that does not parse) as well as on a socket error.
     pub async fn bind(config: ServerConfig) -> std::io::Result<Server> {
         let listener = TcpListener::bind(config.listen).await?;
-        let app = App::new(config).map_err(std::io::Error::other)?;
+        let app = App::new(config).await.map_err(std::io::Error::other)?;
         let max = app.config.max_connections;
         let shared = Arc::new(Shared {
             app,
@@ -544,7 +544,7 @@ mod tests {
         let (accepted, client) = tokio::join!(listener.accept(), client);
         let (tcp, peer) = accepted.unwrap();
         let shared = Arc::new(Shared {
-            app: App::new(ServerConfig::default()).unwrap(),
+            app: App::new(ServerConfig::default()).await.unwrap(),
             shutdown: Shutdown::new(),
             limit: Semaphore::new(1),
             refusals: Semaphore::new(1),
@@ -565,7 +565,7 @@ mod tests {
     /// above it today.
     #[tokio::test]
     async fn an_idle_centrifuge_loop_fits_its_allocation() {
-        let app = App::new(ServerConfig::default()).unwrap();
+        let app = App::new(ServerConfig::default()).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (accepted, _client) = tokio::join!(listener.accept(), client);

@@ -1,7 +1,10 @@
 //! The in-process broker: history and presence in memory, fan-out to this
 //! node only. Time comes from a [`Clock`], so tests run on virtual time.
 
-use super::{BoxFuture, Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult};
+use super::{
+    BoxFuture, Broker, BrokerError, BrokerHandler, ChannelCounts, Control, HistoryQuery,
+    HistoryResult,
+};
 use crate::hub::history::{HistoryLimits, Stream};
 use crate::hub::presence::Presence;
 use crate::hub::{new_epoch, ClientInfo, Clock, Publication, StreamPosition};
@@ -23,6 +26,12 @@ pub struct LocalBroker {
     handler: OnceLock<Weak<dyn BrokerHandler>>,
     clock: Arc<dyn Clock>,
     hasher: RandomState,
+}
+
+impl std::fmt::Debug for LocalBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBroker").finish_non_exhaustive()
+    }
 }
 
 impl LocalBroker {
@@ -249,5 +258,31 @@ impl Broker for LocalBroker {
                 .map(|s| s.stats(now))
                 .unwrap_or((0, 0)))
         })
+    }
+
+    fn control(&self, control: Control) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            if let Some(h) = self.handler() {
+                h.on_control(control);
+            }
+            Ok(())
+        })
+    }
+
+    fn channels(&self) -> BoxFuture<'_, Result<ChannelCounts, BrokerError>> {
+        Box::pin(async move {
+            Ok(self
+                .handler()
+                .map(|h| h.local_channels())
+                .unwrap_or_default())
+        })
+    }
+
+    fn upkeep(&self) {
+        self.sweep();
+    }
+
+    fn held(&self) -> Option<(usize, usize)> {
+        Some(self.history_size())
     }
 }

@@ -3,7 +3,9 @@
 //! broker shared by several nodes (Redis) implements the same trait, and
 //! neither the hub nor the fronts know which one they have.
 
+pub mod codec;
 pub mod local;
+pub mod redis;
 
 use crate::hub::{ClientInfo, HistoryLimits, Publication, StreamPosition};
 use std::future::Future;
@@ -42,6 +44,9 @@ pub struct HistoryQuery {
     pub reverse: bool,
 }
 
+/// Channels and their subscriber counts.
+pub type ChannelCounts = Vec<(Arc<str>, usize)>;
+
 /// A history read's answer.
 #[derive(Debug, Clone)]
 pub struct HistoryResult {
@@ -53,6 +58,35 @@ pub struct HistoryResult {
     pub first_offset: Option<u64>,
 }
 
+/// A command for the connections of a user, wherever they are connected.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Control {
+    /// Disconnect the user's connections (or only `client`), except those
+    /// in `whitelist`.
+    Disconnect {
+        /// The user.
+        user: String,
+        /// Only this connection.
+        client: Option<String>,
+        /// Connections to leave alone.
+        whitelist: Vec<String>,
+        /// Close code.
+        code: u16,
+        /// Reason.
+        reason: String,
+    },
+    /// Unsubscribe the user's connections (or only `client`) from a channel.
+    Unsubscribe {
+        /// The user.
+        user: String,
+        /// Only this connection.
+        client: Option<String>,
+        /// The channel.
+        channel: String,
+    },
+}
+
 /// Where a broker delivers what was published on any node: the hub.
 pub trait BrokerHandler: Send + Sync {
     /// A publication for `channel` (in offset order per channel).
@@ -61,10 +95,18 @@ pub trait BrokerHandler: Send + Sync {
     fn on_join(&self, channel: &str, info: Arc<ClientInfo>);
     /// A client left `channel`.
     fn on_leave(&self, channel: &str, info: Arc<ClientInfo>);
+    /// Publications of `channel` may have been missed here (the broker was
+    /// unreachable for longer than it could make up, or the stream was lost
+    /// and has a new epoch): its subscribers must recover from history.
+    fn on_lost(&self, channel: &str);
+    /// A command for some connections of this node.
+    fn on_control(&self, control: Control);
+    /// This node's channels and their subscriber counts.
+    fn local_channels(&self) -> Vec<(Arc<str>, usize)>;
 }
 
 /// Fan-out, history and presence for the hub.
-pub trait Broker: Send + Sync + 'static {
+pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// Where deliveries go; set once by the hub.
     fn set_handler(&self, handler: Weak<dyn BrokerHandler>);
 
@@ -137,4 +179,40 @@ pub trait Broker: Send + Sync + 'static {
         &'a self,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<(usize, usize), BrokerError>>;
+
+    /// Refreshes many presence entries for `ttl_ms` (a node's heartbeat).
+    fn refresh_presence<'a>(
+        &'a self,
+        entries: Vec<(Arc<str>, Arc<ClientInfo>)>,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            for (channel, info) in entries {
+                self.add_presence(&channel, info, ttl_ms).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Sends a command to every node (this one included).
+    fn control(&self, control: Control) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// The channels with subscribers on any node, with their subscriber
+    /// counts summed over the nodes.
+    fn channels(&self) -> BoxFuture<'_, Result<ChannelCounts, BrokerError>>;
+
+    /// Whether the broker works now (for readiness checks).
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    /// Drops idle state (expired presence, idle streams); called
+    /// periodically.
+    fn upkeep(&self) {}
+
+    /// The history held in this process, if it is held here:
+    /// (publications, payload bytes).
+    fn held(&self) -> Option<(usize, usize)> {
+        None
+    }
 }

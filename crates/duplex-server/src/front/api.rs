@@ -5,11 +5,12 @@
 //!
 //! Answers: 200 with `{"result": {...}}` or `{"error": {"code", "message"}}`
 //! (the client protocol's codes); 400 for a body that is not JSON of the
-//! method's shape; 404 for an unknown method.
+//! method's shape; 404 for an unknown method; 503 when the broker cannot be
+//! reached (the call failed fast: retry it).
 
 use crate::front::centrifuge::calls::{self, hub_error};
 use crate::front::centrifuge::wire;
-use crate::hub::{Event, Hub, StreamPosition};
+use crate::hub::{Hub, StreamPosition};
 use crate::metrics::MethodLabel;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -139,7 +140,13 @@ pub async fn call(hub: &Hub, node: &NodeInfo, method: &str, body: &[u8]) -> Answ
             body: r#"{"error":{"code":107,"message":"bad request"}}"#.into(),
         },
         Ok(outcome) => Answer {
-            status: 200,
+            // A broker that cannot be reached: 503, so that load balancers
+            // and retrying clients see it as the temporary failure it is.
+            status: if outcome == Err(wire::UNAVAILABLE) {
+                503
+            } else {
+                200
+            },
             body: envelope(outcome),
         },
     }
@@ -240,7 +247,11 @@ async fn one(hub: &Hub, node: &NodeInfo, method: &str, body: &[u8]) -> Result<Ou
             };
             let mut out = String::from("{\"channels\":{");
             let pattern = r.pattern.as_deref().filter(|p| !p.is_empty());
-            for (i, (name, n)) in hub.channels(pattern).iter().enumerate() {
+            let channels = match hub.channels(pattern).await {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(hub_error(&e))),
+            };
+            for (i, (name, n)) in channels.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
@@ -258,25 +269,17 @@ async fn one(hub: &Hub, node: &NodeInfo, method: &str, body: &[u8]) -> Result<Ou
                 Some(d) if d.code != 0 => return Ok(Err(wire::BAD_REQUEST)),
                 _ => (3503, "force disconnect".to_string()),
             };
-            let keep: Vec<&str> = r.whitelist.iter().map(String::as_str).collect();
-            hub.tell_user_except(&r.user, r.client.as_deref(), &keep, || Event::Disconnect {
-                code,
-                reason: reason.as_str().into(),
-            });
-            Ok("{}".to_string())
+            hub.disconnect_user(&r.user, r.client.as_deref(), &r.whitelist, code, &reason)
+                .await
+                .map(|()| "{}".to_string())
+                .map_err(|e| hub_error(&e))
         }
         "unsubscribe" => {
             let r: UnsubscribeUser = parse(body)?;
-            match hub.options(&r.channel) {
-                Err(e) => Err(hub_error(&e)),
-                Ok(_) => {
-                    let ev = Event::Unsubscribe {
-                        channel: r.channel.as_str().into(),
-                    };
-                    hub.tell_user(&r.user, r.client.as_deref(), ev);
-                    Ok("{}".to_string())
-                }
-            }
+            hub.unsubscribe_user(&r.user, r.client.as_deref(), &r.channel)
+                .await
+                .map(|()| "{}".to_string())
+                .map_err(|e| hub_error(&e))
         }
         "info" => {
             let m = hub.metrics();

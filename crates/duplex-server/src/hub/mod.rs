@@ -19,7 +19,7 @@ pub mod mailbox;
 pub mod namespace;
 pub mod presence;
 
-use crate::broker::{Broker, BrokerError, BrokerHandler, HistoryQuery, HistoryResult};
+use crate::broker::{Broker, BrokerError, BrokerHandler, Control, HistoryQuery, HistoryResult};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use duplex_proto::PreparedMessage;
@@ -108,6 +108,9 @@ pub enum Event {
     Unsubscribe {
         /// The channel.
         channel: Arc<str>,
+        /// Why: [`UNSUBSCRIBE_SERVER`] (final) or [`UNSUBSCRIBE_RECOVER`]
+        /// (the client should subscribe again, recovering).
+        code: u16,
     },
     /// The server disconnects the receiver.
     Disconnect {
@@ -117,6 +120,13 @@ pub enum Event {
         reason: Arc<str>,
     },
 }
+
+/// An unsubscribe by the server (the API's `unsubscribe`): final.
+pub const UNSUBSCRIBE_SERVER: u16 = 2000;
+/// An unsubscribe because this node may have missed publications of the
+/// channel ("insufficient state"): the client subscribes again and recovers
+/// what it missed from history.
+pub const UNSUBSCRIBE_RECOVER: u16 = 2500;
 
 /// Fronts that encode deliveries (an index into [`Delivery`]'s cache).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +181,7 @@ impl Delivery {
                         + info.conn_info.as_ref().map_or(0, |b| b.len())
                         + info.chan_info.as_ref().map_or(0, |b| b.len())
                 }
-                Event::Unsubscribe { channel } => channel.len(),
+                Event::Unsubscribe { channel, .. } => channel.len(),
                 Event::Disconnect { reason, .. } => reason.len(),
             }
     }
@@ -321,7 +331,9 @@ pub struct Subscribed {
 
 const SHARDS: usize = 32;
 
-type Subscribers = HashMap<Arc<str>, Arc<Mailbox>>;
+/// A channel's local subscribers: who (for presence heartbeats) and where
+/// their events go.
+type Subscribers = HashMap<Arc<str>, (Arc<Mailbox>, Arc<ClientInfo>)>;
 
 /// A client known to the hub (for the API's disconnect and unsubscribe).
 #[derive(Debug, Clone)]
@@ -453,7 +465,7 @@ impl Hub {
             if subs.contains_key(&info.client) {
                 return Err(HubError::AlreadySubscribed);
             }
-            subs.insert(info.client.clone(), mailbox.clone());
+            subs.insert(info.client.clone(), (mailbox.clone(), info.clone()));
             subs.len() == 1
         };
         self.metrics.subscriptions.inc();
@@ -588,6 +600,73 @@ impl Hub {
         Ok(())
     }
 
+    /// Refreshes the presence entries of every local subscriber of a channel
+    /// with presence: this node's heartbeat, run every third of the
+    /// presence TTL, so the members of a node that stops (or crashes)
+    /// expire within one TTL.
+    pub async fn refresh_all_presence(&self) -> Result<usize, HubError> {
+        let mut entries = Vec::new();
+        for s in &self.channels {
+            for (name, subs) in lock(s).iter() {
+                if self.options(name).is_ok_and(|o| o.presence) {
+                    entries.extend(subs.values().map(|(_, info)| (name.clone(), info.clone())));
+                }
+            }
+        }
+        let n = entries.len();
+        if n > 0 {
+            let ttl = self.config.presence_ttl.as_millis() as u64;
+            self.broker.refresh_presence(entries, ttl).await?;
+        }
+        Ok(n)
+    }
+
+    /// Disconnects the connections of `user` on every node (only `client`
+    /// if given), except those in `whitelist`.
+    pub async fn disconnect_user(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        whitelist: &[String],
+        code: u16,
+        reason: &str,
+    ) -> Result<(), HubError> {
+        Ok(self
+            .broker
+            .control(Control::Disconnect {
+                user: user.to_string(),
+                client: client.map(str::to_string),
+                whitelist: whitelist.to_vec(),
+                code,
+                reason: reason.to_string(),
+            })
+            .await?)
+    }
+
+    /// Unsubscribes the connections of `user` (only `client` if given) from
+    /// `channel`, on every node.
+    pub async fn unsubscribe_user(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        channel: &str,
+    ) -> Result<(), HubError> {
+        self.options(channel)?;
+        Ok(self
+            .broker
+            .control(Control::Unsubscribe {
+                user: user.to_string(),
+                client: client.map(str::to_string),
+                channel: channel.to_string(),
+            })
+            .await?)
+    }
+
+    /// Whether the broker works (for readiness).
+    pub fn broker_healthy(&self) -> bool {
+        self.broker.healthy()
+    }
+
     /// Publishes into `channel`. When the channel keeps history, the
     /// publication is stored before this returns its position.
     pub async fn publish(
@@ -661,18 +740,28 @@ impl Hub {
         Ok(self.broker.presence_stats(channel).await?)
     }
 
-    /// Channels with subscribers on this node whose name matches `pattern`
+    /// Channels with subscribers on any node whose name matches `pattern`
     /// (`*` matches any run of characters), with their subscriber counts.
-    pub fn channels(&self, pattern: Option<&str>) -> Vec<(Arc<str>, usize)> {
+    pub async fn channels(
+        &self,
+        pattern: Option<&str>,
+    ) -> Result<Vec<(Arc<str>, usize)>, HubError> {
+        let mut out = self.broker.channels().await?;
+        out.retain(|(name, _)| pattern.map_or(true, |p| glob(p, name)));
+        out.sort();
+        Ok(out)
+    }
+
+    /// Channels with subscribers on this node, with their counts.
+    pub fn local_channels(&self) -> Vec<(Arc<str>, usize)> {
         let mut out = Vec::new();
         for s in &self.channels {
-            for (name, subs) in lock(s).iter() {
-                if pattern.map_or(true, |p| glob(p, name)) {
-                    out.push((name.clone(), subs.len()));
-                }
-            }
+            out.extend(
+                lock(s)
+                    .iter()
+                    .map(|(name, subs)| (name.clone(), subs.len())),
+            );
         }
-        out.sort();
         out
     }
 
@@ -737,7 +826,7 @@ impl Hub {
         };
         let d = Delivery::new(event);
         let mut n = 0u64;
-        for (client, mailbox) in subs {
+        for (client, (mailbox, _)) in subs {
             match mailbox.push(d.clone()) {
                 Ok(()) => n += 1,
                 Err(mailbox::PushError::Overflow) => {
@@ -801,6 +890,56 @@ impl BrokerHandler for Hub {
                 info,
             },
         );
+    }
+
+    fn on_lost(&self, channel: &str) {
+        tracing::info!(
+            channel,
+            "publications may have been missed: subscribers recover"
+        );
+        self.deliver(
+            channel,
+            Event::Unsubscribe {
+                channel: channel.into(),
+                code: UNSUBSCRIBE_RECOVER,
+            },
+        );
+    }
+
+    fn on_control(&self, control: Control) {
+        match control {
+            Control::Disconnect {
+                user,
+                client,
+                whitelist,
+                code,
+                reason,
+            } => {
+                let keep: Vec<&str> = whitelist.iter().map(String::as_str).collect();
+                self.tell_user_except(&user, client.as_deref(), &keep, || Event::Disconnect {
+                    code,
+                    reason: reason.as_str().into(),
+                });
+            }
+            Control::Unsubscribe {
+                user,
+                client,
+                channel,
+            } => {
+                self.tell_user(
+                    &user,
+                    client.as_deref(),
+                    Event::Unsubscribe {
+                        channel: channel.as_str().into(),
+                        code: UNSUBSCRIBE_SERVER,
+                    },
+                );
+            }
+        }
+    }
+
+    fn local_channels(&self) -> Vec<(Arc<str>, usize)> {
+        Hub::local_channels(self)
     }
 }
 

@@ -85,7 +85,7 @@ fn drain(m: &Mailbox) -> Vec<(String, u64, String)> {
                 ),
                 Event::Join { info, .. } => ("join".into(), 0, info.client.to_string()),
                 Event::Leave { info, .. } => ("leave".into(), 0, info.client.to_string()),
-                Event::Unsubscribe { channel } => ("unsub".into(), 0, channel.to_string()),
+                Event::Unsubscribe { channel, .. } => ("unsub".into(), 0, channel.to_string()),
                 Event::Disconnect { reason, .. } => ("disconnect".into(), 0, reason.to_string()),
             });
         }
@@ -412,10 +412,10 @@ async fn channels_and_users() {
     f.hub.subscribe(&a, &ma, "room1", None).await.unwrap();
     f.hub.subscribe(&b, &mb, "room1", None).await.unwrap();
     f.hub.subscribe(&b, &mb, "lobby", None).await.unwrap();
-    let all = f.hub.channels(None);
+    let all = f.hub.channels(None).await.unwrap();
     assert_eq!(all, [("lobby".into(), 1), ("room1".into(), 2)]);
-    assert_eq!(f.hub.channels(Some("room*")).len(), 1);
-    assert_eq!(f.hub.channels(Some("*o*")).len(), 2);
+    assert_eq!(f.hub.channels(Some("room*")).await.unwrap().len(), 1);
+    assert_eq!(f.hub.channels(Some("*o*")).await.unwrap().len(), 2);
     let ev = Event::Disconnect {
         code: 3000,
         reason: "bye".into(),

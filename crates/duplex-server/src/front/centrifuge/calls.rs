@@ -14,7 +14,7 @@ pub fn hub_error(e: &HubError) -> ProtoError {
         HubError::NotAvailable => wire::NOT_AVAILABLE,
         HubError::AlreadySubscribed => wire::ALREADY_SUBSCRIBED,
         HubError::LimitExceeded | HubError::TooLarge => wire::LIMIT_EXCEEDED,
-        HubError::Broker(_) => wire::INTERNAL,
+        HubError::Broker(_) => wire::UNAVAILABLE,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::hub::mailbox::Next;
 use crate::hub::namespace::{PublishRule, SubscribeRule};
 use crate::hub::{
     ClientInfo, Delivery, Event, FrontKind, Hub, Mailbox, StreamPosition, Subscribed,
+    UNSUBSCRIBE_RECOVER,
 };
 use crate::metrics::{FrontLabel, MethodLabel};
 use crate::shutdown::{Shutdown, Stage};
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use calls::hub_error;
 use duplex::{CloseCode, Message, PreparedMessage, WebSocket};
 use prometheus_client::metrics::counter::Counter;
+use std::fmt::Write as _;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
@@ -371,17 +373,6 @@ impl Client<'_> {
         }
         self.next_ping = now + self.front.config.ping_interval;
         self.pong_deadline = Some(now + self.front.config.pong_timeout);
-        // Presence entries expire unless refreshed: refresh them with the ping.
-        let subs: Vec<(Arc<str>, Arc<ClientInfo>)> = self
-            .subs
-            .iter()
-            .map(|(c, s)| (c.clone(), s.info.clone()))
-            .collect();
-        for (channel, info) in subs {
-            if let Err(e) = self.front.hub.refresh_presence(&info, &channel).await {
-                tracing::warn!(%channel, error = %e, "presence refresh failed");
-            }
-        }
         Ok("{}".to_string())
     }
 
@@ -417,16 +408,22 @@ impl Client<'_> {
                         _ => continue,
                     }
                 }
-                Event::Unsubscribe { channel } => {
-                    let channel = channel.clone();
+                Event::Unsubscribe { channel, code } => {
+                    let (channel, code) = (channel.clone(), *code);
                     if let Some(sub) = self.subs.remove(&channel) {
                         let hub = self.front.hub.clone();
                         let gone = channel.clone();
                         tokio::spawn(async move { hub.unsubscribe(&sub.info, &gone).await });
                         let mut out = String::from("{\"push\":{\"channel\":");
                         wire::string(&mut out, &channel);
-                        out.push_str(
-                            ",\"unsubscribe\":{\"code\":2000,\"reason\":\"server unsubscribe\"}}}",
+                        let reason = if code >= UNSUBSCRIBE_RECOVER {
+                            "insufficient state"
+                        } else {
+                            "server unsubscribe"
+                        };
+                        let _ = write!(
+                            out,
+                            ",\"unsubscribe\":{{\"code\":{code},\"reason\":\"{reason}\"}}}}}}"
                         );
                         if ws.start_send(Message::text(out)).is_err() {
                             return None;
@@ -909,7 +906,7 @@ pub fn encode_event(e: &Event) -> PreparedMessage {
             out.push('}');
         }
         // Per-connection events, handled before encoding.
-        Event::Unsubscribe { channel } => wire::string(&mut out, channel),
+        Event::Unsubscribe { channel, .. } => wire::string(&mut out, channel),
         Event::Disconnect { .. } => out.push_str("\"\""),
     }
     out.push_str("}}");

@@ -60,10 +60,6 @@ impl<T> Subs<T> {
         self.entries.iter().map(|(_, v)| v)
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &T)> {
-        self.entries.iter().map(|(c, v)| (c, v))
-    }
-
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = (Arc<str>, T)> {
         std::mem::take(&mut self.entries).into_iter()
     }

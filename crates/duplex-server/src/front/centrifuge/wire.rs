@@ -255,9 +255,11 @@ const fn err(code: u32, message: &'static str) -> ProtoError {
     }
 }
 
-pub const INTERNAL: ProtoError = ProtoError {
+/// The broker cannot be reached: the call failed fast and may be retried
+/// (the HTTP API answers it with 503).
+pub const UNAVAILABLE: ProtoError = ProtoError {
     code: 100,
-    message: "internal server error",
+    message: "broker unavailable",
     temporary: true,
 };
 pub const UNAUTHORIZED: ProtoError = err(101, "unauthorized");

@@ -12,16 +12,23 @@
 //      the others and recover; its presence members expire;
 //   4. FLUSHALL: new epoch, unsubscribe 2500, recovered false, no replay;
 //   5. presence, presence_stats, join/leave, channels, disconnect across nodes;
-//   6. `[broker]` in the TOML, and the prefix separating clusters.
+//   6. `[broker]` in the TOML, and the prefix separating clusters;
+//   7. a Redis Cluster of 3 masters (3 redis-server in cluster mode made one
+//      by `redis-cli --cluster create`), nodes with `--broker-cluster` and the
+//      masters as seeds: 12 channels (4 on each master, by their slot), every
+//      publication once and in offset order everywhere, history and presence
+//      from every node, each channel's fan-out a shard channel on the master
+//      of its slot (PUBSUB SHARDCHANNELS), none on plain pub/sub.
 //
 // Every check starts its own redis-server and nodes (a unique prefix each)
 // and stops them at its end; redis children are also killed when the process
 // exits. Every wait is on an event or a polled condition with a deadline.
 //
 // Environment: DUPLEX_BIN (binary), REDIS_SERVER (default: redis-server on
-// PATH), SCALEOUT_ONLY=1,3 (run only these numbered checks),
-// SCALEOUT_LOGS=1 (on a failure print the tail of every node's and redis's
-// log; without it only their WARN/ERROR lines), CENTRIFUGE_FRAMES=1 (on a
+// PATH), REDIS_CLI (check 7; default: redis-cli on PATH), SCALEOUT_ONLY=1,3
+// (run only these numbered checks), SCALEOUT_LOGS=1 (on a failure print the
+// tail of every node's and redis's log; without it only their WARN/ERROR
+// lines), CENTRIFUGE_FRAMES=1 (on a
 // failure print the last frames of every client), SCALEOUT_NO_BROKER=1 (a
 // development aid for the test itself: one node without --broker stands for
 // the three, only checks 1 and 5 run).
@@ -40,6 +47,7 @@ import {
 } from './lib.mjs';
 
 const REDIS_BIN = process.env.REDIS_SERVER || 'redis-server';
+const REDIS_CLI = process.env.REDIS_CLI || 'redis-cli';
 const NO_BROKER = !!process.env.SCALEOUT_NO_BROKER;
 const ONLY = (process.env.SCALEOUT_ONLY || '').split(',').map((s) => s.trim()).filter(Boolean);
 const PRESENCE_TTL_S = 6;
@@ -128,20 +136,25 @@ export function redisCmd(port, args, ms = 3000) {
 }
 
 /**
- * Starts redis-server on 127.0.0.1:port (a free one when not given), AOF with
- * fsync on every write in `dir`, no RDB snapshots. Resolves once it answers
- * PING. Returns { port, url, kill(), start(), stop(), log() }.
+ * A redis-server on 127.0.0.1:port, not started yet: AOF with fsync on every
+ * write in `dir` and no RDB snapshots, or with { cluster: true } a Redis
+ * Cluster node (no persistence, its nodes-P.conf in `dir`). start() resolves
+ * once it answers PING. Returns { port, url, kill(), start(), stop(), log() }.
  */
-async function startRedis(dir, port) {
+function redisProcess(dir, port, { cluster = false } = {}) {
   mkdirSync(dir, { recursive: true });
-  const r = { port: port || await closedPort(), dir, proc: null, out: '' };
-  r.url = `redis://127.0.0.1:${r.port}/0`;
+  const r = { port, dir, proc: null, out: '', cluster };
+  r.url = cluster ? `redis://127.0.0.1:${r.port}` : `redis://127.0.0.1:${r.port}/0`;
   r.log = () => r.out;
   r.start = async () => {
-    const p = spawn(REDIS_BIN, [
-      '--port', String(r.port), '--bind', '127.0.0.1', '--save', '',
-      '--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir, '--daemonize', 'no',
-    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const args = [
+      '--port', String(r.port), '--bind', '127.0.0.1', '--save', '', '--dir', dir, '--daemonize', 'no',
+      ...(cluster
+        ? ['--appendonly', 'no', '--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${r.port}.conf`),
+          '--cluster-node-timeout', '2000']
+        : ['--appendonly', 'yes', '--appendfsync', 'always']),
+    ];
+    const p = spawn(REDIS_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     redisProcs.add(p);
     r.proc = p;
     let spawnError;
@@ -158,7 +171,10 @@ async function startRedis(dir, port) {
       try {
         if (await redisCmd(r.port, ['PING'], 1000) === 'PONG') return;
       } catch { /* not yet */ }
-      if (Date.now() > deadline) throw new Error(`redis-server on :${r.port} does not answer PING within 10 s; log:\n${r.out.trim()}`);
+      if (Date.now() > deadline) {
+        p.kill('SIGKILL');
+        throw new Error(`redis-server on :${r.port} does not answer PING within 10 s; log:\n${r.out.trim()}`);
+      }
       await sleep(50);
     }
   };
@@ -169,8 +185,102 @@ async function startRedis(dir, port) {
     p.kill('SIGKILL');
   });
   r.stop = r.kill;
+  return r;
+}
+
+/** Starts a standalone redis-server (see redisProcess) on port, a free one when not given. */
+async function startRedis(dir, port) {
+  const r = redisProcess(dir, port || await closedPort());
   await r.start();
   return r;
+}
+
+/** Whether nothing listens on 127.0.0.1:port (by binding it). */
+function portFree(port) {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A free loopback port P for a cluster node whose bus port P + 10000 is free
+ * (and below 65536) too, none of them in `taken` (which gets both).
+ */
+async function clusterPort(taken) {
+  for (let i = 0; i < 100; i++) {
+    const p = await closedPort();
+    if (p + 10000 > 65535 || taken.has(p) || taken.has(p + 10000)) continue;
+    if (!(await portFree(p + 10000))) continue;
+    taken.add(p); taken.add(p + 10000);
+    return p;
+  }
+  throw new Error('no free loopback port P with P + 10000 (its cluster bus port) free too, in 100 tries');
+}
+
+/**
+ * Runs a short-lived tool (redis-cli): resolves { code, signal, out } (stdout
+ * and stderr together); killed after ms. A missing binary rejects with `missing`.
+ */
+function runTool(bin, args, ms, missing) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    redisProcs.add(p);
+    let out = '';
+    let timedOut = false;
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { out += d; });
+    const timer = setTimeout(() => { timedOut = true; p.kill('SIGKILL'); }, ms);
+    p.on('error', (e) => {
+      clearTimeout(timer);
+      redisProcs.delete(p);
+      reject(new Error(e.code === 'ENOENT' ? missing : `cannot run ${bin}: ${e.message}`));
+    });
+    p.on('close', (code, signal) => {
+      clearTimeout(timer);
+      redisProcs.delete(p);
+      if (timedOut) reject(new Error(`${bin} ${args.join(' ')} still running after ${ms} ms; output:\n${out.trim().split('\n').slice(-15).join('\n')}`));
+      else resolve({ code, signal, out });
+    });
+  });
+}
+
+/** CLUSTER INFO of the node on port as an object ({ cluster_state: 'ok', … }). */
+async function clusterInfo(port) {
+  const text = await redisCmd(port, ['CLUSTER', 'INFO'], 2000);
+  return Object.fromEntries(String(text).split('\r\n').filter(Boolean).map((l) => l.split(':')));
+}
+
+/**
+ * `redis-cli --cluster create` over the started cluster nodes `masters` (no
+ * replicas), then waits until every node's CLUSTER INFO says state ok with
+ * all of them known and serving slots. Returns slotOwner(slot) -> the master.
+ */
+async function createRedisCluster(masters) {
+  const missing = `cannot run ${REDIS_CLI}: a Redis Cluster is created with redis-cli (Debian: apt-get install redis-tools, which redis-server depends on; or REDIS_CLI=/path/to/redis-cli)`;
+  const v = await runTool(REDIS_CLI, ['--version'], 5_000, missing);
+  assert(v.code === 0, `${REDIS_CLI} --version exited ${v.code ?? v.signal}: ${v.out.trim()}`);
+  const create = await runTool(REDIS_CLI, ['--cluster', 'create', ...masters.map((m) => `127.0.0.1:${m.port}`),
+    '--cluster-replicas', '0', '--cluster-yes'], 30_000, missing);
+  assert(create.code === 0, `redis-cli --cluster create exited ${create.code ?? create.signal}; output:\n${create.out.trim().split('\n').slice(-15).join('\n')}`);
+  const last = new Map();
+  await until(async () => {
+    const infos = await Promise.all(masters.map((m) => clusterInfo(m.port).catch((e) => ({ error: e.message }))));
+    masters.forEach((m, i) => last.set(m.port, infos[i]));
+    return infos.every((i) => i.cluster_state === 'ok' && Number(i.cluster_known_nodes) === masters.length && Number(i.cluster_size) === masters.length);
+  }, 15_000, () => `redis cluster not ok on every node: ${[...last].map(([p, i]) => `:${p} ${i.error || `state ${i.cluster_state}, known ${i.cluster_known_nodes}, size ${i.cluster_size}, slots ok ${i.cluster_slots_ok}`}`).join('; ')}`, 200);
+  // Who serves which slot, as every node sees it (they must agree).
+  const views = await Promise.all(masters.map((m) => redisCmd(m.port, ['CLUSTER', 'SLOTS'])));
+  const slotRanges = (v) => v.map(([from, to, [, port]]) => ({ from, to, port: Number(port) })).sort((a, b) => a.from - b.from);
+  const served = slotRanges(views[0]);
+  views.forEach((v, i) => {
+    assertEq(JSON.stringify(slotRanges(v)), JSON.stringify(served), `CLUSTER SLOTS of :${masters[i].port} (vs :${masters[0].port})`);
+  });
+  assertEq(served.reduce((k, r) => k + r.to - r.from + 1, 0), 16384, 'slots covered by CLUSTER SLOTS');
+  const byPort = new Map(masters.map((m) => [m.port, m]));
+  assertEq(JSON.stringify([...new Set(served.map((r) => r.port))].sort()), JSON.stringify([...byPort.keys()].sort()), 'masters serving slots');
+  return (slot) => byPort.get(served.find((r) => slot >= r.from && slot <= r.to).port);
 }
 
 // ---------------------------------------------------------------- cluster
@@ -206,7 +316,7 @@ ${broker ? `
 [broker]
 url = "${broker.url}"
 prefix = "${broker.prefix}"
-` : ''}`;
+${broker.cluster ? 'cluster = true\n' : ''}` : ''}`;
 }
 
 async function health(node, ms = 3000) {
@@ -263,12 +373,32 @@ class Scope {
   }
 
   /**
-   * Starts a duplex node. broker: { url, prefix, via: 'flags' | 'toml' }, or
-   * null for the in-process broker.
+   * `count` redis-server nodes in cluster mode on free loopback ports, made
+   * one Redis Cluster of `count` masters by redis-cli. Returns { masters,
+   * slotOwner(slot) -> the master serving it, url (the seeds, comma-separated) }.
+   */
+  async redisCluster(count = 3) {
+    const dir = path.join(this.dir, 'redis-cluster');
+    const taken = new Set();
+    const masters = [];
+    for (let i = 0; i < count; i++) masters.push(redisProcess(dir, await clusterPort(taken), { cluster: true }));
+    this.redis.push(...masters);
+    const started = await Promise.allSettled(masters.map((m) => m.start()));
+    const failed = started.find((x) => x.status === 'rejected');
+    if (failed) throw failed.reason;
+    const slotOwner = await createRedisCluster(masters);
+    return { masters, slotOwner, url: masters.map((m) => m.url).join(',') };
+  }
+
+  /**
+   * Starts a duplex node. broker: { url, prefix, via: 'flags' | 'toml',
+   * cluster? }, or null for the in-process broker.
    */
   async node(name, broker) {
     const toml = hubToml({ broker: broker && broker.via === 'toml' ? broker : null });
-    const args = broker && broker.via !== 'toml' ? ['--broker', broker.url, '--broker-prefix', broker.prefix] : [];
+    const args = broker && broker.via !== 'toml'
+      ? ['--broker', broker.url, '--broker-prefix', broker.prefix, ...(broker.cluster ? ['--broker-cluster'] : [])]
+      : [];
     const s = await startHub(this.dir, name, toml, args);
     const node = { name, server: s, port: s.port, origin: s.origin, hubUrl: s.hubUrl, child: s.child };
     node.log = () => s.log();
@@ -663,10 +793,12 @@ async function main() {
     const scheck = async (num, name, fn, { timeoutMs = 40_000, needsBroker = false } = {}) => {
       const label = `${num}. ${name}`;
       if (ONLY.length && !ONLY.includes(String(num))) return;
-      if (!gateOpen) { skip(label, 'the broker cluster does not start (see above)'); return; }
+      // A check that cannot run is a failure, not a skip: nothing it proves may go unproven.
+      const cannot = (why) => check(label, async () => { throw new Error(why); });
+      if (!gateOpen) { await cannot('the broker cluster does not start (see above)'); return; }
       if (needsBroker && NO_BROKER) { skip(label, 'SCALEOUT_NO_BROKER is set'); return; }
       const left = SUITE_DEADLINE_MS - (Date.now() - t0);
-      if (left < 15_000) { skip(label, `the suite's time budget (${SUITE_DEADLINE_MS / 1000} s) is spent`); return; }
+      if (left < 15_000) { await cannot(`the suite's time budget (${SUITE_DEADLINE_MS / 1000} s) is spent before it could run`); return; }
       timeoutMs = Math.min(timeoutMs, left);
       const scope = new Scope(work, `c${num}`);
       let passed = false;
@@ -1101,6 +1233,166 @@ async function main() {
         assert(Array.isArray(keys) && keys.length > 0, `no redis key contains the prefix ${p} (keys: ${JSON.stringify((await redisCmd(r.port, ['KEYS', '*'])).slice(0, 10))})`);
       }
     }, { timeoutMs: 30_000, needsBroker: true });
+
+    // ------------------------------------------------ 7. Redis Cluster
+    await scheck(7, 'Redis Cluster (3 masters): sharded fan-out and history work', async (scope) => {
+      const rc = await scope.redisCluster(3);
+      const { masters, slotOwner } = rc;
+      const prefix = uniq('scaleout-c7');
+      const shardOf = (ch) => `${prefix}.{${ch}}`;
+      const keyslot = async (name) => Number(await redisCmd(masters[0].port, ['CLUSTER', 'KEYSLOT', name]));
+      // 12 channels of the chat namespace (history, recovery, presence), 4 on
+      // each master: the slot of a channel's shard channel (its hash tag is
+      // the channel) says which master serves it.
+      const PER_MASTER = 4;
+      const tag = randomBytes(3).toString('hex');
+      const onMaster = new Map(masters.map((m) => [m, []]));
+      const ownerOf = new Map();
+      for (let i = 0; [...onMaster.values()].some((l) => l.length < PER_MASTER); i++) {
+        assert(i < 500, `500 channel names do not give ${PER_MASTER} channels on each master: ${masters.map((m) => `:${m.port} ${onMaster.get(m).length}`).join(', ')}`);
+        const ch = `chat:shard-${tag}-${i}`;
+        const m = slotOwner(await keyslot(shardOf(ch)));
+        if (onMaster.get(m).length < PER_MASTER) { onMaster.get(m).push(ch); ownerOf.set(ch, m); }
+      }
+      const channels = []; // consecutive ones on different masters
+      for (let k = 0; k < PER_MASTER; k++) for (const m of masters) channels.push(onMaster.get(m)[k]);
+      // 3 nodes with the 3 masters as seeds. allSettled: every node that
+      // started is in the scope (and stopped) even when another one fails.
+      const started = await Promise.allSettled([1, 2, 3].map((i) => scope.node(`n${i}`, { url: rc.url, prefix, cluster: true })));
+      const notStarted = started.find((x) => x.status === 'rejected');
+      if (notStarted) throw notStarted.reason;
+      const nodes = started.map((x) => x.value);
+      await waitHealth(nodes, 200, 15_000, 'nodes just started on a working redis cluster');
+      // One client per node, each subscribed to every channel.
+      const clients = [];
+      const subOf = []; // subOf[i].get(ch): client i's subscription
+      const subsOf = new Map(channels.map((ch) => [ch, []]));
+      for (let i = 0; i < 3; i++) {
+        const c = scope.client(nodes[i].hubUrl, { token: connToken(`user${i}`) }, `client${i}@${nodes[i].name}`);
+        const mine = new Map();
+        for (const ch of channels) {
+          const s = sub(c, ch, `${c.label} ${ch}`);
+          s.subscribe();
+          mine.set(ch, s);
+          subsOf.get(ch).push(s);
+        }
+        c.connect();
+        clients.push(c);
+        subOf.push(mine);
+      }
+      const allSubs = [...subsOf.values()].flat();
+      const firsts = new Map(await Promise.all(allSubs.map(async (s) => [s, await nth(s, 'subscribed', 1, 10_000)])));
+      for (const [s, f] of firsts) assertEq(f.recoverable, true, `${s.label}: subscribed ctx recoverable`);
+      // 6 publishers (a client and the API on every node) at once, each going
+      // round all channels K times from its own starting point.
+      const ledgers = new Map(channels.map((ch) => [ch, new Ledger(ch)]));
+      const K = 4;
+      const round = (start) => Array.from({ length: K * channels.length }, (_, j) => channels[(start + j) % channels.length]);
+      const publishers = [];
+      for (let i = 0; i < 3; i++) {
+        publishers.push((async () => {
+          for (const ch of round(4 * i)) {
+            if (scope.closed) return;
+            await clientPublish(ledgers.get(ch), subOf[i].get(ch), `client@${nodes[i].name}`);
+          }
+        })());
+        publishers.push((async () => {
+          for (const ch of round(4 * i + 2)) {
+            if (scope.closed) return;
+            await apiPublish(ledgers.get(ch), nodes[i]);
+          }
+        })());
+      }
+      await Promise.all(publishers);
+      const all = [...ledgers.values()];
+      const failed = all.flatMap((l) => [...l.failed.values()].map((f) => ({ ...f, ch: l.ch })));
+      const issued = all.reduce((k, l) => k + l.issued.size, 0);
+      assert(failed.length === 0, `${failed.length} of ${issued} publishes failed: ${failed.slice(0, 5).map((f) => `${f.ch} n ${f.n} by ${f.by}: ${f.status} ${f.code ?? ''} ${f.why}`).join('; ')}`);
+      await Promise.all(channels.map((ch) => waitDelivered(subsOf.get(ch), ledgers.get(ch), 15_000)));
+      // A sentinel last on each channel: anything arriving twice before it is caught below.
+      await Promise.all(channels.map((ch, j) => mustPublish(ledgers.get(ch), nodes[j % 3], `sentinel on ${ch}`)));
+      await Promise.all(channels.map((ch) => waitDelivered(subsOf.get(ch), ledgers.get(ch), 8_000)));
+      const problems = [];
+      let lost = 0;
+      for (const ch of channels) {
+        const r = deliveryReport(subsOf.get(ch), ledgers.get(ch), { firstOffset: 1 });
+        lost += r.lost;
+        if (r.problems.length) problems.push(`${ch} (slot on :${ownerOf.get(ch).port}): ${r.problems.join(' | ')}`);
+      }
+      assert(problems.length === 0, `${lost} acknowledged publication(s) lost somewhere; ${problems.slice(0, 4).join(' || ')}${problems.length > 4 ? ` || … and ${problems.length - 4} more channels` : ''}`);
+      // History: the same publications, offsets and epoch from every node.
+      const histories = await Promise.all(channels.map((ch) => Promise.all(nodes.map((n) => apiOk(n, 'history', { channel: ch, limit: 1000 })))));
+      channels.forEach((ch, j) => {
+        const l = ledgers.get(ch);
+        const epochs = [...new Set([...l.acked.values()].filter((a) => a.epoch !== undefined).map((a) => a.epoch))];
+        assertEq(epochs.length, 1, `${ch}: distinct epochs in the publish replies (${JSON.stringify(epochs)})`);
+        const order = pubsOf(subOf[0].get(ch)).map(nOf);
+        const offsets = JSON.stringify(Array.from({ length: l.acked.size }, (_, k) => k + 1));
+        histories[j].forEach((h, i) => {
+          const where = `${nodes[i].name}: /api/history of ${ch}`;
+          assertEq(Number(h.offset), l.acked.size, `${where}: top offset`);
+          assertEq(h.epoch, epochs[0], `${where}: epoch (vs the publish replies)`);
+          const got = h.publications || [];
+          assert(JSON.stringify(got.map(nOf)) === JSON.stringify(order),
+            `${where}: n differ from what ${subOf[0].get(ch).label} received: first difference at index ${got.findIndex((p, k) => nOf(p) !== order[k])} (${got.length} vs ${order.length})`);
+          assert(JSON.stringify(got.map((p) => Number(p.offset))) === offsets, `${where}: offsets not 1..${l.acked.size}: ${got.slice(0, 10).map((p) => p.offset).join(',')}…`);
+        });
+        for (const s of subsOf.get(ch)) {
+          const sp = firsts.get(s).streamPosition;
+          assertEq(sp && sp.epoch, epochs[0], `${s.label}: epoch when subscribing (vs the publish replies)`);
+        }
+      });
+      // Presence of one channel, from every node: the 3 clients.
+      const pch = channels[0];
+      const want = (await Promise.all(clients.map(async (c) => (await nth(c, 'connected')).client))).sort();
+      for (const node of nodes) {
+        let last;
+        await until(async () => {
+          last = Object.keys((await apiOk(node, 'presence', { channel: pch })).presence || {}).sort();
+          return JSON.stringify(last) === JSON.stringify(want);
+        }, 5_000, () => `${node.name}: /api/presence of ${pch}: ${JSON.stringify(last)}, expected ${JSON.stringify(want)}`);
+        const st = await apiOk(node, 'presence_stats', { channel: pch });
+        assertEq(`${st.num_clients}/${st.num_users}`, '3/3', `${node.name}: /api/presence_stats of ${pch} num_clients/num_users`);
+      }
+      // Keys beside their shard channel: on the master serving the channel's slot
+      // (any other master would answer MOVED).
+      const keysOn = async (m, keys) => {
+        try { return await redisCmd(m.port, ['EXISTS', ...keys]); } catch (e) { return `${e.message}`; }
+      };
+      for (const ch of channels) {
+        const m = ownerOf.get(ch);
+        assertEq(await keysOn(m, [`${shardOf(ch)}.s`, `${shardOf(ch)}.m`]), 2, `EXISTS ${shardOf(ch)}.s ${shardOf(ch)}.m on :${m.port}, the master of their slot`);
+      }
+      assertEq(await keysOn(ownerOf.get(pch), [`${shardOf(pch)}.p`, `${shardOf(pch)}.z`]), 2, `EXISTS ${shardOf(pch)}.p ${shardOf(pch)}.z on :${ownerOf.get(pch).port}, the master of their slot`);
+      // Partitioning: each channel's fan-out is a shard channel subscribed on
+      // the master serving its slot; nothing on plain pub/sub or patterns.
+      const ctl = `${prefix}.control`;
+      const ctlOwner = slotOwner(await keyslot(ctl));
+      const pubsub = await Promise.all(masters.map(async (m) => ({
+        m,
+        shard: await redisCmd(m.port, ['PUBSUB', 'SHARDCHANNELS', `${prefix}*`]),
+        plain: await redisCmd(m.port, ['PUBSUB', 'CHANNELS', `${prefix}*`]),
+        numpat: await redisCmd(m.port, ['PUBSUB', 'NUMPAT']),
+      })));
+      const layout = () => pubsub.map((x) => `:${x.m.port} shard ${JSON.stringify(x.shard.slice(0, 20))}${x.shard.length > 20 ? '…' : ''}`).join('; ');
+      for (const x of pubsub) {
+        assert(x.plain.length === 0, `master :${x.m.port}: PUBSUB CHANNELS ${prefix}* lists ${x.plain.length} plain channel(s), fan-out not (only) sharded: ${JSON.stringify(x.plain.slice(0, 5))}`);
+        assertEq(x.numpat, 0, `master :${x.m.port}: PUBSUB NUMPAT (pattern subscriptions)`);
+      }
+      const carrying = pubsub.filter((x) => channels.some((ch) => x.shard.includes(shardOf(ch))));
+      assert(carrying.length >= 2, `only ${carrying.length} master(s) carry the test's shard channels: ${layout()}`);
+      const misplaced = [];
+      for (const ch of channels) {
+        const on = pubsub.filter((x) => x.shard.includes(shardOf(ch))).map((x) => `:${x.m.port}`);
+        if (JSON.stringify(on) !== JSON.stringify([`:${ownerOf.get(ch).port}`])) misplaced.push(`${shardOf(ch)} on ${JSON.stringify(on)}, slot served by :${ownerOf.get(ch).port}`);
+      }
+      assert(misplaced.length === 0, `PUBSUB SHARDCHANNELS: ${misplaced.length} of ${channels.length} channels not (only) on the master of their slot: ${misplaced.slice(0, 4).join('; ')} (${layout()})`);
+      assert(pubsub.find((x) => x.m === ctlOwner).shard.includes(ctl), `the control channel ${ctl} is not a shard channel on :${ctlOwner.port}, the master of its slot (${layout()})`);
+      const byClients = all.reduce((k, l) => k + [...l.acked.values()].filter((a) => a.status === 'client').length, 0);
+      const total = all.reduce((k, l) => k + l.acked.size, 0);
+      note(`shard channels per master: ${pubsub.map((x) => `:${x.m.port} ${channels.filter((ch) => x.shard.includes(shardOf(ch))).length}${x.m === ctlOwner ? ' + control' : ''}`).join(', ')}; ` +
+        `${total} publications (${byClients} by clients, ${total - byClients} by the API) on ${channels.length} channels, each received once and in offset order by ${clients.length} subscribers (one per node, ${allSubs.length} subscriptions); history and presence alike on every node`);
+    }, { timeoutMs: 60_000, needsBroker: true });
 
     if (!ONLY.length) {
       await check('no unhandled rejections', async () => {

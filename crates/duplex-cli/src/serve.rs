@@ -85,6 +85,11 @@ pub struct ServeArgs {
     /// can share one Redis [default: duplex].
     #[arg(long, value_name = "NAME", env = "DUPLEX_BROKER_PREFIX")]
     broker_prefix: Option<String>,
+    /// The --broker URLs (comma-separated) are seed nodes of a Redis
+    /// Cluster: channels are spread over its masters, fan-out uses sharded
+    /// pub/sub.
+    #[arg(long, env = "DUPLEX_BROKER_CLUSTER")]
+    broker_cluster: bool,
     /// Also accept sockets opened by pages from ORIGIN
     /// (`scheme://host[:port]`; `*` for any). Repeatable. Without it, a
     /// browser page may connect only from this server's own host and port
@@ -174,13 +179,29 @@ pub async fn run(a: ServeArgs) -> ExitCode {
         config.auth.api_key = Some(k.clone());
     }
     if let Some(url) = &a.broker {
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            eprintln!("duplex serve: --broker {url:?}: expected a redis:// or rediss:// URL");
+        let ok = url
+            .split(',')
+            .all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://"));
+        if !ok || (url.contains(',') && !a.broker_cluster) {
+            eprintln!(
+                "duplex serve: --broker {url:?}: expected a redis:// or rediss:// URL (several, comma-separated, with --broker-cluster)"
+            );
             return ExitCode::from(2);
         }
         let mut o = config.broker.take().unwrap_or_default();
         o.url = url.clone();
         config.broker = Some(o);
+    }
+    if a.broker_cluster {
+        match config.broker.as_mut() {
+            Some(o) => o.cluster = true,
+            None => {
+                eprintln!(
+                    "duplex serve: --broker-cluster needs --broker (or broker.url in the file)"
+                );
+                return ExitCode::from(2);
+            }
+        }
     }
     if let Some(p) = &a.broker_prefix {
         if p.is_empty() || p.contains(['{', '}']) {

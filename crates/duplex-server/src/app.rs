@@ -116,6 +116,8 @@ impl App {
     /// The metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
         let m = self.hub.metrics();
+        m.broker_round_trips.set(self.broker.round_trips() as i64);
+        m.broker_up.set(i64::from(self.broker.healthy()));
         if let Some((n, bytes)) = self.broker.held() {
             m.history_publications.set(n as i64);
             m.history_bytes.set(bytes as i64);

@@ -54,6 +54,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct Broker {
     url: String,
+    cluster: Option<bool>,
     prefix: Option<String>,
     connect_timeout: Option<Dur>,
     command_timeout: Option<Dur>,
@@ -168,16 +169,23 @@ pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, Error> {
         if let Some(p) = &b.prefix {
             o.prefix = p.clone();
         }
+        if let Some(c) = b.cluster {
+            o.cluster = c;
+        }
         if let Some(d) = &b.connect_timeout {
             o.connect_timeout = d.get("broker.connect_timeout")?;
         }
         if let Some(d) = &b.command_timeout {
             o.command_timeout = d.get("broker.command_timeout")?;
         }
-        if !(o.url.starts_with("redis://") || o.url.starts_with("rediss://")) {
+        let urls_ok = o
+            .url
+            .split(',')
+            .all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://"));
+        if !urls_ok || (o.url.contains(',') && !o.cluster) {
             return Err(Error::Setting {
                 key: "broker.url".into(),
-                requirement: "a redis:// or rediss:// URL",
+                requirement: "a redis:// or rediss:// URL (several, comma-separated, only with cluster = true)",
             });
         }
         if o.prefix.is_empty() || o.prefix.contains(['{', '}']) {

@@ -70,12 +70,27 @@ pub struct Metrics {
     pub history_publications: Gauge,
     /// Payload bytes held in history on this node (set when scraped).
     pub history_bytes: Gauge,
+    /// Round trips to a shared broker (Redis) so far (set when scraped).
+    pub broker_round_trips: Gauge,
+    /// 1 while the broker works, 0 while it cannot be reached (set when
+    /// scraped; `/health` says the same).
+    pub broker_up: Gauge,
 }
 
 impl Metrics {
     /// Registers every metric under the `duplex_` prefix.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("duplex");
+        r.register(
+            "broker_round_trips",
+            "Round trips to the shared broker (Redis) made by this node",
+            self.broker_round_trips.clone(),
+        );
+        r.register(
+            "broker_up",
+            "1 while the broker works, 0 while it cannot be reached",
+            self.broker_up.clone(),
+        );
         r.register(
             "connections",
             "Open connections, by front",

@@ -201,6 +201,11 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// counts summed over the nodes.
     fn channels(&self) -> BoxFuture<'_, Result<ChannelCounts, BrokerError>>;
 
+    /// Round trips to a shared broker so far (0 for the in-process one).
+    fn round_trips(&self) -> u64 {
+        0
+    }
+
     /// Whether the broker works now (for readiness checks).
     fn healthy(&self) -> bool {
         true

@@ -37,7 +37,9 @@ use crate::hub::{new_client_id, new_epoch, ClientInfo, Clock, HistoryLimits, Pub
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::{RedisError, Script, Value};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, RedisError, Script, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -47,8 +49,12 @@ use tokio::sync::mpsc;
 /// How to reach Redis, and the broker's timings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisOptions {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS); with
+    /// `cluster`, the seed nodes, comma-separated.
     pub url: String,
+    /// A Redis Cluster: keys are spread over its masters by channel, and
+    /// fan-out uses sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`).
+    pub cluster: bool,
     /// Prefix of every key and channel name, so that several deployments
     /// can share one Redis. No `{` or `}`.
     pub prefix: String,
@@ -65,6 +71,7 @@ impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
             url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
             prefix: "duplex".into(),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(2),
@@ -85,7 +92,8 @@ const SURVEY_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_CATCH_UP: usize = 1000;
 
 // KEYS: stream, meta. ARGV: body, size, stream ttl ms, meta ttl ms, new
-// epoch, pub/sub channel. Returns {offset, epoch}.
+// epoch, pub/sub channel, publish command (`publish`, or `spublish` on a
+// cluster). Returns {offset, epoch}.
 const PUBLISH_LUA: &str = r"
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
@@ -98,7 +106,7 @@ local id = string.format('%d', offset)
 redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], id .. '-1', 'd', ARGV[1])
 redis.call('pexpire', KEYS[1], ARGV[3])
 redis.call('pexpire', KEYS[2], ARGV[4])
-redis.call('publish', ARGV[6], 'p' .. id .. ':' .. epoch .. ':' .. ARGV[1])
+redis.call(ARGV[7], ARGV[6], 'p' .. id .. ':' .. epoch .. ':' .. ARGV[1])
 return {offset, epoch}
 ";
 
@@ -178,14 +186,53 @@ struct ChannelState {
     /// The last position delivered here (history channels), to drop
     /// duplicates and notice gaps.
     last: Option<StreamPosition>,
+    /// A cluster connection was lost since: read back what was missed
+    /// once the channel's subscription is confirmed again.
+    stale: bool,
 }
 
 type Survey = mpsc::UnboundedSender<(String, Vec<(String, usize)>)>;
 
+/// The command connection: one Redis, or a cluster (routed by key slot).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 struct Inner {
     options: RedisOptions,
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// The standalone client (its pub/sub connection is separate).
+    client: Option<redis::Client>,
+    conn: Conn,
     node: Arc<str>,
     handler: OnceLock<Weak<dyn BrokerHandler>>,
     clock: Arc<dyn Clock>,
@@ -203,6 +250,8 @@ struct Inner {
     presence: Script,
     presence_add: Script,
     round_trips: AtomicU64,
+    /// Cluster: a node connection was lost; subscribe again.
+    resubscribe: tokio::sync::Notify,
 }
 
 /// The Redis broker. Dropping it stops its background tasks.
@@ -261,19 +310,37 @@ impl RedisBroker {
             // rustls needs a process-wide crypto provider; ours is ring.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(options.url.as_str()).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.command_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(options.max_backoff);
-        let conn = tokio::time::timeout(
-            options.connect_timeout + options.command_timeout,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| unavailable("timed out connecting"))?
-        .map_err(unavailable)?;
+        let deadline = options.connect_timeout + options.command_timeout;
+        let (client, conn, pushes) = if options.cluster {
+            let seeds: Vec<&str> = options.url.split(',').map(str::trim).collect();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let cluster = ClusterClientBuilder::new(seeds)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .connection_timeout(options.connect_timeout)
+                .response_timeout(options.command_timeout)
+                .retries(1)
+                .build()
+                .map_err(unavailable)?;
+            let conn = tokio::time::timeout(deadline, cluster.get_async_connection())
+                .await
+                .map_err(|_| unavailable("timed out connecting"))?
+                .map_err(unavailable)?;
+            (None, Conn::Cluster(conn), Some(rx))
+        } else {
+            let client = redis::Client::open(options.url.as_str()).map_err(unavailable)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(options.connect_timeout))
+                .set_response_timeout(Some(options.command_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(options.max_backoff);
+            let conn =
+                tokio::time::timeout(deadline, client.get_connection_manager_with_config(config))
+                    .await
+                    .map_err(|_| unavailable("timed out connecting"))?
+                    .map_err(unavailable)?;
+            (Some(client), Conn::Single(conn), None)
+        };
         let inner = Arc::new(Inner {
             options,
             client,
@@ -292,25 +359,35 @@ impl RedisBroker {
             presence: Script::new(PRESENCE_LUA),
             presence_add: Script::new(PRESENCE_ADD_LUA),
             round_trips: AtomicU64::new(0),
+            resubscribe: tokio::sync::Notify::new(),
         });
-        // The first pub/sub connection is made here, so that a node that
+        // The first pub/sub subscription is made here, so that a node that
         // starts is subscribed to its control channel.
-        let first = inner.open_pubsub().await?;
-        let tasks = vec![
-            tokio::spawn(inner.clone().run_pubsub(first)),
-            tokio::spawn(inner.clone().heartbeat()),
-        ];
+        let mut tasks = Vec::new();
+        let fanout = match (pushes, &inner.conn) {
+            (Some(rx), Conn::Cluster(c)) => {
+                let mut c = c.clone();
+                tokio::time::timeout(deadline, c.ssubscribe(inner.control_name()))
+                    .await
+                    .map_err(|_| unavailable("SSUBSCRIBE timed out"))?
+                    .map_err(unavailable)?;
+                inner.pubsub_up.store(true, Ordering::Relaxed);
+                tasks.push(tokio::spawn(inner.clone().resubscribe_cluster()));
+                tokio::spawn(inner.clone().run_pushes(rx))
+            }
+            _ => {
+                let first = inner.open_pubsub().await?;
+                tokio::spawn(inner.clone().run_pubsub(first))
+            }
+        };
+        tasks.push(fanout);
+        tasks.push(tokio::spawn(inner.clone().heartbeat()));
         Ok(RedisBroker { inner, tasks })
     }
 
     /// This node's id in the cluster.
     pub fn node(&self) -> &str {
         &self.inner.node
-    }
-
-    /// Redis round trips made by this node's broker so far.
-    pub fn round_trips(&self) -> u64 {
-        self.inner.round_trips.load(Ordering::Relaxed)
     }
 }
 
@@ -346,7 +423,7 @@ impl Inner {
 
     /// Runs a command (or script) on the shared connection, counting the
     /// round trip and noting whether Redis answered.
-    async fn run<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, BrokerError>
+    async fn run<T, F>(&self, f: impl FnOnce(Conn) -> F) -> Result<T, BrokerError>
     where
         F: std::future::Future<Output = Result<T, RedisError>>,
     {
@@ -356,7 +433,7 @@ impl Inner {
     /// Runs a read, once more if the connection had broken (the shared
     /// connection reconnects after its first failure): reads may be
     /// repeated, writes are not.
-    async fn read<T, F>(&self, f: impl Fn(ConnectionManager) -> F) -> Result<T, BrokerError>
+    async fn read<T, F>(&self, f: impl Fn(Conn) -> F) -> Result<T, BrokerError>
     where
         F: std::future::Future<Output = Result<T, RedisError>>,
     {
@@ -367,10 +444,7 @@ impl Inner {
     }
 
     /// One try; an error says whether the connection was at fault.
-    async fn attempt<T, F>(
-        &self,
-        f: impl FnOnce(ConnectionManager) -> F,
-    ) -> Result<T, (BrokerError, bool)>
+    async fn attempt<T, F>(&self, f: impl FnOnce(Conn) -> F) -> Result<T, (BrokerError, bool)>
     where
         F: std::future::Future<Output = Result<T, RedisError>>,
     {
@@ -394,9 +468,19 @@ impl Inner {
         }
     }
 
+    /// `PUBLISH`, or `SPUBLISH` on a cluster.
+    fn publish_command(&self) -> &'static str {
+        if self.options.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     async fn publish_raw(&self, name: String, message: Bytes) -> Result<(), BrokerError> {
+        let command = self.publish_command();
         self.run(|mut c| async move {
-            redis::cmd("PUBLISH")
+            redis::cmd(command)
                 .arg(name)
                 .arg(&message[..])
                 .query_async::<i64>(&mut c)
@@ -442,7 +526,11 @@ impl Inner {
     /// and every channel with local subscribers; installs its sink.
     async fn open_pubsub(&self) -> Result<redis::aio::PubSubStream, BrokerError> {
         let deadline = self.options.connect_timeout + self.options.command_timeout;
-        let pubsub = tokio::time::timeout(deadline, self.client.get_async_pubsub())
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| unavailable("no standalone Redis"))?;
+        let pubsub = tokio::time::timeout(deadline, client.get_async_pubsub())
             .await
             .map_err(|_| unavailable("timed out connecting"))?
             .map_err(unavailable)?;
@@ -485,6 +573,89 @@ impl Inner {
                     tracing::debug!(error = %e, "Redis pub/sub reconnect failed");
                     backoff = (backoff * 2).min(self.options.max_backoff);
                 }
+            }
+        }
+    }
+
+    /// The cluster's pushes: messages of shard channels in order; a lost
+    /// node connection marks every positioned channel stale, and each reads
+    /// back what it missed once its subscription is confirmed again (the
+    /// cluster connection resubscribes by itself).
+    async fn run_pushes(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
+        while let Some(push) = rx.recv().await {
+            match push.kind {
+                PushKind::SMessage | PushKind::Message => {
+                    let mut data = push.data.into_iter();
+                    if let (Some(name), Some(Value::BulkString(payload))) =
+                        (data.next(), data.next())
+                    {
+                        if let Some(name) = text(name) {
+                            self.on_message(&name, payload.into()).await;
+                        }
+                    }
+                }
+                PushKind::Disconnection => {
+                    tracing::warn!(node = %self.node, "lost a Redis Cluster connection; reconnecting and subscribing again");
+                    self.pubsub_up.store(false, Ordering::Relaxed);
+                    for state in lock(&self.channels).values_mut() {
+                        state.stale = state.last.is_some();
+                    }
+                    self.resubscribe.notify_one();
+                }
+                PushKind::SSubscribe => {
+                    let Some(name) = push.data.into_iter().next().and_then(text) else {
+                        continue;
+                    };
+                    let Some(channel) = self.channel_of(&name) else {
+                        continue;
+                    };
+                    let from = lock(&self.channels).get_mut(channel).and_then(|s| {
+                        std::mem::take(&mut s.stale)
+                            .then(|| s.last.clone())
+                            .flatten()
+                    });
+                    if let (Some(from), Some(h)) = (from, self.handler()) {
+                        self.fill(&*h, channel, &from).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Cluster: after a lost node connection, subscribes again to the
+    /// control channel and every channel with local subscribers, retrying
+    /// with backoff until every subscription is confirmed (Redis answers a
+    /// repeated `SSUBSCRIBE` with a confirmation, so this is safe whatever
+    /// the cluster connection already restored by itself).
+    async fn resubscribe_cluster(self: Arc<Self>) {
+        let Conn::Cluster(conn) = &self.conn else {
+            return;
+        };
+        loop {
+            self.resubscribe.notified().await;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                tokio::time::sleep(backoff).await;
+                let _slot = self.sink.lock().await;
+                let mut names = vec![self.control_name()];
+                names.extend(lock(&self.channels).keys().map(|c| self.pubsub_name(c)));
+                let mut failed = false;
+                for name in names {
+                    let mut c = conn.clone();
+                    let r = tokio::time::timeout(self.options.command_timeout, c.ssubscribe(&name))
+                        .await;
+                    if !matches!(r, Ok(Ok(()))) {
+                        failed = true;
+                        break;
+                    }
+                }
+                if !failed {
+                    self.pubsub_up.store(true, Ordering::Relaxed);
+                    tracing::info!(node = %self.node, "Redis Cluster subscriptions restored");
+                    break;
+                }
+                backoff = (backoff * 2).min(self.options.max_backoff);
             }
         }
     }
@@ -611,7 +782,14 @@ impl Inner {
         let (top, pubs) = match read {
             Ok((top, _, pubs)) => (top, pubs),
             Err(e) => {
+                // Its subscribers recover, each from its own position, and
+                // the first of them sets the channel's position again.
                 tracing::warn!(channel, error = %e, "cannot read missed publications");
+                if let Some(state) = lock(&self.channels).get_mut(channel) {
+                    if state.last.as_ref() == Some(from) {
+                        state.last = None;
+                    }
+                }
                 handler.on_lost(channel);
                 return;
             }
@@ -682,9 +860,10 @@ impl Inner {
                 if let Ok(body) = serde_json::to_vec(&reply) {
                     // Not awaited here: the pub/sub loop keeps reading.
                     let (conn, name) = (self.conn.clone(), self.control_name());
+                    let command = self.publish_command();
                     tokio::spawn(async move {
                         let mut conn = conn;
-                        let _ = redis::cmd("PUBLISH")
+                        let _ = redis::cmd(command)
                             .arg(name)
                             .arg(body)
                             .query_async::<i64>(&mut conn)
@@ -870,6 +1049,7 @@ impl Broker for RedisBroker {
             let (stream, meta) = (inner.key(channel, "s"), inner.key(channel, "m"));
             let (name, epoch) = (inner.pubsub_name(channel), new_epoch());
             let script = &inner.publish;
+            let command = inner.publish_command().to_ascii_lowercase();
             let ttl = stream_ttl(&limits);
             let (offset, epoch): (u64, String) = inner
                 .run(|mut c| async move {
@@ -882,6 +1062,7 @@ impl Broker for RedisBroker {
                         .arg(STREAM_IDLE_MS.max(ttl))
                         .arg(&*epoch)
                         .arg(name)
+                        .arg(command)
                         .invoke_async(&mut c)
                         .await
                 })
@@ -931,9 +1112,20 @@ impl Broker for RedisBroker {
                 return Ok(());
             }
             let name = inner.pubsub_name(channel);
-            let result = match slot.as_mut() {
-                None => Err(unavailable("no pub/sub connection to Redis")),
-                Some(sink) => {
+            let result = match (slot.as_mut(), &inner.conn) {
+                (_, Conn::Cluster(c)) => {
+                    inner.round_trips.fetch_add(1, Ordering::Relaxed);
+                    let mut c = c.clone();
+                    match tokio::time::timeout(inner.options.command_timeout, c.ssubscribe(&name))
+                        .await
+                    {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(unavailable(e)),
+                        Err(_) => Err(unavailable("SSUBSCRIBE timed out")),
+                    }
+                }
+                (None, _) => Err(unavailable("no pub/sub connection to Redis")),
+                (Some(sink), _) => {
                     inner.round_trips.fetch_add(1, Ordering::Relaxed);
                     match tokio::time::timeout(inner.options.command_timeout, sink.subscribe(&name))
                         .await
@@ -978,6 +1170,21 @@ impl Broker for RedisBroker {
             };
             if !last {
                 return Ok(());
+            }
+            if let Conn::Cluster(c) = &inner.conn {
+                inner.round_trips.fetch_add(1, Ordering::Relaxed);
+                let mut c = c.clone();
+                let name = inner.pubsub_name(channel);
+                return match tokio::time::timeout(
+                    inner.options.command_timeout,
+                    c.sunsubscribe(&name),
+                )
+                .await
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(unavailable(e)),
+                    Err(_) => Err(unavailable("SUNSUBSCRIBE timed out")),
+                };
             }
             // Without a connection there is nothing to undo: the next one
             // subscribes only to the channels still needed.
@@ -1064,10 +1271,24 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let inner = &self.inner;
             let expires = inner.clock.now_ms() + ttl_ms;
-            for chunk in entries.chunks(256) {
+            // Batches of 256, pipelined; on a cluster, one channel's
+            // entries per batch (a pipeline cannot cross slots).
+            let mut batches: Vec<Vec<(Arc<str>, Arc<ClientInfo>)>> = Vec::new();
+            if inner.options.cluster {
+                let mut by_channel: HashMap<Arc<str>, Vec<_>> = HashMap::new();
+                for e in entries {
+                    by_channel.entry(e.0.clone()).or_default().push(e);
+                }
+                for list in by_channel.into_values() {
+                    batches.extend(list.chunks(256).map(<[_]>::to_vec));
+                }
+            } else {
+                batches.extend(entries.chunks(256).map(<[_]>::to_vec));
+            }
+            let script = &inner.presence_add;
+            let send = |batch: Vec<(Arc<str>, Arc<ClientInfo>)>| {
                 let mut pipe = redis::pipe();
-                let script = &inner.presence_add;
-                for (channel, info) in chunk {
+                for (channel, info) in &batch {
                     pipe.cmd("EVALSHA")
                         .arg(script.get_hash())
                         .arg(2)
@@ -1079,22 +1300,23 @@ impl Broker for RedisBroker {
                         .arg(ttl_ms)
                         .ignore();
                 }
-                inner
-                    .run(|mut c| async move {
-                        match pipe.query_async::<()>(&mut c).await {
-                            Err(e)
-                                if e.kind()
-                                    == redis::ErrorKind::Server(
-                                        redis::ServerErrorKind::NoScript,
-                                    ) =>
-                            {
-                                script.load_async(&mut c).await?;
-                                pipe.query_async::<()>(&mut c).await
-                            }
-                            r => r,
+                inner.run(|mut c| async move {
+                    match pipe.query_async::<()>(&mut c).await {
+                        Err(e)
+                            if e.kind()
+                                == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                        {
+                            script.load_async(&mut c).await?;
+                            pipe.query_async::<()>(&mut c).await
                         }
-                    })
-                    .await?;
+                        r => r,
+                    }
+                })
+            };
+            let mut results =
+                futures_util::stream::iter(batches.into_iter().map(send)).buffer_unordered(8);
+            while let Some(r) = results.next().await {
+                r?;
             }
             Ok(())
         })
@@ -1198,6 +1420,10 @@ impl Broker for RedisBroker {
             sent?;
             Ok(sums.into_iter().map(|(c, n)| (c.into(), n)).collect())
         })
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.inner.round_trips.load(Ordering::Relaxed)
     }
 
     fn healthy(&self) -> bool {

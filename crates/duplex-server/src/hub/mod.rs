@@ -248,7 +248,7 @@ pub struct HubConfig {
     /// Most presence members one call returns. Default 1000.
     pub max_presence_members: usize,
     /// How long a presence entry lives unless its connection refreshes it.
-    /// Default 60 s.
+    /// Default 30 s; each node refreshes its members every third of it.
     pub presence_ttl: Duration,
 }
 
@@ -261,7 +261,7 @@ impl Default for HubConfig {
             max_publication_size: 64 * 1024,
             max_history_per_call: 1000,
             max_presence_members: 1000,
-            presence_ttl: Duration::from_secs(60),
+            presence_ttl: Duration::from_secs(30),
         }
     }
 }

@@ -208,6 +208,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
 // ---------------------------------------------------------------- target --
 
 /// Where to connect, and the request line's pieces.
+#[derive(Clone)]
 struct Target {
     addr: SocketAddr,
     host: String,

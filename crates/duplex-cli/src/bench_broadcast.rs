@@ -101,6 +101,11 @@ pub(super) struct BroadcastArgs {
     /// The HTTP API key (centrifuge); empty sends none.
     #[arg(long, default_value = "bench")]
     api_key: String,
+    /// Open the subscribers on these servers instead (repeatable; spread
+    /// round-robin), while the publisher still posts to URL: nodes of one
+    /// cluster, to measure delivery across nodes.
+    #[arg(long = "subscribe-to", value_name = "URL")]
+    subscribe_to: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -458,14 +463,18 @@ struct Ctx {
     target: Target,
     request: Vec<u8>,
     api_key: String,
+    /// Where subscribers go (the target, or the `--subscribe-to` servers)
+    /// with their upgrade requests.
+    sub_targets: Vec<(Target, Vec<u8>)>,
 }
 
 /// Opens one subscriber and starts its task; returns once it is
 /// subscribed (centrifuge) or open (plain): `Ok(false)` if it failed
 /// before, which its task has counted as an error already.
-async fn open_subscriber(ctx: &Rc<Ctx>) -> Result<bool, String> {
+async fn open_subscriber(ctx: &Rc<Ctx>, index: usize) -> Result<bool, String> {
+    let (target, request) = &ctx.sub_targets[index % ctx.sub_targets.len()];
     let mut o = if ctx.plan.raw {
-        let tcp = TcpStream::connect(ctx.target.addr)
+        let tcp = TcpStream::connect(target.addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
@@ -475,7 +484,7 @@ async fn open_subscriber(ctx: &Rc<Ctx>) -> Result<bool, String> {
             deflate: false,
         }
     } else {
-        open(&ctx.target, &ctx.request).await?
+        open(target, request).await?
     };
     let (tx, rx) = oneshot::channel();
     let mut sub = Sub {
@@ -751,8 +760,9 @@ async fn open_all(ctx: &Rc<Ctx>, n: usize, concurrency: usize) -> usize {
             (ctx.clone(), next.clone(), opened.clone(), finished.clone());
         tokio::task::spawn_local(async move {
             while next.get() < n {
-                next.set(next.get() + 1);
-                match open_subscriber(&ctx).await {
+                let index = next.get();
+                next.set(index + 1);
+                match open_subscriber(&ctx, index).await {
                     Ok(true) => opened.set(opened.get() + 1),
                     Ok(false) => {}
                     Err(e) => ctx.sh.error(e),
@@ -793,6 +803,15 @@ pub(super) async fn run(a: BroadcastArgs) -> Result<Report, String> {
     };
     let target = resolve(&a.common.url).await?;
     let request = upgrade_request(&target, false);
+    let mut sub_targets = Vec::new();
+    for url in &a.subscribe_to {
+        let t = resolve(url).await?;
+        let r = upgrade_request(&t, false);
+        sub_targets.push((t, r));
+    }
+    if sub_targets.is_empty() {
+        sub_targets.push((target.clone(), request.clone()));
+    }
     let ctx = Rc::new(Ctx {
         st: State {
             stage: Cell::new(Stage::Setup),
@@ -815,6 +834,7 @@ pub(super) async fn run(a: BroadcastArgs) -> Result<Report, String> {
         target,
         request,
         api_key: a.api_key.clone(),
+        sub_targets,
     });
     let (st, sh) = (&ctx.st, &ctx.sh);
     let mode = match (protocol, a.raw_tcp_peer) {
@@ -825,9 +845,14 @@ pub(super) async fn run(a: BroadcastArgs) -> Result<Report, String> {
     // Let the server settle before the baseline.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let s0 = sample(a.common.server_pid);
+    let to = if a.subscribe_to.is_empty() {
+        a.common.url.clone()
+    } else {
+        a.subscribe_to.join(", ")
+    };
     eprintln!(
-        "broadcast: opening {} subscribers to {} ({mode})",
-        a.connections, a.common.url
+        "broadcast: opening {} subscribers to {to} ({mode})",
+        a.connections
     );
     let subscribed = open_all(&ctx, a.connections, a.concurrency).await;
     if subscribed == 0 {

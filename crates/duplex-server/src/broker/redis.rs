@@ -110,17 +110,19 @@ redis.call(ARGV[7], ARGV[6], 'p' .. id .. ':' .. epoch .. ':' .. ARGV[1])
 return {offset, epoch}
 ";
 
-// KEYS: stream, meta. ARGV: new epoch, meta ttl ms, since offset ('' for
-// none), limit (0: read nothing), reverse ('1'), since epoch ('' for any).
-// Returns {top offset, epoch, first entry, entries}.
+// KEYS: stream, meta. ARGV: new epoch, meta ttl ms (0: keep the key's
+// expiry, or give a new meta hash the idle time), since offset ('' for
+// none), limit (0: read nothing), reverse ('1'), since epoch ('' for any),
+// idle ms. Returns {top offset, epoch, first entry, entries}.
 const HISTORY_LUA: &str = r"
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
   epoch = ARGV[1]
   redis.call('hset', KEYS[2], 'e', epoch)
   redis.call('del', KEYS[1])
+  redis.call('pexpire', KEYS[2], ARGV[7])
 end
-redis.call('pexpire', KEYS[2], ARGV[2])
+if tonumber(ARGV[2]) > 0 then redis.call('pexpire', KEYS[2], ARGV[2]) end
 local top = redis.call('hget', KEYS[2], 's') or '0'
 local first = redis.call('xrange', KEYS[1], '-', '+', 'COUNT', 1)
 local entries = {}
@@ -490,12 +492,16 @@ impl Inner {
         .map(drop)
     }
 
+    /// Reads a channel's stream: its position, the oldest offset held and
+    /// up to `limit` publications after `since`. `meta_ttl_ms` renews how
+    /// long the channel's offset and epoch live (0: leave it).
     async fn read_history(
         &self,
         channel: &str,
         since: Option<&StreamPosition>,
         limit: usize,
         reverse: bool,
+        meta_ttl_ms: u64,
     ) -> Result<(StreamPosition, Option<u64>, Vec<Publication>), BrokerError> {
         let (stream, meta) = (self.key(channel, "s"), self.key(channel, "m"));
         let epoch = new_epoch();
@@ -510,11 +516,12 @@ impl Inner {
                     .key(stream)
                     .key(meta)
                     .arg(&**epoch)
-                    .arg(STREAM_IDLE_MS)
+                    .arg(meta_ttl_ms)
                     .arg(since_offset)
                     .arg(limit)
                     .arg(if reverse { "1" } else { "0" })
                     .arg(since_epoch)
+                    .arg(STREAM_IDLE_MS)
                     .invoke_async(&mut c)
                     .await
             })
@@ -777,7 +784,7 @@ impl Inner {
     /// tells the hub the channel's subscribers must recover.
     async fn fill(&self, handler: &dyn BrokerHandler, channel: &str, from: &StreamPosition) {
         let read = self
-            .read_history(channel, Some(from), MAX_CATCH_UP + 1, false)
+            .read_history(channel, Some(from), MAX_CATCH_UP + 1, false, 0)
             .await;
         let (top, pubs) = match read {
             Ok((top, _, pubs)) => (top, pubs),
@@ -1212,7 +1219,13 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let inner = &self.inner;
             let (position, first, mut publications) = inner
-                .read_history(channel, query.since.as_ref(), query.limit, query.reverse)
+                .read_history(
+                    channel,
+                    query.since.as_ref(),
+                    query.limit,
+                    query.reverse,
+                    STREAM_IDLE_MS.max(stream_ttl(&limits)),
+                )
                 .await?;
             // A subscribed channel's first known position: what arrives
             // later through pub/sub is compared with it.
@@ -1223,12 +1236,21 @@ impl Broker for RedisBroker {
             }
             let mut first_offset = first;
             if limits.ttl_ms > 0 {
+                // The stream key expires history_ttl after the last
+                // publication; older entries of a live stream are dropped
+                // here, as the in-process broker drops them.
                 let now = inner.clock.now_ms();
                 let fresh = |p: &Publication| now.saturating_sub(p.time_ms) < limits.ttl_ms;
+                let before = publications.len();
                 publications.retain(fresh);
-                // The oldest held may have expired: what is left starts later.
-                if let Some(oldest) = publications.iter().map(|p| p.offset).min() {
-                    first_offset = first_offset.map(|f| f.max(oldest).min(oldest));
+                if publications.len() < before {
+                    // The oldest held is known only when reading from the
+                    // start; otherwise it is unknown.
+                    let from_start = query.since.is_none() && !query.reverse;
+                    first_offset = publications
+                        .first()
+                        .map(|p| p.offset)
+                        .filter(|_| from_start);
                 }
             }
             Ok(HistoryResult {

@@ -29,11 +29,22 @@ pub struct App {
     pub broker: Arc<dyn Broker>,
     /// The Centrifugo front.
     pub centrifuge: centrifuge::Front,
+    /// The EventSource front.
+    pub sse: Arc<crate::front::sse::Front>,
     /// Keys.
     pub auth: Arc<Auth>,
     /// This node, for the API's `info`.
     pub node: NodeInfo,
     registry: Registry,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How often the broker drops idle streams and expired presence.
@@ -76,6 +87,11 @@ impl App {
                 auth.clone(),
                 config.centrifuge.clone(),
             ),
+            sse: Arc::new(crate::front::sse::Front::new(
+                hub.clone(),
+                auth.clone(),
+                config.sse.clone(),
+            )),
             node: NodeInfo {
                 uid: crate::hub::new_client_id().to_string(),
                 name: config.node_name.clone(),
@@ -90,13 +106,46 @@ impl App {
         Ok(app)
     }
 
+    /// The development-mode ticker: a publication a second on
+    /// [`TICKER_CHANNEL`](crate::config::TICKER_CHANNEL) while someone
+    /// follows it on this node, and for a minute after (so a page whose
+    /// stream dropped finds what it missed when it comes back).
+    fn spawn_ticker(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        use crate::config::TICKER_CHANNEL;
+        if !self.config.demo_ticker {
+            return None;
+        }
+        let hub = self.hub.clone();
+        Some(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            let (mut n, mut followed_at) = (0u64, None::<Instant>);
+            loop {
+                every.tick().await;
+                if hub.has_subscribers(TICKER_CHANNEL) {
+                    followed_at = Some(Instant::now());
+                }
+                if !followed_at.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                    continue;
+                }
+                n += 1;
+                let data = format!("{{\"tick\":{n},\"time_ms\":{}}}", hub.now_ms());
+                if let Err(e) = hub.publish(TICKER_CHANNEL, data.into(), None).await {
+                    tracing::debug!(error = %e, "ticker publication failed");
+                }
+            }
+        }))
+    }
+
     /// Runs the periodic upkeep until the returned handle is aborted: the
     /// broker's sweep, and this node's presence heartbeat (every third of
     /// the presence TTL).
     pub fn spawn_upkeep(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let (broker, hub) = (self.broker.clone(), self.hub.clone());
         let beat = (hub.config().presence_ttl / 3).max(Duration::from_millis(100));
+        // The ticker ends with the upkeep.
+        let ticker = self.spawn_ticker().map(AbortOnDrop);
         tokio::spawn(async move {
+            let _ticker = ticker;
             let mut sweep = tokio::time::interval(SWEEP_EVERY);
             let mut presence = tokio::time::interval(beat);
             presence.tick().await;

@@ -48,7 +48,16 @@ pub struct ServerConfig {
     /// A Redis shared with other nodes (`--broker redis://…`); `None`
     /// keeps channels, history and presence in this process.
     pub broker: Option<crate::broker::redis::RedisOptions>,
+    /// The EventSource front's limits.
+    pub sse: crate::front::sse::SseConfig,
+    /// Publish a tick a second to channel [`TICKER_CHANNEL`] while someone
+    /// follows it (and for a minute after), for the `/live` demo. On in
+    /// development mode.
+    pub demo_ticker: bool,
 }
+
+/// The channel of the development-mode ticker.
+pub const TICKER_CHANNEL: &str = "ticker";
 
 /// The server's protocol settings: the library defaults, except that
 /// permessage-deflate runs without context takeover
@@ -84,6 +93,8 @@ impl Default for ServerConfig {
             api_max_body: 1 << 20,
             node_name: "duplex".to_string(),
             broker: None,
+            sse: crate::front::sse::SseConfig::default(),
+            demo_ticker: false,
         }
     }
 }
@@ -92,10 +103,11 @@ impl ServerConfig {
     /// Development mode, for a server without a configuration file that
     /// listens on loopback only: anonymous clients may connect, subscribe
     /// and publish in the default namespace (history, presence, join/leave
-    /// and recovery on), and the HTTP API answers loopback peers without a
-    /// key.
+    /// and recovery on), the HTTP API answers loopback peers without a
+    /// key, and a ticker publishes to `ticker` for the `/live` demo.
     pub fn development(self) -> Self {
         let mut c = self;
+        c.demo_ticker = true;
         c.hub.namespaces.default = Some(ChannelOptions::development());
         c.auth.allow_anonymous = true;
         c.auth.api_open_on_loopback = true;

@@ -48,6 +48,18 @@ struct File {
     #[serde(default)]
     namespaces: HashMap<String, Namespace>,
     broker: Option<Broker>,
+    sse: Option<Sse>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Sse {
+    max_streams: Option<usize>,
+    max_channels: Option<usize>,
+    heartbeat: Option<Dur>,
+    retry: Option<Dur>,
+    mailbox_bytes: Option<usize>,
+    allow_credentials: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -160,6 +172,33 @@ pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, Error> {
     }
     if let Some(d) = f.shutdown_grace {
         config.shutdown_grace = d.get("shutdown_grace")?;
+    }
+    if let Some(s) = &f.sse {
+        let c = &mut config.sse;
+        if let Some(n) = s.max_streams {
+            c.max_streams = n;
+        }
+        if let Some(n) = s.max_channels {
+            c.max_channels = n.max(1);
+        }
+        if let Some(d) = &s.heartbeat {
+            c.heartbeat = d.get("sse.heartbeat")?;
+            if c.heartbeat < Duration::from_secs(1) {
+                return Err(Error::Setting {
+                    key: "sse.heartbeat".into(),
+                    requirement: "at least 1s",
+                });
+            }
+        }
+        if let Some(d) = &s.retry {
+            c.retry = d.get("sse.retry")?;
+        }
+        if let Some(n) = s.mailbox_bytes {
+            c.mailbox_bytes = n;
+        }
+        if let Some(b) = s.allow_credentials {
+            c.allow_credentials = b;
+        }
     }
     if let Some(b) = &f.broker {
         let mut o = crate::broker::redis::RedisOptions {

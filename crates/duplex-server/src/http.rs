@@ -88,8 +88,55 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 }
 
-/// The response body type.
-pub type Body = Full<Bytes>;
+/// A response body: whole, or an event stream.
+#[derive(Debug)]
+pub enum Body {
+    /// A body known in full.
+    Full(Full<Bytes>),
+    /// A Server-Sent Events stream.
+    Stream(crate::front::sse::SseBody),
+}
+
+impl Body {
+    /// A whole body.
+    pub fn full(b: impl Into<Bytes>) -> Body {
+        Body::Full(Full::new(b.into()))
+    }
+
+    /// A streamed body.
+    pub fn stream(s: crate::front::sse::SseBody) -> Body {
+        Body::Stream(s)
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(b) => Pin::new(b).poll_frame(cx),
+            Body::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(b) => b.is_end_stream(),
+            Body::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Full(b) => b.size_hint(),
+            Body::Stream(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
 
 /// A WebSocket accepted through hyper, waiting to be served once hyper
 /// lets go of the connection.
@@ -99,7 +146,7 @@ pub type Upgraded = (duplex::upgrade::PendingUpgrade, Route);
 pub type UpgradeSlot = Arc<Mutex<Option<Upgraded>>>;
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    let mut r = Response::new(Body::full(Bytes::copy_from_slice(body.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -109,8 +156,16 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
 }
 
 fn json(status: u16, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    )
+}
+
+/// A JSON answer.
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
@@ -131,6 +186,40 @@ fn api_key(req: &Request<Incoming>) -> Option<String> {
         .then(|| key.trim().to_string())
 }
 
+/// The CORS headers for a request's `Origin`: none without one (not a
+/// cross-origin browser request), the origin echoed when the origin policy
+/// (`--allow-origin`) allows it, `Err` when it does not.
+fn cors(
+    app: &App,
+    req: &Request<Incoming>,
+) -> Result<Vec<(header::HeaderName, header::HeaderValue)>, ()> {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(Vec::new());
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let o = origin.to_str().map_err(|_| ())?;
+    app.config
+        .policy
+        .origins
+        .check(Some(o), host)
+        .map_err(|_| ())?;
+    let mut out = vec![
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()),
+        (header::VARY, header::HeaderValue::from_static("Origin")),
+    ];
+    if app.config.sse.allow_credentials {
+        out.push((
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::HeaderValue::from_static("true"),
+        ));
+    }
+    Ok(out)
+}
+
 /// Answers one request.
 pub async fn handle(
     app: Arc<App>,
@@ -141,8 +230,12 @@ pub async fn handle(
     let route = router::route(req.method().as_str(), req.uri().path());
     let metrics = app.hub.metrics().clone();
     let resp = match route {
-        Route::Page => {
-            let mut r = Response::new(Full::new(Bytes::from_static(web::INDEX_HTML.as_bytes())));
+        Route::Page | Route::Live => {
+            let page = match route {
+                Route::Live => web::LIVE_HTML,
+                _ => web::INDEX_HTML,
+            };
+            let mut r = Response::new(Body::full(Bytes::from_static(page.as_bytes())));
             for (k, v) in web::page_headers() {
                 if let (Ok(k), Ok(v)) = (
                     header::HeaderName::from_bytes(k.as_bytes()),
@@ -154,7 +247,7 @@ pub async fn handle(
             r
         }
         Route::Metrics => {
-            let mut r = Response::new(Full::new(Bytes::from(app.metrics_text())));
+            let mut r = Response::new(Body::full(app.metrics_text()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(
@@ -216,8 +309,18 @@ pub async fn handle(
             } else {
                 metrics.refuse("upgrade");
             }
-            resp
+            resp.map(Body::Full)
         }
+        Route::Sse => match cors(&app, &req) {
+            Err(()) => {
+                metrics.refuse("origin");
+                text(StatusCode::FORBIDDEN, "origin not allowed\n")
+            }
+            Ok(cors) => {
+                let query = req.uri().query().unwrap_or("");
+                app.sse.open(query, req.headers(), cors).await
+            }
+        },
         Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
         Route::MethodNotAllowed(allow) => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

@@ -5,6 +5,8 @@
 pub enum Route {
     /// The echo tester page.
     Page,
+    /// The live-updates (EventSource) demo page.
+    Live,
     /// Prometheus metrics.
     Metrics,
     /// Health for load balancers.
@@ -15,6 +17,8 @@ pub enum Route {
     Echo,
     /// The Centrifugo-protocol WebSocket.
     Centrifuge,
+    /// The Server-Sent Events stream.
+    Sse,
     /// Nothing here.
     NotFound,
     /// The path exists, the method does not; the value is the `Allow` header.
@@ -32,12 +36,14 @@ pub fn route(method: &str, path: &str) -> Route {
     };
     match path {
         "/" | "/index.html" => get(Route::Page),
+        "/live" => get(Route::Live),
         "/metrics" => get(Route::Metrics),
         "/health" => get(Route::Health),
         "/echo" => match method {
             "GET" => Route::Echo,
             _ => Route::MethodNotAllowed("GET"),
         },
+        crate::front::sse::SSE_PATH => get(Route::Sse),
         CENTRIFUGE_PATH => match method {
             "GET" => Route::Centrifuge,
             _ => Route::MethodNotAllowed("GET"),
@@ -59,10 +65,16 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(route("GET", "/"), Route::Page);
+        assert_eq!(route("GET", "/live"), Route::Live);
         assert_eq!(route("POST", "/"), Route::MethodNotAllowed("GET, HEAD"));
         assert_eq!(route("GET", "/metrics"), Route::Metrics);
         assert_eq!(route("GET", "/echo"), Route::Echo);
         assert_eq!(route("GET", "/connection/websocket"), Route::Centrifuge);
+        assert_eq!(route("GET", "/connection/sse"), Route::Sse);
+        assert_eq!(
+            route("POST", "/connection/sse"),
+            Route::MethodNotAllowed("GET, HEAD")
+        );
         assert_eq!(route("POST", "/api/publish"), Route::Api("publish".into()));
         assert_eq!(
             route("GET", "/api/publish"),

@@ -1,4 +1,5 @@
-//! The browser echo tester, embedded in the binary and served at `/`.
+//! The pages embedded in the binary: the echo tester at `/` and the demos
+//! (`/live`).
 //!
 //! One self-contained HTML file (inline script and style, no external
 //! resources): it connects to `/echo` on its own origin (`ws://` or `wss://`
@@ -8,6 +9,9 @@
 
 /// The page.
 pub const INDEX_HTML: &str = include_str!("../web/index.html");
+
+/// The live-updates demo: an EventSource following channels (`/live`).
+pub const LIVE_HTML: &str = include_str!("../web/live.html");
 
 /// Response headers for the page: no caching across upgrades of the binary,
 /// no MIME sniffing, and a content security policy that allows the inline

@@ -752,6 +752,11 @@ impl Hub {
         Ok(out)
     }
 
+    /// Whether `channel` has subscribers on this node.
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        lock(self.shard(channel)).contains_key(channel)
+    }
+
     /// Channels with subscribers on this node, with their counts.
     pub fn local_channels(&self) -> Vec<(Arc<str>, usize)> {
         let mut out = Vec::new();

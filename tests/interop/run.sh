@@ -11,8 +11,11 @@
 #   scaleout 3 `duplex serve` nodes over one redis-server (--broker): npm `centrifuge`
 #            clients and /api across nodes, redis killed and restarted, a node killed,
 #            FLUSHALL, cross-node presence
+#   sse      Server-Sent Events (/connection/sse): npm `eventsource` in Node and Chromium's
+#            EventSource (the /live page, a page of another origin), reconnect and recovery
+#            through a TCP proxy the test cuts, since=, unrecovered, CORS, auth, heartbeat
 #
-# Usage: tests/interop/run.sh [browser] [node] [python] [api] [centrifuge] [pysdk] [scaleout]   (default: all)
+# Usage: tests/interop/run.sh [browser] [node] [python] [api] [centrifuge] [pysdk] [scaleout] [sse]   (default: all)
 #
 # Installs what is missing: npm packages from package-lock.json (`npm ci`),
 # Python `websockets`, `cent` and `centrifuge-python` (pip), and, as root,
@@ -26,7 +29,7 @@ root="$(cd "$here/../.." && pwd)"
 cd "$here"
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(browser node python api centrifuge pysdk scaleout)
+[ ${#suites[@]} -gt 0 ] || suites=(browser node python api centrifuge pysdk scaleout sse)
 SUITE_TIMEOUT="${INTEROP_SUITE_TIMEOUT:-180}"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 export CHROMIUM
@@ -36,7 +39,7 @@ die() { echo "interop: $*" >&2; echo "interop: 0 passed, 1 failed"; exit 1; }
 wants() { local s; for s in "${suites[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 for s in "${suites[@]}"; do
-  case "$s" in browser | node | python | api | centrifuge | pysdk | scaleout) ;; *) die "unknown suite '$s' (browser, node, python, api, centrifuge, pysdk, scaleout)" ;; esac
+  case "$s" in browser | node | python | api | centrifuge | pysdk | scaleout | sse) ;; *) die "unknown suite '$s' (browser, node, python, api, centrifuge, pysdk, scaleout, sse)" ;; esac
 done
 
 # ------------------------------------------------------------- prerequisites
@@ -48,10 +51,11 @@ fi
 [ -x "$DUPLEX_BIN" ] || die "no duplex binary at $DUPLEX_BIN"
 command -v openssl >/dev/null || die "openssl is needed to make test certificates"
 
-if wants browser || wants node || wants centrifuge || wants scaleout; then
+if wants browser || wants node || wants centrifuge || wants scaleout || wants sse; then
   command -v node >/dev/null || die "node is needed (Debian: apt-get install nodejs npm)"
-  if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] || [ ! -d node_modules/centrifuge ]; then
-    step "npm ci (playwright-core, ws, centrifuge)"
+  if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] || [ ! -d node_modules/centrifuge ] \
+    || [ ! -d node_modules/eventsource ]; then
+    step "npm ci (playwright-core, ws, centrifuge, eventsource)"
     # playwright-core downloads no browser; the variable makes sure of it.
     PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund || die "npm ci failed"
   fi
@@ -83,7 +87,7 @@ if wants pysdk; then
   fi
 fi
 
-if { wants browser || wants centrifuge; } && [ ! -x "$CHROMIUM" ]; then
+if { wants browser || wants centrifuge || wants sse; } && [ ! -x "$CHROMIUM" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     step "apt-get install chromium"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
@@ -143,6 +147,7 @@ wants api && run_suite api python3 centrifugo_api.py
 wants centrifuge && run_suite centrifuge node centrifuge.mjs
 wants pysdk && run_suite pysdk python3 centrifuge_python.py
 wants scaleout && run_suite scaleout node scaleout.mjs
+wants sse && run_suite sse node sse.mjs
 
 step "interop summary"
 for line in "${report[@]}"; do echo "  $line"; done

@@ -34,7 +34,7 @@ use crate::auth::{Auth, TokenError};
 use crate::hub::mailbox::Next;
 use crate::hub::namespace::SubscribeRule;
 use crate::hub::{
-    ClientInfo, Delivery, Event, Hub, HubError, Mailbox, Publication, StreamPosition,
+    ClientInfo, Delivery, Event, Hub, HubError, Mailbox, Publication, StreamPosition, Subscribed,
     UNSUBSCRIBE_RECOVER,
 };
 use crate::metrics::FrontLabel;
@@ -327,17 +327,24 @@ impl Front {
         // Subscribe now, so that a refusal (the broker is down) is an
         // HTTP error, not a stream that ends at once.
         let mut first = format!("retry: {}\n\n", self.config.retry.as_millis());
+        let mut subscribed = Vec::with_capacity(n);
         for (i, since) in recover.into_iter().enumerate() {
-            if let Err(e) = stream.subscribe(i, since, &mut first).await {
-                stream.close().await;
-                self.open.fetch_sub(1, Ordering::AcqRel);
-                let m = crate::front::centrifuge::calls::hub_error(&e);
-                let status = match e {
-                    HubError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                return refuse(status, m.code, m.message);
+            match stream.subscribe(i, since).await {
+                Ok((s, _)) => subscribed.push(s),
+                Err(e) => {
+                    stream.close().await;
+                    self.open.fetch_sub(1, Ordering::AcqRel);
+                    let m = crate::front::centrifuge::calls::hub_error(&e);
+                    let status = match e {
+                        HubError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::BAD_REQUEST,
+                    };
+                    return refuse(status, m.code, m.message);
+                }
             }
+        }
+        for (i, s) in subscribed.iter().enumerate() {
+            stream.replay(i, s, &mut first);
         }
         hub.metrics().connections.get_or_create(&FRONT).inc();
         hub.metrics().connections_total.get_or_create(&FRONT).inc();
@@ -366,13 +373,15 @@ impl Front {
 
 impl Stream {
     /// Subscribes channel `i`, recovering from `since` where the namespace
-    /// allows it; what is recovered (or that it was not) goes to `out`.
+    /// allows it, and sets its position: where the replay starts when it
+    /// recovered, the stream's top otherwise. The replay itself is written
+    /// by [`replay`](Self::replay) once every channel has a position, so
+    /// that every event id carries them all.
     async fn subscribe(
         &mut self,
         i: usize,
         since: Option<StreamPosition>,
-        out: &mut String,
-    ) -> Result<(), HubError> {
+    ) -> Result<(Subscribed, Option<StreamPosition>), HubError> {
         let channel = self.channels[i].clone();
         let opts = self.hub.options(&channel)?;
         let recover = since.filter(|_| opts.recovery && opts.has_history());
@@ -381,10 +390,20 @@ impl Stream {
             .subscribe(&self.info, &self.mailbox, &channel, recover.clone())
             .await?;
         self.live[i] = true;
-        self.positions[i] = s.position.clone();
+        self.positions[i] = match (s.recovered, &recover) {
+            (true, Some(since)) => Some(since.clone()),
+            _ => s.position.clone(),
+        };
+        Ok((s, recover))
+    }
+
+    /// Writes what subscribing channel `i` gave: the publications it
+    /// missed (each event's id moving its position on, up to the stream's
+    /// top), or that it could not recover them.
+    fn replay(&mut self, i: usize, s: &Subscribed, out: &mut String) {
         if s.was_recovering && !s.recovered {
             out.push_str("event: unrecovered\ndata: {\"channel\":");
-            json_string(out, &channel);
+            json_string(out, &self.channels[i]);
             if let Some(p) = &s.position {
                 let _ = write!(out, ",\"offset\":{},\"epoch\":", p.offset);
                 json_string(out, &p.epoch);
@@ -393,17 +412,11 @@ impl Stream {
             let _ = writeln!(out, "id: {}\n", format_positions(&self.positions));
         }
         if s.recovered {
-            // Replay with the positions as they were at each publication.
-            let top = self.positions[i].clone();
-            if let Some(since) = recover {
-                self.positions[i] = Some(since);
-            }
             for p in &s.publications {
                 self.publication(i, p, out);
             }
-            self.positions[i] = top;
+            self.positions[i] = s.position.clone();
         }
-        Ok(())
     }
 
     /// A publication of channel `i` as an event, moving its position.
@@ -465,8 +478,9 @@ impl Stream {
                         // This node may have missed publications: subscribe
                         // again from where the stream is.
                         let since = self.positions[i].clone();
-                        if self.subscribe(i, since, out).await.is_err() {
-                            return false;
+                        match self.subscribe(i, since).await {
+                            Ok((s, _)) => self.replay(i, &s, out),
+                            Err(_) => return false,
                         }
                     } else {
                         out.push_str("event: unsubscribe\ndata: {\"channel\":");

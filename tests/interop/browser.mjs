@@ -370,6 +370,15 @@ async function main() {
         });
         assert(!bad, bad);
       });
+      await check('HTTP/2: the https page came over h2 and its wss socket opened inside that connection (RFC 8441 extended CONNECT, counted by the server by HTTP version)', async () => {
+        const proto = await page.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol);
+        assertEq(proto, 'h2', 'the page\'s protocol (nextHopProtocol)');
+        const text = await page.evaluate(async () => (await fetch('/metrics')).text());
+        const h2 = /^duplex_websockets_opened_total\{http="2"\} (\d+)/m.exec(text);
+        const h1 = /^duplex_websockets_opened_total\{http="1\.1"\} (\d+)/m.exec(text);
+        assert(h2 && Number(h2[1]) >= 1, 'no WebSocket over HTTP/2 in /metrics: ' + (text.match(/^duplex_websockets_opened_total.*$/gm) || ['none']).join('; '));
+        assert(!h1, 'a WebSocket went over HTTP/1.1 beside the h2 connection: ' + h1?.[0]);
+      });
       await check('demo page UI over https: connect shows OPEN and wss URL', async () => {
         await page.click('#connect');
         await page.waitForSelector('#state[data-state="1"]', { timeout: 10000 });

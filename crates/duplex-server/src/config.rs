@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// A Redis shared with other nodes (`--broker redis://…`); `None`
     /// keeps channels, history and presence in this process.
     pub broker: Option<crate::broker::redis::RedisOptions>,
+    /// With TLS, offer HTTP/2 (ALPN `h2`) beside HTTP/1.1, and WebSockets
+    /// over its streams (RFC 8441). Default true.
+    pub http2: bool,
     /// The EventSource front's limits.
     pub sse: crate::front::sse::SseConfig,
     /// Publish a tick a second to channel [`TICKER_CHANNEL`] while someone
@@ -95,6 +98,7 @@ impl Default for ServerConfig {
             broker: None,
             sse: crate::front::sse::SseConfig::default(),
             demo_ticker: false,
+            http2: true,
         }
     }
 }

@@ -40,6 +40,7 @@ struct File {
     allow_origin: Option<Vec<String>>,
     node_name: Option<String>,
     shutdown_grace: Option<Dur>,
+    http2: Option<bool>,
     #[serde(default)]
     auth: Auth,
     #[serde(default)]
@@ -169,6 +170,9 @@ pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, Error> {
     }
     if let Some(n) = f.node_name {
         config.node_name = n;
+    }
+    if let Some(b) = f.http2 {
+        config.http2 = b;
     }
     if let Some(d) = f.shutdown_grace {
         config.shutdown_grace = d.get("shutdown_grace")?;

@@ -228,6 +228,17 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let route = router::route(req.method().as_str(), req.uri().path());
+    handle_route(app, peer, upgrades, req, route).await
+}
+
+/// Answers one request already routed.
+pub async fn handle_route(
+    app: Arc<App>,
+    peer: SocketAddr,
+    upgrades: UpgradeSlot,
+    req: Request<Incoming>,
+    route: Route,
+) -> Result<Response<Body>, Infallible> {
     let metrics = app.hub.metrics().clone();
     let resp = match route {
         Route::Page | Route::Live => {

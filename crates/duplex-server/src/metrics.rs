@@ -13,6 +13,13 @@ pub struct FrontLabel {
     pub front: &'static str,
 }
 
+/// A label naming the HTTP version a WebSocket was opened over.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabel {
+    /// `1.1` or `2`.
+    pub http: &'static str,
+}
+
 /// A label naming a reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -70,6 +77,8 @@ pub struct Metrics {
     pub history_publications: Gauge,
     /// Payload bytes held in history on this node (set when scraped).
     pub history_bytes: Gauge,
+    /// WebSockets opened, by the HTTP version of their handshake.
+    pub websockets: Family<HttpLabel, Counter>,
     /// Round trips to a shared broker (Redis) so far (set when scraped).
     pub broker_round_trips: Gauge,
     /// 1 while the broker works, 0 while it cannot be reached (set when
@@ -81,6 +90,11 @@ impl Metrics {
     /// Registers every metric under the `duplex_` prefix.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("duplex");
+        r.register(
+            "websockets_opened",
+            "WebSockets opened, by the HTTP version of their handshake (1.1: Upgrade; 2: extended CONNECT, RFC 8441)",
+            self.websockets.clone(),
+        );
         r.register(
             "broker_round_trips",
             "Round trips to the shared broker (Redis) made by this node",

@@ -62,6 +62,15 @@ impl Server {
     /// (a key that does not parse) as well as on a socket error.
     pub async fn bind(config: ServerConfig) -> std::io::Result<Server> {
         let listener = TcpListener::bind(config.listen).await?;
+        let mut config = config;
+        if let (Some(tls), true) = (&config.tls, config.http2) {
+            // HTTP/2 first: a browser then keeps one connection per origin
+            // for the page, its API calls, EventSource streams and its
+            // WebSockets (RFC 8441).
+            let mut c = (**tls).clone();
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            config.tls = Some(Arc::new(c));
+        }
         let app = App::new(config).await.map_err(std::io::Error::other)?;
         let max = app.config.max_connections;
         let shared = Arc::new(Shared {
@@ -262,10 +271,27 @@ impl Session {
         async move {
             match this.service {
                 Service::Echo => {
-                    let open = EchoGauge::open(&this.slot.shared.app);
-                    let stats = echo::run(&mut this.ws, &this.slot.shared.shutdown).await;
+                    let shared = &this.slot.shared;
+                    shared
+                        .app
+                        .hub
+                        .metrics()
+                        .websockets
+                        .get_or_create(&crate::metrics::HttpLabel { http: HTTP1 })
+                        .inc();
+                    let open = EchoGauge::open(&shared.app);
+                    let stats = echo::run(&mut this.ws, &shared.shutdown).await;
                     drop(open);
-                    log_close(&this.ws, this.peer, &this.slot, Service::Echo, &stats);
+                    let started = this.slot.started_ms;
+                    log_close(
+                        &this.ws,
+                        this.peer,
+                        shared,
+                        started,
+                        Service::Echo,
+                        &stats,
+                        HTTP1,
+                    );
                 }
                 // Boxed: an idle echo connection must not carry the
                 // centrifuge loop's state.
@@ -311,7 +337,32 @@ async fn serve_socket<S>(ws: &mut WebSocket<S>, service: Service, peer: SocketAd
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let shared = &slot.shared;
+    serve_socket_over(ws, service, peer, &slot.shared, slot.started_ms, HTTP1).await;
+}
+
+/// HTTP versions, for the metrics and the log.
+const HTTP1: &str = "1.1";
+const HTTP2: &str = "2";
+
+/// Serves an open socket to the end, then logs; `http` is the version of
+/// its handshake.
+async fn serve_socket_over<S>(
+    ws: &mut WebSocket<S>,
+    service: Service,
+    peer: SocketAddr,
+    shared: &Shared,
+    started_ms: u32,
+    http: &'static str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    shared
+        .app
+        .hub
+        .metrics()
+        .websockets
+        .get_or_create(&crate::metrics::HttpLabel { http })
+        .inc();
     let stats = match service {
         Service::Echo => {
             let _open = EchoGauge::open(&shared.app);
@@ -322,7 +373,7 @@ where
             EchoStats::default()
         }
     };
-    log_close(ws, peer, slot, service, &stats);
+    log_close(ws, peer, shared, started_ms, service, &stats, http);
 }
 
 pin_project_lite::pin_project! {
@@ -400,7 +451,9 @@ async fn serve_tls(
     let accept = TlsAcceptor::from(tls).accept(tcp);
     match tokio::time::timeout(shared.app.ws.handshake_timeout, accept).await {
         Ok(Ok(stream)) => {
-            if let Some((mut ws, service)) = route(stream, peer, &slot).await {
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(stream, peer, &slot).await;
+            } else if let Some((mut ws, service)) = route(stream, peer, &slot).await {
                 serve_socket(&mut ws, service, peer, &slot).await;
             }
         }
@@ -418,15 +471,18 @@ async fn serve_tls(
 fn log_close<S>(
     ws: &WebSocket<S>,
     peer: SocketAddr,
-    slot: &Slot,
+    shared: &Shared,
+    started_ms: u32,
     service: Service,
     stats: &EchoStats,
+    http: &'static str,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     info!(
         %peer,
         path = service.path(),
+        http,
         extensions = ws.extensions(),
         protocol = ws.protocol().unwrap_or(""),
         messages = stats.messages,
@@ -434,7 +490,7 @@ fn log_close<S>(
         close_code = ws.close_code().map(|c| c.0),
         clean = ws.was_clean(),
         error = stats.error.as_deref().unwrap_or(""),
-        ms = (slot.shared.epoch.elapsed().as_millis() as u64).saturating_sub(slot.started_ms.into()),
+        ms = (shared.epoch.elapsed().as_millis() as u64).saturating_sub(started_ms.into()),
         "connection closed"
     );
 }
@@ -481,6 +537,103 @@ where
     let (stream, read) = hs.into_raw_parts();
     Box::pin(serve_http(Rewind::new(stream, read), peer, slot)).await;
     None
+}
+
+/// Most streams at once on one HTTP/2 connection: its requests, and the
+/// WebSockets and EventSource streams it carries (all within the one
+/// connection slot it holds).
+const H2_MAX_STREAMS: u32 = 100;
+
+/// Serves an HTTP/2 connection (TLS with ALPN `h2`): requests as on
+/// HTTP/1.1, and WebSockets opened by extended CONNECT (RFC 8441), each on
+/// its own stream and served by its own task until it closes.
+async fn serve_h2<S>(io: S, peer: SocketAddr, slot: &Slot)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if !slot.admitted {
+        // Over the limit: HTTP/2 has no 503 before a request; close.
+        slot.shared.app.hub.metrics().refuse("connection limit");
+        return;
+    }
+    let shared = slot.shared.clone();
+    let started_ms = slot.started_ms;
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let shared = shared.clone();
+        async move {
+            // An extended CONNECT is HTTP/2's GET with Upgrade.
+            let connect = req.method() == http::Method::CONNECT;
+            let method = if connect {
+                "GET"
+            } else {
+                req.method().as_str()
+            };
+            let route = router::route(method, req.uri().path());
+            let service = Service::of(&route).filter(|_| connect);
+            let Some(service) = service else {
+                // Plain requests, and CONNECT to anything else (refused
+                // by the router with 405).
+                let plain = route_for_h2(route, req.method());
+                return crate::http::handle_route(
+                    shared.app.clone(),
+                    peer,
+                    Default::default(),
+                    req,
+                    plain,
+                )
+                .await;
+            };
+            let config = match service {
+                Service::Centrifuge => (*shared.app.ws_centrifuge).clone(),
+                Service::Echo => (*shared.app.ws).clone(),
+            };
+            let policy = &shared.app.config.policy;
+            let (resp, pending) = duplex::upgrade::upgrade_h2(req, config, |r| policy.decide(r));
+            match pending {
+                Some(p) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        match p.into_websocket().await {
+                            Ok(mut ws) => {
+                                serve_socket_over(
+                                    &mut ws, service, peer, &shared, started_ms, HTTP2,
+                                )
+                                .await
+                            }
+                            Err(e) => info!(%peer, error = %e, "HTTP/2 WebSocket failed to open"),
+                        }
+                    });
+                }
+                None => shared.app.hub.metrics().refuse("upgrade"),
+            }
+            Ok(resp.map(crate::http::Body::Full))
+        }
+    });
+    let mut builder =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(H2_MAX_STREAMS);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    let shutdown = &slot.shared.shutdown;
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            info!(%peer, error = %e, "HTTP/2 connection ended with an error");
+        },
+        _ = shutdown.reached(Stage::Closing) => {}
+    }
+}
+
+/// The route of a request on HTTP/2 that is not a WebSocket: a WebSocket
+/// path asked for with another method than extended CONNECT is refused.
+fn route_for_h2(route: Route, method: &http::Method) -> Route {
+    match route {
+        Route::Echo | Route::Centrifuge if method != http::Method::CONNECT => {
+            Route::MethodNotAllowed("CONNECT")
+        }
+        r => r,
+    }
 }
 
 /// Serves a connection with hyper (keep-alive, request bodies), then any

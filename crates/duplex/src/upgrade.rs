@@ -183,6 +183,77 @@ fn respond(
     }
 }
 
+/// Validates a hyper HTTP/2 request as an RFC 8441 extended CONNECT with
+/// `:protocol` `websocket` and lets `decide` see it. Send the returned
+/// response (200 when accepted: HTTP/2 has no 101); if it is a 200, await
+/// the [`PendingUpgrade`] for the socket, which runs over that one stream.
+/// The hyper server must have advertised `SETTINGS_ENABLE_CONNECT_PROTOCOL`
+/// (`http2::Builder::enable_connect_protocol`).
+#[cfg(feature = "http2")]
+pub fn upgrade_h2<B, F>(
+    request: http::Request<B>,
+    config: Config,
+    decide: F,
+) -> (HttpResponse, Option<PendingUpgrade>)
+where
+    F: FnOnce(&UpgradeRequest) -> Decision,
+{
+    let (mut parts, _body) = request.into_parts();
+    if parts.method != http::Method::CONNECT {
+        return (
+            plain_response(405, &[], "method must be CONNECT".into()),
+            None,
+        );
+    }
+    let websocket = parts
+        .extensions
+        .get::<hyper::ext::Protocol>()
+        .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if !websocket {
+        return (
+            plain_response(400, &[], ":protocol must be websocket".into()),
+            None,
+        );
+    }
+    let req = match UpgradeRequest::validate_extended_connect(core_request(&parts)) {
+        Ok(r) => r,
+        Err(e) => return (error_response(&e), None),
+    };
+    let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+        return (
+            plain_response(400, &[], "this stream cannot be taken over".into()),
+            None,
+        );
+    };
+    let decision = decide(&req);
+    match decision {
+        Decision::Reject { status, reason } => (plain_response(status, &[], reason), None),
+        Decision::Accept { protocol, headers } => {
+            let acc = server::accept(&req, &config, protocol.as_deref(), &headers);
+            let mut b = http::Response::builder().status(http::StatusCode::OK);
+            // HTTP/2 has no Upgrade or Connection, and no key to answer.
+            let h1_only = ["upgrade", "connection", "sec-websocket-accept"];
+            for (k, v) in &acc.headers {
+                if !h1_only.iter().any(|h| k.eq_ignore_ascii_case(h)) {
+                    b = b.header(k.as_str(), v.as_str());
+                }
+            }
+            match b.body(Full::new(Bytes::new())) {
+                Ok(resp) => (
+                    resp,
+                    Some(PendingUpgrade {
+                        on_upgrade,
+                        config,
+                        protocol: acc.protocol,
+                        deflate: acc.deflate,
+                    }),
+                ),
+                Err(e) => (plain_response(500, &[], e.to_string()), None),
+            }
+        }
+    }
+}
+
 /// Validates a hyper request as a WebSocket upgrade and lets `decide` see
 /// it. Send the returned response; if it is a 101, await the
 /// [`PendingUpgrade`] (typically in a spawned task) for the socket.

@@ -126,6 +126,41 @@ impl UpgradeRequest {
         })
     }
 
+    /// Checks an RFC 8441 extended CONNECT (a WebSocket over an HTTP/2
+    /// stream): method `CONNECT` (the caller checks `:protocol` =
+    /// `websocket`, which HTTP/2 carries as a pseudo-header), `Host` (from
+    /// `:authority`) and `Sec-WebSocket-Version`. There is no
+    /// `Sec-WebSocket-Key` (`key` is empty), nor `Upgrade`/`Connection`.
+    pub fn validate_extended_connect(request: Request) -> Result<UpgradeRequest, Error> {
+        if request.method != "CONNECT" {
+            return Err(Error::MethodNotGet);
+        }
+        let h = &request.headers;
+        let host = h
+            .get("host")
+            .filter(|v| !v.trim().is_empty())
+            .ok_or(Error::BadHeader(HeaderError::MissingHost))?;
+        if h.get("sec-websocket-version").map(str::trim) != Some("13") {
+            return Err(Error::UnsupportedVersion);
+        }
+        let protocols = h
+            .get_joined("sec-websocket-protocol")
+            .map(|v| split_list(&v).map(str::to_string).collect())
+            .unwrap_or_default();
+        let extensions = h
+            .get_joined("sec-websocket-extensions")
+            .and_then(|v| deflate::parse_extensions(&v).ok())
+            .unwrap_or_default();
+        Ok(UpgradeRequest {
+            key: String::new(),
+            host: host.trim().to_string(),
+            origin: h.get("origin").map(|o| o.trim().to_string()),
+            protocols,
+            extensions,
+            request,
+        })
+    }
+
     /// The request path (before `?`).
     pub fn path(&self) -> &str {
         self.request.path()
@@ -299,6 +334,42 @@ mod tests {
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(text.contains("Sec-WebSocket-Protocol: chat\r\n"));
         assert!(!text.contains("Sec-WebSocket-Extensions"));
+    }
+
+    #[test]
+    fn extended_connect_of_http2() {
+        // As an HTTP/2 server presents RFC 8441's example: no key, no
+        // Upgrade or Connection; Host from :authority.
+        let h2 = "CONNECT /chat HTTP/1.1\r\nHost: server.example.com\r\n\
+            Sec-WebSocket-Protocol: chat, superchat\r\n\
+            Sec-WebSocket-Extensions: permessage-deflate\r\n\
+            Sec-WebSocket-Version: 13\r\nOrigin: http://www.example.com\r\n\r\n";
+        let (req, _) = parse_request(h2.as_bytes(), &Config::default())
+            .unwrap()
+            .unwrap();
+        let u = UpgradeRequest::validate_extended_connect(req.clone()).unwrap();
+        assert_eq!((u.path(), u.key.as_str()), ("/chat", ""));
+        assert_eq!(u.protocols, ["chat", "superchat"]);
+        assert_eq!(u.extensions.len(), 1);
+        // The HTTP/1.1 validation refuses it (CONNECT, no key), and the
+        // extended one refuses a GET or a missing version.
+        assert!(UpgradeRequest::validate(req.clone()).is_err());
+        let get = Request {
+            method: "GET".into(),
+            ..req.clone()
+        };
+        assert_eq!(
+            UpgradeRequest::validate_extended_connect(get).unwrap_err(),
+            Error::MethodNotGet
+        );
+        let old = h2.replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8");
+        let (req, _) = parse_request(old.as_bytes(), &Config::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            UpgradeRequest::validate_extended_connect(req).unwrap_err(),
+            Error::UnsupportedVersion
+        );
     }
 
     #[test]

@@ -241,10 +241,12 @@ pub async fn handle_route(
 ) -> Result<Response<Body>, Infallible> {
     let metrics = app.hub.metrics().clone();
     let resp = match route {
-        Route::Page | Route::Live => {
-            let page = match route {
-                Route::Live => web::LIVE_HTML,
-                _ => web::INDEX_HTML,
+        Route::Page | Route::Asset(_) => {
+            let (page, content_type) = match route {
+                Route::Asset(path) => {
+                    web::asset(path).map_or((web::INDEX_HTML, ""), |a| (a.body, a.content_type))
+                }
+                _ => (web::INDEX_HTML, ""),
             };
             let mut r = Response::new(Body::full(Bytes::from_static(page.as_bytes())));
             for (k, v) in web::page_headers() {
@@ -254,6 +256,12 @@ pub async fn handle_route(
                 ) {
                     r.headers_mut().insert(k, v);
                 }
+            }
+            if !content_type.is_empty() {
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(content_type),
+                );
             }
             r
         }

@@ -5,8 +5,8 @@
 pub enum Route {
     /// The echo tester page.
     Page,
-    /// The live-updates (EventSource) demo page.
-    Live,
+    /// An embedded page or script other than the echo tester (its path).
+    Asset(&'static str),
     /// Prometheus metrics.
     Metrics,
     /// Health for load balancers.
@@ -36,7 +36,9 @@ pub fn route(method: &str, path: &str) -> Route {
     };
     match path {
         "/" | "/index.html" => get(Route::Page),
-        "/live" => get(Route::Live),
+        p if crate::web::asset(p).is_some() => {
+            get(Route::Asset(crate::web::asset(p).map_or("", |a| a.path)))
+        }
         "/metrics" => get(Route::Metrics),
         "/health" => get(Route::Health),
         "/echo" => match method {
@@ -65,7 +67,10 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(route("GET", "/"), Route::Page);
-        assert_eq!(route("GET", "/live"), Route::Live);
+        assert_eq!(route("GET", "/live"), Route::Asset("/live"));
+        assert_eq!(route("GET", "/chat"), Route::Asset("/chat"));
+        assert_eq!(route("GET", "/duplex.js"), Route::Asset("/duplex.js"));
+        assert_eq!(route("POST", "/chat"), Route::MethodNotAllowed("GET, HEAD"));
         assert_eq!(route("POST", "/"), Route::MethodNotAllowed("GET, HEAD"));
         assert_eq!(route("GET", "/metrics"), Route::Metrics);
         assert_eq!(route("GET", "/echo"), Route::Echo);

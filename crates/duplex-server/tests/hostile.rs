@@ -17,6 +17,7 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Running {
     addr: std::net::SocketAddr,
+    connections: duplex_server::server::Connections,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -28,11 +29,16 @@ async fn start(cfg: duplex::Config) -> Running {
     };
     let server = Server::bind(config).await.unwrap();
     let addr = server.local_addr().unwrap();
+    let connections = server.connections();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = rx.await;
     }));
-    Running { addr, _stop: tx }
+    Running {
+        addr,
+        connections,
+        _stop: tx,
+    }
 }
 
 /// Opens a raw upgraded connection (no extension offered unless `ext`).
@@ -285,7 +291,18 @@ async fn a_peer_that_stops_reading_is_dropped_after_the_write_timeout() {
         }
         w
     });
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The server gives the connection up: its place comes back (waited
+    // for, within a bound far above the 300 ms write timeout).
+    let gave_up = tokio::time::timeout(Duration::from_secs(20), async {
+        while srv.connections.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        gave_up.is_ok(),
+        "the stalled connection still holds its place"
+    );
     // Now drain: the stream must end (EOF or reset) instead of echoing forever.
     let mut sink = vec![0u8; 1 << 16];
     let drained = tokio::time::timeout(Duration::from_secs(20), async {

@@ -39,7 +39,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import {
-  assert, assertEq, check, closedPort, removeDir, skip, sleep, startDuplex, summary, tempDir,
+  assert, assertEq, check, closedPort, makeCert, removeDir, skip, sleep, spkiHash, startDuplex, summary, tempDir,
 } from './lib.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -275,6 +275,8 @@ async function main() {
       return;
     }
     const socksPort = await closedPort();
+    // The certificate of the HTTP/2 check, trusted by its SPKI pin only.
+    const tls = makeCert(work);
     context = await chromium.launchPersistentContext(path.join(work, 'chromium-profile'), {
       executablePath: CHROMIUM,
       headless: true,
@@ -284,6 +286,7 @@ async function main() {
         '--disable-background-networking', '--disable-component-update', '--disable-sync',
         `--proxy-server=socks5://127.0.0.1:${socksPort}`,
         '--proxy-bypass-list=localhost;127.0.0.0/8;[::1]',
+        `--ignore-certificate-errors-spki-list=${spkiHash(tls.cert)}`,
       ],
     });
     console.log(`chromium ${context.browser()?.version() ?? ''} (${CHROMIUM})`);
@@ -661,6 +664,41 @@ recovery = true
         fail(problems);
       });
     }
+
+    await check('HTTP/2: /chat over https: both pages and their WebSockets ride h2 connections (RFC 8441, counted by the server), messages both ways, permessage-deflate', async () => {
+      const hs = await startDuplex(['--tls-cert', tls.cert, '--tls-key', tls.key]);
+      servers.push(hs);
+      const room = `h2-${RUN}`;
+      const [p1, p2] = [await newPage(), await newPage()];
+      try {
+        await p1.goto(`${hs.origin}/chat?room=${room}&nick=ann`, { waitUntil: 'load' });
+        await p2.goto(`${hs.origin}/chat?room=${room}&nick=ben`, { waitUntil: 'load' });
+        for (const p of [p1, p2]) {
+          assertEq(await p.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol), 'h2', 'page protocol');
+          await waitChat(p, (c) => c.state === 'connected' && c.subscribed, 8000, 'connected over https');
+        }
+        await say(p1, 'over h2 from ann');
+        await say(p2, 'over h2 from ben ✓');
+        const want = ['over h2 from ann', 'over h2 from ben ✓'];
+        for (const p of [p1, p2]) {
+          const c = await waitChat(p, (x) => x.messages.length === 2, 8000, 'both messages');
+          assertEq(JSON.stringify(c.messages.map((m) => m.text)), JSON.stringify(want), 'messages');
+        }
+        // The pages' sockets, as the server counts them: over HTTP/2 only,
+        // and each compressed (permessage-deflate negotiated, as logged).
+        const metrics = await (await p1.evaluate(async () => (await fetch('/metrics')).text()));
+        const h2 = /^duplex_websockets_opened_total\{http="2"\} (\d+)/m.exec(metrics);
+        assert(h2 && Number(h2[1]) >= 2, 'WebSockets over HTTP/2: ' + (metrics.match(/^duplex_websockets_opened_total.*$/gm) || ['none']).join('; '));
+        assert(!/^duplex_websockets_opened_total\{http="1\.1"\}/m.test(metrics), 'a socket went over HTTP/1.1');
+        await p1.close();
+        await p2.close();
+        await until(async () => /path="\/connection\/websocket" http="2" extensions="permessage-deflate/.test(hs.log()), 8000,
+          () => 'no HTTP/2 socket with permessage-deflate in the server log:\n' + hs.log().split('\n').filter((l) => /connection closed/.test(l)).join('\n'));
+      } finally {
+        await p1.close().catch(() => {});
+        await p2.close().catch(() => {});
+      }
+    });
 
     await check('no uncaught errors in the pages', async () => {
       assert(pageErrors.length === 0, pageErrors.slice(0, 5).join(' | '));

@@ -363,6 +363,18 @@ impl RedisBroker {
             round_trips: AtomicU64::new(0),
             resubscribe: tokio::sync::Notify::new(),
         });
+        // The scripts are loaded now (on every master of a cluster), so the
+        // first publications do not each find them missing and reload them.
+        for script in [
+            &inner.publish,
+            &inner.history,
+            &inner.presence,
+            &inner.presence_add,
+        ] {
+            inner
+                .run(|mut c| async move { script.load_async(&mut c).await })
+                .await?;
+        }
         // The first pub/sub subscription is made here, so that a node that
         // starts is subscribed to its control channel.
         let mut tasks = Vec::new();

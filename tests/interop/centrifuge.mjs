@@ -14,14 +14,15 @@
 
 import { createHmac, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 import {
-  assert, assertEq, check, closedPort, removeDir, skip, startDuplex, summary, tempDir,
+  assert, assertEq, check, closedPort, removeDir, skip, startDuplex, startProxy, summary, tempDir,
 } from './lib.mjs';
+
+export { startProxy };
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const SDK_VERSION = JSON.parse(readFileSync(path.join(here, 'node_modules', 'centrifuge', 'package.json'), 'utf8')).version;
@@ -133,45 +134,6 @@ export async function apiOk(server, method, body, opts) {
   assert(r.status === 200 && r.json && r.json.result !== undefined && !r.json.error,
     `/api/${method} ${JSON.stringify(body)} answered ${r.status} ${r.text.slice(0, 300)}`);
   return r.json.result;
-}
-
-// ---------------------------------------------------------------- TCP proxy
-
-/**
- * A loopback TCP proxy to `port`: cut() destroys every connection through it
- * (the client sees its TCP connection drop, no close frame), block() makes it
- * destroy new connections at once until unblock().
- */
-export function startProxy(port) {
-  return new Promise((resolve, reject) => {
-    const pairs = new Set();
-    let blocked = false;
-    let accepted = 0;
-    let refused = 0;
-    const srv = net.createServer((c) => {
-      if (blocked) { refused++; c.destroy(); return; }
-      accepted++;
-      const up = net.connect(port, '127.0.0.1');
-      const pair = [c, up];
-      pairs.add(pair);
-      const end = () => { c.destroy(); up.destroy(); pairs.delete(pair); };
-      c.on('error', end); up.on('error', end);
-      c.on('close', end); up.on('close', end);
-      c.pipe(up); up.pipe(c);
-    });
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      resolve({
-        port: srv.address().port,
-        url: (p = '/connection/websocket') => `ws://127.0.0.1:${srv.address().port}${p}`,
-        block() { blocked = true; },
-        unblock() { blocked = false; },
-        cut() { for (const [c, up] of pairs) { c.destroy(); up.destroy(); } pairs.clear(); },
-        stats: () => ({ accepted, refused, open: pairs.size }),
-        close: () => new Promise((r) => { blocked = true; for (const [c, up] of pairs) { c.destroy(); up.destroy(); } srv.close(() => r()); }),
-      });
-    });
-  });
 }
 
 // ---------------------------------------------------------------- event logs

@@ -36,10 +36,9 @@ import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 import { createHmac, randomBytes } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import {
-  assert, assertEq, check, closedPort, makeCert, removeDir, skip, sleep, spkiHash, startDuplex, summary, tempDir,
+  assert, assertEq, check, closedPort, makeCert, removeDir, skip, sleep, spkiHash, startDuplex, startProxy, summary, tempDir,
 } from './lib.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -83,42 +82,6 @@ async function api(server, method, body) {
   return j.result;
 }
 
-/**
- * A loopback TCP proxy to `port`: cut() destroys every connection through it
- * (no close frame: the peers see their TCP connection end), block() destroys
- * new ones at once until unblock().
- */
-function startProxy(port) {
-  return new Promise((resolve, reject) => {
-    const pairs = new Set();
-    let blocked = false;
-    let refused = 0;
-    const srv = net.createServer((c) => {
-      if (blocked) { refused++; c.destroy(); return; }
-      const up = net.connect(port, '127.0.0.1');
-      const pair = [c, up];
-      pairs.add(pair);
-      const end = () => { c.destroy(); up.destroy(); pairs.delete(pair); };
-      c.on('error', end); up.on('error', end);
-      c.on('close', end); up.on('close', end);
-      c.pipe(up); up.pipe(c);
-    });
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const p = srv.address().port;
-      resolve({
-        port: p,
-        origin: `http://127.0.0.1:${p}`,
-        wsUrl: `ws://127.0.0.1:${p}/connection/websocket`,
-        block() { blocked = true; },
-        unblock() { blocked = false; },
-        cut() { for (const [c, up] of pairs) { c.destroy(); up.destroy(); } pairs.clear(); },
-        refused: () => refused,
-        close: () => new Promise((r) => { blocked = true; for (const [c, up] of pairs) { c.destroy(); up.destroy(); } srv.close(() => r()); }),
-      });
-    });
-  });
-}
 
 const key = (m) => `${m.offset}|${m.nick}|${m.text}`;
 const pubKey = (p) => `${p.offset}|${JSON.stringify(p.data)}`;

@@ -221,3 +221,67 @@ export function spkiHash(certPemPath) {
 export function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+/**
+ * A loopback TCP proxy to `port`, for tests that drop a client's connection:
+ * cut() destroys every connection through it (the client sees its TCP
+ * connection drop, no close frame); block() makes it destroy new
+ * connections at once until unblock(). It keeps the first 64 KiB each
+ * client sent, so requests() can say what went through (HTTP/1.1 heads).
+ */
+export function startProxy(port) {
+  return new Promise((resolve, reject) => {
+    const live = new Set();
+    const all = [];
+    let blocked = false;
+    let accepted = 0;
+    let refused = 0;
+    const srv = net.createServer((c) => {
+      if (blocked) { refused++; c.destroy(); return; }
+      accepted++;
+      const up = net.connect(port, '127.0.0.1');
+      const rec = { c, up, sent: [], size: 0 };
+      live.add(rec);
+      all.push(rec);
+      c.on('data', (d) => { if (rec.size < 1 << 16) { rec.sent.push(d); rec.size += d.length; } });
+      const end = () => { c.destroy(); up.destroy(); live.delete(rec); };
+      c.on('error', end); up.on('error', end);
+      c.on('close', end); up.on('close', end);
+      c.pipe(up); up.pipe(c);
+    });
+    const cut = () => { for (const r of live) { r.c.destroy(); r.up.destroy(); } live.clear(); };
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const p = srv.address().port;
+      resolve({
+        port: p,
+        origin: `http://127.0.0.1:${p}`,
+        wsUrl: `ws://127.0.0.1:${p}/connection/websocket`,
+        url: (path = '/connection/websocket') => `ws://127.0.0.1:${p}${path}`,
+        block() { blocked = true; },
+        unblock() { blocked = false; },
+        cut,
+        open: () => live.size,
+        refused: () => refused,
+        stats: () => ({ accepted, refused, open: live.size }),
+        /** Every request seen: { target, headers (lower-case names) }, in connection order. */
+        requests() {
+          const out = [];
+          for (const r of all) {
+            const text = Buffer.concat(r.sent).toString('latin1');
+            for (const m of text.matchAll(/(?:GET|POST|HEAD) (\S+) HTTP\/1\.1\r\n([\s\S]*?)\r\n\r\n/g)) {
+              const headers = {};
+              for (const line of m[2].split('\r\n')) {
+                const i = line.indexOf(':');
+                if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
+              }
+              out.push({ target: m[1], headers });
+            }
+          }
+          return out;
+        },
+        close: () => new Promise((res) => { blocked = true; cut(); srv.close(() => res()); }),
+      });
+    });
+  });
+}

@@ -36,10 +36,9 @@ import { EventSource } from 'eventsource';
 import { createHmac, randomBytes } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import path from 'node:path';
 import {
-  assert, assertEq, check, closedPort, removeDir, skip, sleep, startDuplex, summary, tempDir,
+  assert, assertEq, check, closedPort, removeDir, skip, sleep, startDuplex, startProxy, summary, tempDir,
 } from './lib.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -102,59 +101,6 @@ async function top(server, channel) {
   return { offset: j.result.offset, epoch: j.result.epoch };
 }
 
-/**
- * A loopback TCP proxy to `port` that keeps what clients send: cut() destroys
- * every connection through it (the listener stays), requests() parses the
- * HTTP requests that went through.
- */
-function startProxy(port) {
-  return new Promise((resolve, reject) => {
-    const live = new Set();
-    const all = [];
-    const srv = net.createServer((c) => {
-      const up = net.connect(port, '127.0.0.1');
-      const rec = { c, up, sent: [], size: 0 };
-      live.add(rec);
-      all.push(rec);
-      c.on('data', (d) => { if (rec.size < 1 << 16) { rec.sent.push(d); rec.size += d.length; } });
-      const end = () => { c.destroy(); up.destroy(); live.delete(rec); };
-      c.on('error', end); up.on('error', end);
-      c.on('close', end); up.on('close', end);
-      c.pipe(up); up.pipe(c);
-    });
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const p = srv.address().port;
-      resolve({
-        port: p,
-        origin: `http://127.0.0.1:${p}`,
-        cut() { for (const r of live) { r.c.destroy(); r.up.destroy(); } live.clear(); },
-        open: () => live.size,
-        /** Every request seen: { target, headers (lower-case names) }, in connection order. */
-        requests() {
-          const out = [];
-          for (const r of all) {
-            const text = Buffer.concat(r.sent).toString('latin1');
-            for (const m of text.matchAll(/(?:GET|POST|HEAD) (\S+) HTTP\/1\.1\r\n([\s\S]*?)\r\n\r\n/g)) {
-              const headers = {};
-              for (const line of m[2].split('\r\n')) {
-                const i = line.indexOf(':');
-                if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim();
-              }
-              out.push({ target: m[1], headers });
-            }
-          }
-          return out;
-        },
-        close: () => new Promise((res) => {
-          for (const r of live) { r.c.destroy(); r.up.destroy(); }
-          live.clear();
-          srv.close(() => res());
-        }),
-      });
-    });
-  });
-}
 
 // Streams opened by the suite, closed at the end whatever happens.
 const openStreams = new Set();

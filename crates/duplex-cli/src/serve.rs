@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// Most simultaneous connections; more are answered 503 [default: 10000].
     #[arg(long, env = "DUPLEX_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Most simultaneous connections from one address (IPv6: one /64); more
+    /// are answered 503; 0 for no limit; loopback peers are exempt
+    /// [default: 1000].
+    #[arg(long, env = "DUPLEX_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
     /// HS256 secret for connection and subscription tokens (overrides the
     /// file's auth.token_hmac_secret).
     #[arg(
@@ -171,6 +176,9 @@ pub async fn run(a: ServeArgs) -> ExitCode {
     }
     if let Some(n) = a.max_connections {
         config.max_connections = n;
+    }
+    if let Some(n) = a.max_connections_per_ip {
+        config.per_ip.max_connections = n;
     }
     if let Some(s) = &a.token_hmac_secret {
         config.auth.hmac_secret = Some(s.clone());

@@ -51,6 +51,8 @@ pub struct ServerConfig {
     /// With TLS, offer HTTP/2 (ALPN `h2`) beside HTTP/1.1, and WebSockets
     /// over its streams (RFC 8441). Default true.
     pub http2: bool,
+    /// Connections per source address (IPv6: per /64).
+    pub per_ip: crate::per_ip::PerIpLimits,
     /// The EventSource front's limits.
     pub sse: crate::front::sse::SseConfig,
     /// Publish a tick a second to channel [`TICKER_CHANNEL`] while someone
@@ -97,6 +99,7 @@ impl Default for ServerConfig {
             node_name: "duplex".to_string(),
             broker: None,
             sse: crate::front::sse::SseConfig::default(),
+            per_ip: crate::per_ip::PerIpLimits::default(),
             demo_ticker: false,
             http2: true,
         }

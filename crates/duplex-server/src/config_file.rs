@@ -50,6 +50,16 @@ struct File {
     namespaces: HashMap<String, Namespace>,
     broker: Option<Broker>,
     sse: Option<Sse>,
+    per_ip: Option<PerIp>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PerIp {
+    max_connections: Option<usize>,
+    connections_per_second: Option<u32>,
+    connection_burst: Option<u32>,
+    exempt_loopback: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -176,6 +186,21 @@ pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, Error> {
     }
     if let Some(d) = f.shutdown_grace {
         config.shutdown_grace = d.get("shutdown_grace")?;
+    }
+    if let Some(p) = &f.per_ip {
+        let c = &mut config.per_ip;
+        if let Some(n) = p.max_connections {
+            c.max_connections = n;
+        }
+        if let Some(n) = p.connections_per_second {
+            c.connections_per_second = n;
+        }
+        if let Some(n) = p.connection_burst {
+            c.connection_burst = n.max(1);
+        }
+        if let Some(b) = p.exempt_loopback {
+            c.exempt_loopback = b;
+        }
     }
     if let Some(s) = &f.sse {
         let c = &mut config.sse;

@@ -20,6 +20,7 @@ pub mod front;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod per_ip;
 pub mod router;
 pub mod server;
 pub mod shutdown;

@@ -47,6 +47,8 @@ struct Shared {
     limit: Semaphore,
     /// Connections being answered 503 (`REFUSAL_BACKLOG` permits).
     refusals: Semaphore,
+    /// Connections per source address.
+    per_ip: crate::per_ip::PerIp,
     /// When the server started: connections keep their start relative to it.
     epoch: Instant,
 }
@@ -74,10 +76,11 @@ impl Server {
         let app = App::new(config).await.map_err(std::io::Error::other)?;
         let max = app.config.max_connections;
         let shared = Arc::new(Shared {
-            app,
             shutdown: Shutdown::new(),
             limit: Semaphore::new(max),
             refusals: Semaphore::new(REFUSAL_BACKLOG),
+            per_ip: crate::per_ip::PerIp::new(app.config.per_ip.clone()),
+            app,
             epoch: Instant::now(),
         });
         Ok(Server { listener, shared })
@@ -121,7 +124,7 @@ impl Server {
             };
             // Over the limit, a few connections at a time are told so with
             // a 503; beyond that they are dropped at once.
-            let Some(slot) = Slot::take(&shared) else {
+            let Some(slot) = Slot::take(&shared, peer) else {
                 warn!(%peer, "dropped: connection limit and refusal backlog full");
                 continue;
             };
@@ -195,36 +198,88 @@ impl std::fmt::Debug for Connections {
 struct Slot {
     shared: Arc<Shared>,
     /// When the connection was accepted, in milliseconds since the server
-    /// started (beside `admitted`, this fits where the padding was).
+    /// started (beside `state`, this fits where the padding was).
     started_ms: u32,
-    admitted: bool,
+    /// Admitted (and whether its address is counted), or which refusal
+    /// the connection gets. The count of a counted address is given back
+    /// by whoever holds the peer's address beside the slot: the opening
+    /// phase ([`IpCount`]), then the [`Session`] when it ends — an idle
+    /// connection's task carries no copy of the address.
+    state: SlotState,
+}
+
+/// Whether a connection was admitted, and whether its address is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum SlotState {
+    Admitted,
+    AdmittedCounted,
+    /// `max_connections` reached: 503.
+    Full,
+    /// The address holds its share already: 503.
+    IpFull,
+    /// The address opens connections too fast: 429.
+    IpTooFast,
 }
 
 impl Slot {
-    fn take(shared: &Arc<Shared>) -> Option<Slot> {
-        let admitted = match shared.limit.try_acquire() {
-            Ok(p) => {
-                p.forget();
-                true
+    fn take(shared: &Arc<Shared>, peer: SocketAddr) -> Option<Slot> {
+        use crate::per_ip::Refusal;
+        let mut counted = false;
+        let mut state = SlotState::Admitted;
+        if shared.per_ip.applies(peer.ip()) {
+            match shared.per_ip.admit(peer.ip(), std::time::Instant::now()) {
+                Ok(_) => {
+                    counted = true;
+                    state = SlotState::AdmittedCounted;
+                }
+                Err(Refusal::TooManyConnections) => state = SlotState::IpFull,
+                Err(Refusal::TooFast) => state = SlotState::IpTooFast,
             }
-            Err(_) => {
-                shared.refusals.try_acquire().ok()?.forget();
-                false
+        }
+        if matches!(state, SlotState::Admitted | SlotState::AdmittedCounted) {
+            match shared.limit.try_acquire() {
+                Ok(p) => p.forget(),
+                Err(_) => state = SlotState::Full,
             }
-        };
+        }
+        if !matches!(state, SlotState::Admitted | SlotState::AdmittedCounted) {
+            if counted {
+                shared.per_ip.release(crate::per_ip::key(peer.ip()));
+            }
+            shared.refusals.try_acquire().ok()?.forget();
+        }
         Some(Slot {
             started_ms: u32::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u32::MAX),
             shared: shared.clone(),
-            admitted,
+            state,
         })
+    }
+
+    /// The answer to a refused connection: status, reason, metrics label.
+    fn refusal(&self) -> Option<(u16, &'static str, &'static str)> {
+        match self.state {
+            SlotState::Admitted | SlotState::AdmittedCounted => None,
+            SlotState::Full => Some((503, "server is at its connection limit", "connection limit")),
+            SlotState::IpFull => Some((
+                503,
+                "too many connections from your address",
+                "per-address connection limit",
+            )),
+            SlotState::IpTooFast => Some((
+                429,
+                "too many new connections from your address; retry later",
+                "per-address connection rate",
+            )),
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        match self.admitted {
-            true => self.shared.limit.add_permits(1),
-            false => self.shared.refusals.add_permits(1),
+        match self.state {
+            SlotState::Admitted | SlotState::AdmittedCounted => self.shared.limit.add_permits(1),
+            _ => self.shared.refusals.add_permits(1),
         }
     }
 }
@@ -259,6 +314,24 @@ struct Session {
     peer: SocketAddr,
     slot: Slot,
     service: Service,
+}
+
+/// Gives a counted address's place back when the opening phase ends
+/// without a [`Session`] (which then takes the duty over).
+struct IpCount {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    armed: bool,
+}
+
+impl Drop for IpCount {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared
+                .per_ip
+                .release(crate::per_ip::key(self.peer.ip()));
+        }
+    }
 }
 
 impl Session {
@@ -304,6 +377,12 @@ impl Session {
                     ))
                     .await
                 }
+            }
+            // The address's place (a session ends here, or with the
+            // runtime at exit).
+            if this.slot.state == SlotState::AdmittedCounted {
+                let shared = &this.slot.shared;
+                shared.per_ip.release(crate::per_ip::key(this.peer.ip()));
             }
         }
     }
@@ -421,6 +500,11 @@ where
 /// (their state is several KiB anyway).
 async fn open(tcp: TcpStream, peer: SocketAddr, slot: Slot) -> Option<impl Future<Output = ()>> {
     let _ = tcp.set_nodelay(true);
+    let mut count = IpCount {
+        shared: slot.shared.clone(),
+        peer,
+        armed: slot.state == SlotState::AdmittedCounted,
+    };
     if let Some(tls) = slot.shared.app.config.tls.clone() {
         // Boxed: the TLS state is several KiB, and every plain connection
         // would otherwise allocate (and move) this future at that size.
@@ -428,6 +512,7 @@ async fn open(tcp: TcpStream, peer: SocketAddr, slot: Slot) -> Option<impl Futur
         return None;
     }
     let (ws, service) = route(tcp, peer, &slot).await?;
+    count.armed = false;
     Some(
         Session {
             ws,
@@ -513,10 +598,10 @@ where
         }
     };
     let path = hs.request().path().to_string();
-    if !slot.admitted {
-        let _ = hs.respond(503, "server is at its connection limit").await;
-        warn!(%peer, %path, status = 503, "refused: connection limit");
-        shared.app.hub.metrics().refuse("connection limit");
+    if let Some((status, reason, label)) = slot.refusal() {
+        let _ = hs.respond(status, reason).await;
+        warn!(%peer, %path, status, "refused: {label}");
+        shared.app.hub.metrics().refuse(label);
         return None;
     }
     let route = router::route(&hs.request().method, &path);
@@ -551,9 +636,9 @@ async fn serve_h2<S>(io: S, peer: SocketAddr, slot: &Slot)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if !slot.admitted {
-        // Over the limit: HTTP/2 has no 503 before a request; close.
-        slot.shared.app.hub.metrics().refuse("connection limit");
+    if let Some((_, _, label)) = slot.refusal() {
+        // Over a limit: HTTP/2 has no 503 before a request; close.
+        slot.shared.app.hub.metrics().refuse(label);
         return;
     }
     let shared = slot.shared.clone();
@@ -701,9 +786,10 @@ mod tests {
             shutdown: Shutdown::new(),
             limit: Semaphore::new(1),
             refusals: Semaphore::new(1),
+            per_ip: crate::per_ip::PerIp::new(Default::default()),
             epoch: Instant::now(),
         });
-        let slot = Slot::take(&shared).unwrap();
+        let slot = Slot::take(&shared, "127.0.0.1:1".parse().unwrap()).unwrap();
         let opening = Box::pin(open(tcp, peer, slot));
         let size = task_size(&opening);
         assert!(size <= 536, "idle connection task is {size} bytes");

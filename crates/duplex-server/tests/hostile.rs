@@ -318,3 +318,91 @@ async fn a_peer_that_stops_reading_is_dropped_after_the_write_timeout() {
     writer.abort();
     still_serving(srv.addr).await;
 }
+
+/// A server whose per-address limits count loopback too.
+async fn start_per_ip(per_ip: duplex_server::per_ip::PerIpLimits) -> Running {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        per_ip,
+        ..Default::default()
+    };
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let connections = server.connections();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    Running {
+        addr,
+        connections,
+        _stop: tx,
+    }
+}
+
+/// The status line and body of the answer to an upgrade request.
+async fn answer(addr: std::net::SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /echo HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_more_than_its_connections() {
+    let srv = start_per_ip(duplex_server::per_ip::PerIpLimits {
+        max_connections: 2,
+        connections_per_second: 0,
+        connection_burst: 1,
+        exempt_loopback: false,
+    })
+    .await;
+    let url = format!("ws://{}/echo", srv.addr);
+    let a = duplex::connect(&url).await.unwrap();
+    let _b = duplex::connect(&url).await.unwrap();
+    let third = answer(srv.addr).await;
+    assert!(
+        third.starts_with("HTTP/1.1 503")
+            && third.contains("too many connections from your address"),
+        "{third}"
+    );
+    // One closes: its place comes back, and the address may connect again.
+    drop(a);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while srv.connections.open() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the closed connection's place came back");
+    let mut c = duplex::connect(&url).await.unwrap();
+    c.send(Message::text("still served")).await.unwrap();
+    assert_eq!(
+        c.recv().await.unwrap().unwrap(),
+        Message::text("still served")
+    );
+}
+
+#[tokio::test]
+async fn one_address_cannot_open_connections_faster_than_its_rate() {
+    let srv = start_per_ip(duplex_server::per_ip::PerIpLimits {
+        max_connections: 0,
+        connections_per_second: 1,
+        connection_burst: 2,
+        exempt_loopback: false,
+    })
+    .await;
+    let url = format!("ws://{}/echo", srv.addr);
+    let _a = duplex::connect(&url).await.unwrap();
+    let _b = duplex::connect(&url).await.unwrap();
+    let third = answer(srv.addr).await;
+    assert!(
+        third.starts_with("HTTP/1.1 429") && third.contains("too many new connections"),
+        "{third}"
+    );
+}

@@ -1117,7 +1117,7 @@ async function main() {
     }, { timeoutMs: 45_000, needsBroker: true });
 
     // ------------------------------------------------ 5. presence and the API across nodes
-    await scheck(5, 'presence, presence_stats, join/leave, channels (num_clients summed) and disconnect of a user on another node', async (scope) => {
+    await scheck(5, 'presence, presence_stats, join/leave, channels (num_clients summed), info (every node) and disconnect of a user on another node', async (scope) => {
       const r = NO_BROKER ? null : await scope.redisServer();
       const nodes = await scope.cluster(r, 3);
       const [n1, n2, n3] = nodes;
@@ -1159,6 +1159,12 @@ async function main() {
         const chans = (await apiOk(node, 'channels', {})).channels || {};
         assert(chans[ch], `${node.name}: /api/channels lacks ${ch}: ${JSON.stringify(chans).slice(0, 300)}`);
         assertEq(chans[ch].num_clients, 3, `${node.name}: /api/channels num_clients of ${ch} (one client on each node)`);
+        // info: every node of the cluster, each with its own clients.
+        const info = await apiOk(node, 'info', {});
+        const uids = new Set((info.nodes || []).map((n) => n.uid));
+        assertEq(uids.size, 3, `${node.name}: /api/info lists the 3 nodes: ${JSON.stringify(info).slice(0, 400)}`);
+        const clients = (info.nodes || []).reduce((a, n) => a + n.num_clients, 0);
+        assert(clients >= 3, `${node.name}: /api/info num_clients over the nodes ${clients}, want at least the 3 test clients`);
       }
       const cp = await sb.presence();
       assertEq(JSON.stringify(Object.keys(cp.clients).sort()), JSON.stringify(want), `${bob.label}: client presence`);

@@ -6,7 +6,6 @@ use crate::broker::local::LocalBroker;
 use crate::broker::redis::{redact, RedisBroker};
 use crate::broker::Broker;
 use crate::config::ServerConfig;
-use crate::front::api::NodeInfo;
 use crate::front::centrifuge;
 use crate::hub::{Hub, SystemClock};
 use crate::metrics::Metrics;
@@ -33,8 +32,6 @@ pub struct App {
     pub sse: Arc<crate::front::sse::Front>,
     /// Keys.
     pub auth: Arc<Auth>,
-    /// This node, for the API's `info`.
-    pub node: NodeInfo,
     registry: Registry,
 }
 
@@ -72,6 +69,8 @@ impl App {
             }
         };
         let hub = Hub::new(config.hub.clone(), broker.clone(), clock, metrics.clone());
+        let node_uid = crate::hub::new_client_id().to_string();
+        hub.set_node(&node_uid, &config.node_name);
         let auth = Arc::new(Auth::new(config.auth.clone())?);
         let registry = metrics.registry();
         let app = Arc::new(App {
@@ -92,11 +91,6 @@ impl App {
                 auth.clone(),
                 config.sse.clone(),
             )),
-            node: NodeInfo {
-                uid: crate::hub::new_client_id().to_string(),
-                name: config.node_name.clone(),
-                started: Instant::now(),
-            },
             config,
             hub,
             broker,

@@ -294,7 +294,7 @@ pub async fn handle_route(
                 match Limited::new(req.into_body(), limit).collect().await {
                     Ok(body) => {
                         let body = body.to_bytes();
-                        let a = crate::front::api::call(&app.hub, &app.node, &method, &body).await;
+                        let a = crate::front::api::call(&app.hub, &method, &body).await;
                         json(a.status, a.body)
                     }
                     Err(e) => {

@@ -3,7 +3,7 @@
 
 use super::{
     BoxFuture, Broker, BrokerError, BrokerHandler, ChannelCounts, Control, HistoryQuery,
-    HistoryResult,
+    HistoryResult, NodeStats,
 };
 use crate::hub::history::{HistoryLimits, Stream};
 use crate::hub::presence::Presence;
@@ -274,6 +274,15 @@ impl Broker for LocalBroker {
             Ok(self
                 .handler()
                 .map(|h| h.local_channels())
+                .unwrap_or_default())
+        })
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeStats>, BrokerError>> {
+        Box::pin(async move {
+            Ok(self
+                .handler()
+                .map(|h| vec![h.local_stats()])
                 .unwrap_or_default())
         })
     }

@@ -44,6 +44,27 @@ pub struct HistoryQuery {
     pub reverse: bool,
 }
 
+/// What a node says of itself (the API's `info`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStats {
+    /// The node's id.
+    pub uid: String,
+    /// Its name (`node_name`).
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Connected clients.
+    pub num_clients: usize,
+    /// Distinct users.
+    pub num_users: usize,
+    /// Subscriptions.
+    pub num_subs: usize,
+    /// Channels with subscribers.
+    pub num_channels: usize,
+    /// Seconds since it started.
+    pub uptime: u64,
+}
+
 /// Channels and their subscriber counts.
 pub type ChannelCounts = Vec<(Arc<str>, usize)>;
 
@@ -103,6 +124,8 @@ pub trait BrokerHandler: Send + Sync {
     fn on_control(&self, control: Control);
     /// This node's channels and their subscriber counts.
     fn local_channels(&self) -> Vec<(Arc<str>, usize)>;
+    /// What this node says of itself.
+    fn local_stats(&self) -> NodeStats;
 }
 
 /// Fan-out, history and presence for the hub.
@@ -200,6 +223,9 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// The channels with subscribers on any node, with their subscriber
     /// counts summed over the nodes.
     fn channels(&self) -> BoxFuture<'_, Result<ChannelCounts, BrokerError>>;
+
+    /// What every live node says of itself (this one included).
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeStats>, BrokerError>>;
 
     /// Round trips to a shared broker so far (0 for the in-process one).
     fn round_trips(&self) -> u64 {

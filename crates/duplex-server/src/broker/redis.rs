@@ -30,7 +30,7 @@ use super::codec::{self, ChannelMessage};
 use super::local::STREAM_IDLE_MS;
 use super::{
     BoxFuture, Broker, BrokerError, BrokerHandler, ChannelCounts, Control, HistoryQuery,
-    HistoryResult,
+    HistoryResult, NodeStats,
 };
 use crate::hub::StreamPosition;
 use crate::hub::{new_client_id, new_epoch, ClientInfo, Clock, HistoryLimits, Publication};
@@ -177,6 +177,8 @@ enum ControlMessage {
         to: String,
         from: String,
         channels: Vec<(String, usize)>,
+        #[serde(default)]
+        node: Option<NodeStats>,
     },
 }
 
@@ -193,7 +195,9 @@ struct ChannelState {
     stale: bool,
 }
 
-type Survey = mpsc::UnboundedSender<(String, Vec<(String, usize)>)>;
+/// A survey's answers: from which node, its channels, its stats.
+type Answer = (String, Vec<(String, usize)>, Option<NodeStats>);
+type Survey = mpsc::UnboundedSender<Answer>;
 
 /// The command connection: one Redis, or a cluster (routed by key slot).
 #[derive(Clone)]
@@ -863,8 +867,9 @@ impl Inner {
                 }
             }
             ControlMessage::Survey { id, from } => {
-                let channels = self
-                    .handler()
+                let handler = self.handler();
+                let channels = handler
+                    .as_ref()
                     .map(|h| h.local_channels())
                     .unwrap_or_default()
                     .into_iter()
@@ -875,6 +880,7 @@ impl Inner {
                     to: from,
                     from: self.node.to_string(),
                     channels,
+                    node: handler.map(|h| h.local_stats()),
                 };
                 if let Ok(body) = serde_json::to_vec(&reply) {
                     // Not awaited here: the pub/sub loop keeps reading.
@@ -895,14 +901,51 @@ impl Inner {
                 to,
                 from,
                 channels,
+                node,
             } => {
                 if *to == *self.node {
                     if let Some(tx) = lock(&self.surveys).get(&id) {
-                        let _ = tx.send((from, channels));
+                        let _ = tx.send((from, channels, node));
                     }
                 }
             }
         }
+    }
+
+    /// Asks every live node (this one included) for its channels and
+    /// stats; waits for all of them, at most [`SURVEY_TIMEOUT`].
+    async fn survey(&self) -> Result<Vec<Answer>, BrokerError> {
+        let mut waiting = self.live_nodes().await?;
+        waiting.insert(self.node.to_string());
+        let id = self.next_survey.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        lock(&self.surveys).insert(id, tx);
+        let ask = ControlMessage::Survey {
+            id,
+            from: self.node.to_string(),
+        };
+        let body = serde_json::to_vec(&ask).map_err(unavailable)?;
+        let sent = self.publish_raw(self.control_name(), body.into()).await;
+        let mut answers = Vec::new();
+        if sent.is_ok() {
+            let deadline = tokio::time::Instant::now() + SURVEY_TIMEOUT;
+            while !waiting.is_empty() {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(answer)) => {
+                        if waiting.remove(&answer.0) {
+                            answers.push(answer);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            if !waiting.is_empty() {
+                tracing::debug!(missing = waiting.len(), "survey: some nodes did not answer");
+            }
+        }
+        lock(&self.surveys).remove(&id);
+        sent?;
+        Ok(answers)
     }
 
     async fn heartbeat(self: Arc<Self>) {
@@ -1416,43 +1459,27 @@ impl Broker for RedisBroker {
 
     fn channels(&self) -> BoxFuture<'_, Result<ChannelCounts, BrokerError>> {
         Box::pin(async move {
-            let inner = &self.inner;
-            let mut waiting = inner.live_nodes().await?;
-            let id = inner.next_survey.fetch_add(1, Ordering::Relaxed);
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            lock(&inner.surveys).insert(id, tx);
-            let ask = ControlMessage::Survey {
-                id,
-                from: inner.node.to_string(),
-            };
-            let body = serde_json::to_vec(&ask).map_err(unavailable)?;
-            let sent = inner.publish_raw(inner.control_name(), body.into()).await;
             let mut sums: HashMap<String, usize> = HashMap::new();
-            if sent.is_ok() {
-                let deadline = tokio::time::Instant::now() + SURVEY_TIMEOUT;
-                waiting.insert(inner.node.to_string());
-                while !waiting.is_empty() {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some((from, channels))) => {
-                            if waiting.remove(&from) {
-                                for (c, n) in channels {
-                                    *sums.entry(c).or_default() += n;
-                                }
-                            }
-                        }
-                        _ => break,
-                    }
-                }
-                if !waiting.is_empty() {
-                    tracing::debug!(
-                        missing = waiting.len(),
-                        "channel survey: some nodes did not answer"
-                    );
+            for (_, channels, _) in self.inner.survey().await? {
+                for (c, n) in channels {
+                    *sums.entry(c).or_default() += n;
                 }
             }
-            lock(&inner.surveys).remove(&id);
-            sent?;
             Ok(sums.into_iter().map(|(c, n)| (c.into(), n)).collect())
+        })
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeStats>, BrokerError>> {
+        Box::pin(async move {
+            let mut nodes: Vec<NodeStats> = self
+                .inner
+                .survey()
+                .await?
+                .into_iter()
+                .filter_map(|(_, _, node)| node)
+                .collect();
+            nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+            Ok(nodes)
         })
     }
 

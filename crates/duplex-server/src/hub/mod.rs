@@ -352,6 +352,8 @@ pub struct Hub {
     clients: Mutex<HashMap<Arc<str>, Registered>>,
     users: Mutex<HashMap<Arc<str>, HashSet<Arc<str>>>>,
     hasher: RandomState,
+    /// This node's id and name, and when it started (the API's `info`).
+    node: OnceLock<(String, String, std::time::Instant)>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -383,6 +385,7 @@ impl Hub {
             clients: Mutex::default(),
             users: Mutex::default(),
             hasher: RandomState::new(),
+            node: OnceLock::new(),
         });
         let handler: Arc<dyn BrokerHandler> = hub.clone();
         hub.broker.set_handler(Arc::downgrade(&handler));
@@ -660,6 +663,19 @@ impl Hub {
                 channel: channel.to_string(),
             })
             .await?)
+    }
+
+    /// Names this node (once), for [`nodes`](Self::nodes).
+    pub fn set_node(&self, uid: &str, name: &str) {
+        let _ = self
+            .node
+            .set((uid.to_string(), name.to_string(), std::time::Instant::now()));
+    }
+
+    /// What every live node says of itself (with a shared broker, every
+    /// node of the cluster).
+    pub async fn nodes(&self) -> Result<Vec<crate::broker::NodeStats>, HubError> {
+        Ok(self.broker.nodes().await?)
     }
 
     /// Whether the broker works (for readiness).
@@ -945,6 +961,24 @@ impl BrokerHandler for Hub {
 
     fn local_channels(&self) -> Vec<(Arc<str>, usize)> {
         Hub::local_channels(self)
+    }
+
+    fn local_stats(&self) -> crate::broker::NodeStats {
+        let (clients, users) = self.counts();
+        let (uid, name, uptime) = match self.node.get() {
+            Some((uid, name, started)) => (uid.clone(), name.clone(), started.elapsed().as_secs()),
+            None => (String::new(), String::new(), 0),
+        };
+        crate::broker::NodeStats {
+            uid,
+            name,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            num_clients: clients,
+            num_users: users,
+            num_subs: usize::try_from(self.metrics.subscriptions.get()).unwrap_or(0),
+            num_channels: usize::try_from(self.metrics.channels.get()).unwrap_or(0),
+            uptime,
+        }
     }
 }
 

@@ -38,10 +38,12 @@
 //! Memory is read before the first connection and after all are
 //! subscribed and held `--hold` seconds, before any publication.
 
-use super::{
-    open, parse_size, progress, put_frame, resolve, sample, secs, unmasked_header, upgrade_request,
-    window, Common, Json, Opened, Phase, Report, Shared, Target, OP_CLOSE, OP_TEXT,
-};
+use super::frame::{put_frame, unmasked_header, OP_CLOSE, OP_TEXT};
+use super::json::Json;
+use super::open::{open, resolve, upgrade_request, Opened, Target};
+use super::sample::{sample, window, Sample};
+use super::shared::{progress, secs, Phase, Shared};
+use super::{parse_size, Common, Report};
 use clap::{Args, ValueEnum};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -971,7 +973,7 @@ pub(super) async fn run(a: BroadcastArgs) -> Result<Report, String> {
     if errors > 0 {
         let _ = write!(human, "; first error: {first_error}");
     }
-    let rss = |s: &super::Sample| s.server_rss.map(|r| r as f64);
+    let rss = |s: &Sample| s.server_rss.map(|r| r as f64);
     let json = Json::new()
         .str("mode", "broadcast")
         .str("label", &a.common.label)

@@ -39,6 +39,10 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Formatting and machine facts are those of the other benchmarks.
+from run import fmt, fmt_ms, loadavg, machine, med, pct  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 DUPLEX = os.path.join(ROOT, "target", "release", "duplex")
@@ -487,35 +491,6 @@ def window_stats(a, b, j, broker, c, hold):
 
 # ---------------------------------------------------------------- report --
 
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
-def fmt(v, digits=0):
-    if v is None:
-        return "–"
-    if abs(v) >= 1e6 and digits == 0:
-        return f"{v / 1e6:.2f} M"
-    if abs(v) >= 1e4 and digits == 0:
-        return f"{v / 1e3:.1f} k"
-    return f"{v:,.{digits}f}"
-
-
-def fmt_ms(xs, digits=0):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "–"
-    m = fmt(med(xs), digits)
-    if len(xs) == 1:
-        return m
-    return f"{m} ({fmt(min(xs), digits)}–{fmt(max(xs), digits)})"
-
-
-def pct(v):
-    return "–" if v is None else f"{100 * v:.0f}%"
-
-
 def pct_ms(xs):
     """Median percentage with its min–max."""
     xs = [x for x in xs if x is not None]
@@ -576,24 +551,6 @@ def errors_of(by, meas, scen):
     return f"{lost}", f"{incomplete} of {len(rs)}", text
 
 
-def machine():
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(open("/proc/meminfo").readline().split()[1])
-        mem = f"{kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{os.cpu_count()} × {cpu}, {mem}, Linux {platform.release()}"
-
-
 def versions():
     v = {}
     try:
@@ -608,13 +565,6 @@ def versions():
         except OSError:
             pass
     return v
-
-
-def loadavg():
-    try:
-        return " / ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "?"
 
 
 def saturation_note(by, mk, scen_keys):

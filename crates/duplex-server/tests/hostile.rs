@@ -406,3 +406,28 @@ async fn one_address_cannot_open_connections_faster_than_its_rate() {
         "{third}"
     );
 }
+
+#[tokio::test]
+async fn a_handshake_head_that_never_ends_gets_408_within_the_handshake_timeout() {
+    let cfg = duplex::Config::default().with_handshake_timeout(Duration::from_millis(300));
+    let srv = start(cfg).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    // A slowloris: half a request head, then nothing.
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the server closed the connection")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    still_serving(srv.addr).await;
+}

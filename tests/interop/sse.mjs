@@ -22,7 +22,8 @@
 //      seen from a Chromium page of another loopback origin;
 //   6. errors: unknown channel 404, no channel 400, 401/403 without a token
 //      where one is needed; tokens in `?token=` and `Authorization: Bearer`;
-//   7. `[sse] heartbeat = "1s"`: a `: ping` comment on an idle stream.
+//   7. `[sse] heartbeat = "1s"`: a `: ping` comment on an idle stream;
+//   8. `[sse] mailbox_bytes`: a client that stops reading is ended.
 //
 // Everything is on loopback; every wait is on an event or a polled condition
 // with a deadline; every process, proxy, stream and page is closed at the end.
@@ -36,6 +37,7 @@ import { EventSource } from 'eventsource';
 import { createHmac, randomBytes } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import {
   assert, assertEq, check, closedPort, removeDir, skip, sleep, startDuplex, startProxy, summary, tempDir,
@@ -258,6 +260,19 @@ subscribe = "anonymous"
 
 [sse]
 heartbeat = "1s"
+`;
+
+// A small stream queue, an API key, channels without history.
+const SLOW_TOML = `
+[auth]
+api_key = "${API_KEY}"
+allow_anonymous = true
+
+[channels]
+subscribe = "anonymous"
+
+[sse]
+mailbox_bytes = 65536
 `;
 
 const CORS_PAGE = `<!doctype html>
@@ -739,6 +754,53 @@ async function main() {
       r.close();
       assert(/^retry: \d+\n\n(: ping\n\n)+$/.test(r.body), `stream ${JSON.stringify(r.body)}`);
       console.log(`  first ping after ${first} ms`);
+    });
+
+    // ------------------------------------------------ 8. a stream that does not read
+    const slow = await serveToml('slow', SLOW_TOML);
+    await check('[sse] mailbox_bytes: a client that stops reading its stream is ended (slow disconnect counted) while publishing goes on; the server keeps serving streams', async () => {
+      const sock = net.connect(slow.port, '127.0.0.1');
+      let head = '';
+      let tail = '';
+      sock.on('error', () => {});
+      await new Promise((r, j) => { sock.once('connect', r); sock.once('error', j); });
+      sock.write(`GET /connection/sse?channel=firehose HTTP/1.1\r\nHost: 127.0.0.1:${slow.port}\r\n\r\n`);
+      await new Promise((r) => {
+        const on = (d) => { head += d.toString('latin1'); if (head.includes('retry:')) { sock.off('data', on); r(); } };
+        sock.on('data', on);
+      });
+      assert(/^HTTP\/1\.1 200/.test(head), 'stream answer: ' + head.slice(0, 120));
+      sock.pause(); // reads nothing more: the kernel buffers fill, then the stream's queue
+      // 8 KiB publications: eight fit the 64 KiB queue, so the queue
+      // overflows only once the socket stops taking them.
+      const pad = 'x'.repeat(8 * 1024);
+      const slowDisconnects = async () => {
+        const m = await (await fetch(`${slow.origin}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+        const hit = /^duplex_slow_disconnects_total\{front="sse"\} (\d+)/m.exec(m);
+        return hit ? Number(hit[1]) : 0;
+      };
+      let published = 0;
+      for (let i = 0; i < 8000 && (i % 50 !== 0 || (await slowDisconnects()) === 0); i++) {
+        const r = await fetch(`${slow.origin}/api/publish`, {
+          method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': API_KEY },
+          body: JSON.stringify({ channel: 'firehose', data: { i, pad } }), signal: AbortSignal.timeout(5000),
+        });
+        assertEq(r.status, 200, `publish ${i}`);
+        await r.text();
+        published++;
+      }
+      assert((await slowDisconnects()) >= 1, `no slow disconnect after ${published} publications of 8 KiB`);
+      assert(published > 8, `the queue overflowed after ${published} publications: before the socket filled`);
+      // The client drains what the kernel held, then finds the response
+      // ended (the last chunk of the chunked body): a browser reconnects.
+      sock.on('data', (d) => { tail = (tail + d.toString('latin1')).slice(-64); });
+      sock.resume();
+      await until(() => tail.endsWith('\r\n0\r\n\r\n'), 10000, () => `the slow stream did not end; last bytes ${JSON.stringify(tail)}`);
+      sock.destroy();
+      const r = await rawGet(slow.port, '/connection/sse?channel=firehose');
+      assertEq(r.status, 200, 'a new stream after the slow one');
+      r.close();
+      console.log(`  the stream ended after ${published} publications of 8 KiB`);
     });
 
     await check('no uncaught errors in the pages', async () => {

@@ -502,13 +502,26 @@ impl Stream {
         true
     }
 
+    /// The stream could not keep up: it ends, counted as a slow disconnect.
+    fn slow(&self) {
+        self.hub
+            .metrics()
+            .slow_disconnects
+            .get_or_create(&FRONT)
+            .inc();
+        tracing::info!(client = %self.info.client, "stream queue full: ending a slow EventSource stream");
+    }
+
     async fn send(&self, text: String) -> bool {
         // The send waits while the client does not read; an overflowing
         // mailbox meanwhile ends the stream.
         let mailbox = &self.mailbox;
         tokio::select! {
             r = self.tx.send(Bytes::from(text)) => r.is_ok(),
-            _ = poll_fn(|cx| if mailbox.poll_overflowed(cx) { Poll::Ready(()) } else { Poll::Pending }) => false,
+            _ = poll_fn(|cx| if mailbox.poll_overflowed(cx) { Poll::Ready(()) } else { Poll::Pending }) => {
+                self.slow();
+                false
+            }
         }
     }
 
@@ -541,7 +554,7 @@ impl Stream {
                         }
                     }
                     Next::Overflowed => {
-                        self.hub.metrics().slow_disconnects.get_or_create(&FRONT).inc();
+                        self.slow();
                         return;
                     }
                 },

@@ -585,3 +585,26 @@ async fn joins_and_leaves_go_to_those_who_ask() {
         assert_eq!(leave["push"]["channel"], channel);
     }
 }
+
+#[tokio::test]
+async fn a_socket_that_never_connects_is_closed_stale_and_one_that_never_answers_pings_no_pong() {
+    let mut c = config();
+    c.centrifuge.connect_timeout = Duration::from_millis(300);
+    c.centrifuge.ping_interval = Duration::from_millis(300);
+    c.centrifuge.pong_timeout = Duration::from_millis(300);
+    let srv = start(c).await;
+    // Open, but no `connect` command: 3502 "stale".
+    let mut idle = client(srv.addr).await;
+    assert_eq!(closed_with(&mut idle).await, Some(3502));
+    // Connected, but the server's pings (`{}`) get no answer: 3012.
+    let mut mute = connected(srv.addr, "room").await;
+    assert_eq!(closed_with(&mut mute).await, Some(3012));
+    // One that answers stays.
+    let mut polite = connected(srv.addr, "room").await;
+    for _ in 0..3 {
+        let ping = next(&mut polite).await;
+        assert_eq!(ping, [json!({})]);
+        polite.send(Message::text("{}")).await.unwrap();
+    }
+    assert!(polite.close_code().is_none());
+}

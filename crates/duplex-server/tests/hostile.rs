@@ -22,11 +22,15 @@ struct Running {
 }
 
 async fn start(cfg: duplex::Config) -> Running {
-    let config = ServerConfig {
+    serve(ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         ws: cfg,
         ..Default::default()
-    };
+    })
+    .await
+}
+
+async fn serve(config: ServerConfig) -> Running {
     let server = Server::bind(config).await.unwrap();
     let addr = server.local_addr().unwrap();
     let connections = server.connections();
@@ -321,23 +325,12 @@ async fn a_peer_that_stops_reading_is_dropped_after_the_write_timeout() {
 
 /// A server whose per-address limits count loopback too.
 async fn start_per_ip(per_ip: duplex_server::per_ip::PerIpLimits) -> Running {
-    let config = ServerConfig {
+    serve(ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         per_ip,
         ..Default::default()
-    };
-    let server = Server::bind(config).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let connections = server.connections();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        connections,
-        _stop: tx,
-    }
+    })
+    .await
 }
 
 /// The status line and body of the answer to an upgrade request.

@@ -296,6 +296,19 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
+/// A Redis call given at most `limit`: its error, or `what` timing out,
+/// as the broker's error.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(unavailable(format!("{what} timed out"))),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -328,10 +341,7 @@ impl RedisBroker {
                 .retries(1)
                 .build()
                 .map_err(unavailable)?;
-            let conn = tokio::time::timeout(deadline, cluster.get_async_connection())
-                .await
-                .map_err(|_| unavailable("timed out connecting"))?
-                .map_err(unavailable)?;
+            let conn = within(deadline, "connecting", cluster.get_async_connection()).await?;
             (None, Conn::Cluster(conn), Some(rx))
         } else {
             let client = redis::Client::open(options.url.as_str()).map_err(unavailable)?;
@@ -340,11 +350,12 @@ impl RedisBroker {
                 .set_response_timeout(Some(options.command_timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(options.max_backoff);
-            let conn =
-                tokio::time::timeout(deadline, client.get_connection_manager_with_config(config))
-                    .await
-                    .map_err(|_| unavailable("timed out connecting"))?
-                    .map_err(unavailable)?;
+            let conn = within(
+                deadline,
+                "connecting",
+                client.get_connection_manager_with_config(config),
+            )
+            .await?;
             (Some(client), Conn::Single(conn), None)
         };
         let inner = Arc::new(Inner {
@@ -385,10 +396,7 @@ impl RedisBroker {
         let fanout = match (pushes, &inner.conn) {
             (Some(rx), Conn::Cluster(c)) => {
                 let mut c = c.clone();
-                tokio::time::timeout(deadline, c.ssubscribe(inner.control_name()))
-                    .await
-                    .map_err(|_| unavailable("SSUBSCRIBE timed out"))?
-                    .map_err(unavailable)?;
+                within(deadline, "SSUBSCRIBE", c.ssubscribe(inner.control_name())).await?;
                 inner.pubsub_up.store(true, Ordering::Relaxed);
                 tasks.push(tokio::spawn(inner.clone().resubscribe_cluster()));
                 tokio::spawn(inner.clone().run_pushes(rx))
@@ -553,19 +561,18 @@ impl Inner {
             .client
             .as_ref()
             .ok_or_else(|| unavailable("no standalone Redis"))?;
-        let pubsub = tokio::time::timeout(deadline, client.get_async_pubsub())
-            .await
-            .map_err(|_| unavailable("timed out connecting"))?
-            .map_err(unavailable)?;
+        let pubsub = within(deadline, "connecting", client.get_async_pubsub()).await?;
         let (mut sink, stream) = pubsub.split();
         let mut slot = self.sink.lock().await;
         let mut names = vec![self.control_name()];
         names.extend(lock(&self.channels).keys().map(|c| self.pubsub_name(c)));
         for chunk in names.chunks(512) {
-            tokio::time::timeout(self.options.command_timeout, sink.subscribe(chunk))
-                .await
-                .map_err(|_| unavailable("SUBSCRIBE timed out"))?
-                .map_err(unavailable)?;
+            within(
+                self.options.command_timeout,
+                "SUBSCRIBE",
+                sink.subscribe(chunk),
+            )
+            .await?;
         }
         *slot = Some(sink);
         self.pubsub_up.store(true, Ordering::Relaxed);
@@ -1178,24 +1185,22 @@ impl Broker for RedisBroker {
                 (_, Conn::Cluster(c)) => {
                     inner.round_trips.fetch_add(1, Ordering::Relaxed);
                     let mut c = c.clone();
-                    match tokio::time::timeout(inner.options.command_timeout, c.ssubscribe(&name))
-                        .await
-                    {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(unavailable(e)),
-                        Err(_) => Err(unavailable("SSUBSCRIBE timed out")),
-                    }
+                    within(
+                        inner.options.command_timeout,
+                        "SSUBSCRIBE",
+                        c.ssubscribe(&name),
+                    )
+                    .await
                 }
                 (None, _) => Err(unavailable("no pub/sub connection to Redis")),
                 (Some(sink), _) => {
                     inner.round_trips.fetch_add(1, Ordering::Relaxed);
-                    match tokio::time::timeout(inner.options.command_timeout, sink.subscribe(&name))
-                        .await
-                    {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(unavailable(e)),
-                        Err(_) => Err(unavailable("SUBSCRIBE timed out")),
-                    }
+                    within(
+                        inner.options.command_timeout,
+                        "SUBSCRIBE",
+                        sink.subscribe(&name),
+                    )
+                    .await
                 }
             };
             if result.is_err() {
@@ -1237,29 +1242,16 @@ impl Broker for RedisBroker {
                 inner.round_trips.fetch_add(1, Ordering::Relaxed);
                 let mut c = c.clone();
                 let name = inner.pubsub_name(channel);
-                return match tokio::time::timeout(
-                    inner.options.command_timeout,
-                    c.sunsubscribe(&name),
-                )
-                .await
-                {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(unavailable(e)),
-                    Err(_) => Err(unavailable("SUNSUBSCRIBE timed out")),
-                };
+                let limit = inner.options.command_timeout;
+                return within(limit, "SUNSUBSCRIBE", c.sunsubscribe(&name)).await;
             }
             // Without a connection there is nothing to undo: the next one
             // subscribes only to the channels still needed.
             if let Some(sink) = slot.as_mut() {
                 inner.round_trips.fetch_add(1, Ordering::Relaxed);
                 let name = inner.pubsub_name(channel);
-                match tokio::time::timeout(inner.options.command_timeout, sink.unsubscribe(&name))
-                    .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(unavailable(e)),
-                    Err(_) => return Err(unavailable("UNSUBSCRIBE timed out")),
-                }
+                let limit = inner.options.command_timeout;
+                within(limit, "UNSUBSCRIBE", sink.unsubscribe(&name)).await?;
             }
             Ok(())
         })

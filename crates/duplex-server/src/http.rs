@@ -322,7 +322,10 @@ pub async fn handle_route(
                 _ => (*app.ws).clone(),
             };
             let policy = &app.config.policy;
-            let (resp, pending) = duplex::upgrade::upgrade(req, config, |r| policy.decide(r));
+            let (resp, pending) = duplex::upgrade::upgrade(req, config, |r| match route {
+                Route::Centrifuge => crate::front::centrifuge::decide(policy, r),
+                _ => policy.decide(r),
+            });
             if let Some(p) = pending {
                 *upgrades.lock().unwrap_or_else(|e| e.into_inner()) = Some((p, route));
             } else {

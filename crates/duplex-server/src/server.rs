@@ -300,6 +300,19 @@ impl Service {
         }
     }
 
+    /// Whether and how to accept a socket: the Centrifugo endpoint also
+    /// speaks `centrifuge-protobuf`.
+    fn decide(
+        self,
+        policy: &duplex::Policy,
+        req: &duplex_proto::handshake::server::UpgradeRequest,
+    ) -> duplex::Decision {
+        match self {
+            Service::Echo => policy.decide(req),
+            Service::Centrifuge => centrifuge::decide(policy, req),
+        }
+    }
+
     fn path(self) -> &'static str {
         match self {
             Service::Echo => "/echo",
@@ -610,7 +623,8 @@ where
             Service::Centrifuge => hs.with_config(shared.app.ws_centrifuge.clone()),
             Service::Echo => hs,
         };
-        return match hs.upgrade(|req| shared.app.config.policy.decide(req)).await {
+        let policy = &shared.app.config.policy;
+        return match hs.upgrade(|req| service.decide(policy, req)).await {
             Ok(ws) => Some((ws, service)),
             Err(e) => {
                 info!(%peer, %path, error = %e, "upgrade refused");
@@ -673,7 +687,8 @@ where
                 Service::Echo => (*shared.app.ws).clone(),
             };
             let policy = &shared.app.config.policy;
-            let (resp, pending) = duplex::upgrade::upgrade_h2(req, config, |r| policy.decide(r));
+            let (resp, pending) =
+                duplex::upgrade::upgrade_h2(req, config, |r| service.decide(policy, r));
             match pending {
                 Some(p) => {
                     let shared = shared.clone();

@@ -237,7 +237,7 @@ async fn bad_input_gets_the_protocol_codes() {
     .await
     .unwrap();
     assert_eq!(closed_with(&mut ws).await, Some(3501));
-    // Binary frames (the Protobuf format is not spoken).
+    // Binary frames on a JSON connection (Protobuf needs the subprotocol).
     let mut ws = client(srv.addr).await;
     ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(closed_with(&mut ws).await, Some(3501));

@@ -217,9 +217,15 @@ async fn one(hub: &Hub, method: &str, body: &[u8]) -> Result<Outcome, ()> {
                 }
             }
         }
-        "presence" => calls::presence(hub, &parse::<Channel>(body)?.channel).await,
-        "presence_stats" => calls::presence_stats(hub, &parse::<Channel>(body)?.channel).await,
-        "history" => calls::history(hub, &parse(body)?).await,
+        "presence" => calls::presence(hub, &parse::<Channel>(body)?.channel)
+            .await
+            .map(|r| wire::body_string(&r)),
+        "presence_stats" => calls::presence_stats(hub, &parse::<Channel>(body)?.channel)
+            .await
+            .map(|r| wire::body_string(&r)),
+        "history" => calls::history(hub, &parse(body)?)
+            .await
+            .map(|r| wire::body_string(&r)),
         "history_remove" => {
             let r: Channel = parse(body)?;
             hub.remove_history(&r.channel)

@@ -433,12 +433,18 @@ impl Stream {
         if p.offset != 0 {
             let _ = write!(out, ",\"offset\":{}", p.offset);
         }
-        out.push_str(",\"data\":");
-        // The payload is JSON on one line (the API and the WebSocket front
-        // take it as raw JSON); a line break inside strings is escaped, and
-        // any other is whitespace between tokens: fold it.
-        for line in String::from_utf8_lossy(&p.data).split(['\n', '\r']) {
-            out.push_str(line);
+        out.push(',');
+        if crate::front::centrifuge::wire::is_json(&p.data) {
+            // The payload is JSON on one line (the API and the WebSocket
+            // front take it as raw JSON); a line break inside strings is
+            // escaped, and any other is whitespace between tokens: fold it.
+            out.push_str("\"data\":");
+            for line in String::from_utf8_lossy(&p.data).split(['\n', '\r']) {
+                out.push_str(line);
+            }
+        } else {
+            // Binary, from a Protobuf client: `"data":null,"b64data":…`.
+            crate::front::centrifuge::wire::data_field(out, &p.data);
         }
         out.push_str("}\n\n");
     }

@@ -134,9 +134,11 @@ pub const UNSUBSCRIBE_RECOVER: u16 = 2500;
 pub enum FrontKind {
     /// The Centrifugo client protocol (JSON).
     Centrifuge = 0,
+    /// The Centrifugo client protocol (Protobuf).
+    CentrifugeProtobuf = 1,
 }
 
-const FRONTS: usize = 1;
+const FRONTS: usize = 2;
 
 /// An event as queued to every receiving connection: shared, and encoded
 /// at most once per front.

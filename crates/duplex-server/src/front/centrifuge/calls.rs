@@ -1,10 +1,10 @@
-//! Hub calls answered in the Centrifugo JSON shapes, shared by the client
-//! protocol and the server API (which answer `presence`, `presence_stats`
-//! and `history` alike).
+//! Hub calls answered as [`Reply`] values, shared by the client protocol
+//! (in either encoding) and the server API (which answers `presence`,
+//! `presence_stats` and `history` alike, in JSON).
 
+use super::reply::Reply;
 use super::wire::{self, HistoryRequest, ProtoError};
 use crate::hub::{Hub, HubError, StreamPosition};
-use std::fmt::Write;
 
 /// The protocol error for a hub error.
 pub fn hub_error(e: &HubError) -> ProtoError {
@@ -18,38 +18,25 @@ pub fn hub_error(e: &HubError) -> ProtoError {
     }
 }
 
-/// `{"presence":{CLIENT:{client,user,conn_info?,chan_info?},...}}`
-pub async fn presence(hub: &Hub, channel: &str) -> Result<String, ProtoError> {
+/// The channel's members.
+pub async fn presence(hub: &Hub, channel: &str) -> Result<Reply, ProtoError> {
     let members = hub.presence(channel).await.map_err(|e| hub_error(&e))?;
-    let mut out = String::from("{\"presence\":{");
-    for (i, m) in members.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        wire::string(&mut out, &m.client);
-        out.push(':');
-        wire::client_info(&mut out, m);
-    }
-    out.push_str("}}");
-    Ok(out)
+    Ok(Reply::Presence(members))
 }
 
-/// `{"num_clients":N,"num_users":N}`
-pub async fn presence_stats(hub: &Hub, channel: &str) -> Result<String, ProtoError> {
+/// Clients and distinct users in the channel.
+pub async fn presence_stats(hub: &Hub, channel: &str) -> Result<Reply, ProtoError> {
     let (clients, users) = hub
         .presence_stats(channel)
         .await
         .map_err(|e| hub_error(&e))?;
-    Ok(format!(
-        "{{\"num_clients\":{clients},\"num_users\":{users}}}"
-    ))
+    Ok(Reply::PresenceStats { clients, users })
 }
 
-/// `{"publications":[...],"offset":N,"epoch":"..."}`. `limit` 0: the
-/// position only; negative: all (up to `max_history_per_call`); `since`
-/// in another (non-empty) epoch: 112; `since` with `reverse` from offset 0:
-/// 107.
-pub async fn history(hub: &Hub, r: &HistoryRequest) -> Result<String, ProtoError> {
+/// Publications and the stream's position. `limit` 0: the position only;
+/// negative: all (up to `max_history_per_call`); `since` in another
+/// (non-empty) epoch: 112; `since` with `reverse` from offset 0: 107.
+pub async fn history(hub: &Hub, r: &HistoryRequest) -> Result<Reply, ProtoError> {
     let max = hub.config().max_history_per_call;
     let limit = match r.limit {
         l if l < 0 => max,
@@ -71,10 +58,5 @@ pub async fn history(hub: &Hub, r: &HistoryRequest) -> Result<String, ProtoError
             return Err(wire::UNRECOVERABLE_POSITION);
         }
     }
-    let mut out = String::from("{\"publications\":");
-    wire::publications(&mut out, &h.publications);
-    let _ = write!(out, ",\"offset\":{},\"epoch\":", h.position.offset);
-    wire::string(&mut out, &h.position.epoch);
-    out.push('}');
-    Ok(out)
+    Ok(Reply::History(h))
 }

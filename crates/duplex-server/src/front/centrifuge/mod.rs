@@ -1,7 +1,11 @@
-//! The Centrifugo client protocol v2 (JSON) at `/connection/websocket`, so
-//! the official Centrifugo SDKs (centrifuge-js, centrifuge-python, ...)
-//! connect unchanged. `docs/protocol.md` says what is supported and every
-//! deliberate difference.
+//! The Centrifugo client protocol v2 at `/connection/websocket`, so the
+//! official Centrifugo SDKs (centrifuge-js, centrifuge-python, ...) connect
+//! unchanged: JSON by default, Protobuf (binary payloads) when the socket
+//! negotiated the subprotocol `centrifuge-protobuf`. `docs/protocol.md`
+//! says what is supported and every deliberate difference.
+//!
+//! Both encodings decode to the same [`wire::Command`] and answer with the
+//! same [`reply::Reply`], so everything between is one code path.
 //!
 //! One task per connection: it reads commands, answers them (the replies to
 //! one frame leave together in one frame), and moves hub events from the
@@ -11,6 +15,8 @@
 //! read fills its mailbox, which then overflows: disconnect 3008 "slow".
 
 pub(crate) mod calls;
+pub mod proto;
+pub(crate) mod reply;
 mod subs;
 pub(crate) mod wire;
 
@@ -18,16 +24,16 @@ use crate::auth::{Auth, TokenError};
 use crate::hub::mailbox::Next;
 use crate::hub::namespace::{PublishRule, SubscribeRule};
 use crate::hub::{
-    ClientInfo, Delivery, Event, FrontKind, Hub, Mailbox, StreamPosition, Subscribed,
-    UNSUBSCRIBE_RECOVER,
+    ClientInfo, Delivery, Event, Hub, Mailbox, StreamPosition, Subscribed, UNSUBSCRIBE_RECOVER,
 };
 use crate::metrics::{FrontLabel, MethodLabel};
 use crate::shutdown::{Shutdown, Stage};
 use bytes::Bytes;
 use calls::hub_error;
-use duplex::{CloseCode, Message, PreparedMessage, WebSocket};
+use duplex::{CloseCode, Message, WebSocket};
+use duplex_proto::handshake::server::UpgradeRequest;
 use prometheus_client::metrics::counter::Counter;
-use std::fmt::Write as _;
+use reply::{ConnectResult, Encoding, Out, Reply, SubscribeResult};
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
@@ -137,6 +143,8 @@ struct Sub {
 /// The state of one connection.
 struct Client<'f> {
     front: &'f Front,
+    /// JSON, or Protobuf (by the socket's subprotocol).
+    encoding: Encoding,
     mailbox: Arc<Mailbox>,
     /// Set by `connect`.
     info: Option<Arc<ClientInfo>>,
@@ -166,17 +174,24 @@ fn ttl(exp: u64) -> u64 {
     exp.saturating_sub(unix_now()).max(1)
 }
 
-/// `{"client":..,"version":..[,"expires":true,"ttl":N]` — the common start
-/// of the connect and refresh replies (the caller closes the object).
-fn connection_body(client: &str, exp: Option<u64>) -> String {
-    let mut body = String::from("{\"client\":");
-    wire::string(&mut body, client);
-    body.push_str(",\"version\":");
-    wire::string(&mut body, env!("CARGO_PKG_VERSION"));
-    if let Some(exp) = exp {
-        body.push_str(&format!(",\"expires\":true,\"ttl\":{}", ttl(exp)));
+/// The upgrade policy of `/connection/websocket`: the server's own (Origin,
+/// configured subprotocols), except that a client offering
+/// `centrifuge-protobuf` gets it, and speaks Protobuf.
+pub fn decide(policy: &duplex::Policy, req: &UpgradeRequest) -> duplex::Decision {
+    match policy.decide(req) {
+        duplex::Decision::Accept { headers, .. }
+            if req
+                .protocols
+                .iter()
+                .any(|p| p == reply::PROTOBUF_SUBPROTOCOL) =>
+        {
+            duplex::Decision::Accept {
+                protocol: Some(reply::PROTOBUF_SUBPROTOCOL.to_string()),
+                headers,
+            }
+        }
+        d => d,
     }
-    body
 }
 
 fn unix_now() -> u64 {
@@ -198,6 +213,7 @@ where
     let now = Instant::now();
     let mut c = Client {
         front,
+        encoding: Encoding::of(ws.protocol()),
         mailbox: Arc::new(Mailbox::new(front.config.mailbox_bytes)),
         info: None,
         subs: subs::Subs::default(),
@@ -281,17 +297,22 @@ impl Client<'_> {
                     }
                     continue;
                 }
-                Wake::Tick => match self.tick().await {
-                    Ok(ping) => ping,
+                Wake::Tick => match self.tick() {
+                    Ok(ping) => {
+                        let mut out = Out::new(self.encoding);
+                        if ping {
+                            out.ping();
+                        }
+                        out
+                    }
                     Err(d) => return Some(d),
                 },
                 Wake::Frame(m) => {
-                    let Message::Text(text) = m else {
-                        // Binary frames would be the Protobuf format.
-                        return Some(wire::BAD_REQUEST_DISCONNECT);
-                    };
-                    self.front.counters.bytes_in.inc_by(text.len() as u64);
-                    match Box::pin(self.frame(text.as_str())).await {
+                    self.front
+                        .counters
+                        .bytes_in
+                        .inc_by(m.as_bytes().len() as u64);
+                    match Box::pin(self.frame(m)).await {
                         Ok(replies) => replies,
                         Err(d) => return Some(d),
                     }
@@ -300,7 +321,7 @@ impl Client<'_> {
             timer.as_mut().reset(self.deadline());
             if !out.is_empty() {
                 self.front.counters.bytes_out.inc_by(out.len() as u64);
-                if ws.start_send(Message::text(out)).is_err() {
+                if ws.start_send(out.into_message()).is_err() {
                     return None;
                 }
             }
@@ -344,13 +365,13 @@ impl Client<'_> {
     }
 
     /// Timers: the connect timeout, pings and their pongs, expiries.
-    /// Returns a ping to send, or the disconnect.
-    async fn tick(&mut self) -> Result<String, Disconnect> {
+    /// Returns whether to ping, or the disconnect.
+    fn tick(&mut self) -> Result<bool, Disconnect> {
         let now = Instant::now();
         if self.info.is_none() {
             return match now >= self.opened + self.front.config.connect_timeout {
                 true => Err(wire::STALE),
-                false => Ok(String::new()),
+                false => Ok(false),
             };
         }
         if self.pong_deadline.is_some_and(|d| now >= d) {
@@ -369,11 +390,11 @@ impl Client<'_> {
             return Err(wire::SUB_EXPIRED);
         }
         if now < self.next_ping {
-            return Ok(String::new());
+            return Ok(false);
         }
         self.next_ping = now + self.front.config.ping_interval;
         self.pong_deadline = Some(now + self.front.config.pong_timeout);
-        Ok("{}".to_string())
+        Ok(true)
     }
 
     /// Frames hub events into the socket (each encoded once for all its
@@ -414,18 +435,14 @@ impl Client<'_> {
                         let hub = self.front.hub.clone();
                         let gone = channel.clone();
                         tokio::spawn(async move { hub.unsubscribe(&sub.info, &gone).await });
-                        let mut out = String::from("{\"push\":{\"channel\":");
-                        wire::string(&mut out, &channel);
                         let reason = if code >= UNSUBSCRIBE_RECOVER {
                             "insufficient state"
                         } else {
                             "server unsubscribe"
                         };
-                        let _ = write!(
-                            out,
-                            ",\"unsubscribe\":{{\"code\":{code},\"reason\":\"{reason}\"}}}}}}"
-                        );
-                        if ws.start_send(Message::text(out)).is_err() {
+                        let mut out = Out::new(self.encoding);
+                        out.unsubscribe(&channel, code, reason);
+                        if ws.start_send(out.into_message()).is_err() {
                             return None;
                         }
                     }
@@ -437,9 +454,10 @@ impl Client<'_> {
                 }
             };
             let _ = channel;
-            let m = d.encoded(FrontKind::Centrifuge, |e| {
+            let encoding = self.encoding;
+            let m = d.encoded(encoding.front_kind(), |e| {
                 counters.encodings.inc();
-                encode_event(e)
+                reply::encode_event(e, encoding)
             });
             sent += m.payload().len() as u64;
             if ws.start_send_prepared(m).is_err() {
@@ -465,24 +483,40 @@ impl Client<'_> {
         }
     }
 
-    /// Handles one frame of commands; returns the replies (one per line).
-    async fn frame(&mut self, text: &str) -> Result<String, Disconnect> {
-        let mut out = String::new();
-        let lines = text.split('\n').filter(|l| !l.trim().is_empty());
-        for (n, line) in lines.enumerate() {
-            if n >= self.front.config.max_commands_per_frame {
-                return Err(wire::BAD_REQUEST_DISCONNECT);
+    /// Handles one frame of commands (text for JSON, binary for
+    /// Protobuf: the other kind is a bad request); returns the replies.
+    async fn frame(&mut self, m: Message) -> Result<Out, Disconnect> {
+        let mut out = Out::new(self.encoding);
+        let max = self.front.config.max_commands_per_frame;
+        match (m, self.encoding) {
+            (Message::Text(text), Encoding::Json) => {
+                let lines = text.as_str().split('\n').filter(|l| !l.trim().is_empty());
+                for (n, line) in lines.enumerate() {
+                    if n >= max {
+                        return Err(wire::BAD_REQUEST_DISCONNECT);
+                    }
+                    let cmd: Command =
+                        serde_json::from_str(line).map_err(|_| wire::BAD_REQUEST_DISCONNECT)?;
+                    self.command(cmd, &mut out).await?;
+                }
             }
-            let cmd: Command =
-                serde_json::from_str(line).map_err(|_| wire::BAD_REQUEST_DISCONNECT)?;
-            self.command(cmd, &mut out).await?;
+            (Message::Binary(frame), Encoding::Protobuf) => {
+                for (n, cmd) in proto::Commands::new(frame).enumerate() {
+                    if n >= max {
+                        return Err(wire::BAD_REQUEST_DISCONNECT);
+                    }
+                    let cmd = cmd.map_err(|_| wire::BAD_REQUEST_DISCONNECT)?;
+                    self.command(cmd, &mut out).await?;
+                }
+            }
+            _ => return Err(wire::BAD_REQUEST_DISCONNECT),
         }
         Ok(out)
     }
 
-    async fn command(&mut self, cmd: Command<'_>, out: &mut String) -> Result<(), Disconnect> {
+    async fn command(&mut self, cmd: Command, out: &mut Out) -> Result<(), Disconnect> {
         let id = cmd.id;
-        let method = method_name(&cmd);
+        let method = cmd.method();
         if method == "pong" {
             self.pong_deadline = None;
             return Ok(());
@@ -509,7 +543,7 @@ impl Client<'_> {
             return Err(wire::BAD_REQUEST_DISCONNECT);
         }
         if !self.rate_ok() {
-            wire::error(out, id, wire::TOO_MANY_REQUESTS);
+            out.error(id, wire::TOO_MANY_REQUESTS);
             return Ok(());
         }
         let hub = self.front.hub.clone();
@@ -521,16 +555,13 @@ impl Client<'_> {
             self.publish(id, req, out).await
         } else if let Some(req) = cmd.presence {
             let call = calls::presence(&hub, &req.channel);
-            self.subscriber_read(id, "presence", &req.channel, call, out)
-                .await
+            self.subscriber_read(id, &req.channel, call, out).await
         } else if let Some(req) = cmd.presence_stats {
             let call = calls::presence_stats(&hub, &req.channel);
-            self.subscriber_read(id, "presence_stats", &req.channel, call, out)
-                .await
+            self.subscriber_read(id, &req.channel, call, out).await
         } else if let Some(req) = cmd.history {
             let call = calls::history(&hub, &req);
-            self.subscriber_read(id, "history", &req.channel, call, out)
-                .await
+            self.subscriber_read(id, &req.channel, call, out).await
         } else if let Some(req) = cmd.refresh {
             return self.refresh(id, &req.token, out);
         } else if let Some(req) = cmd.sub_refresh {
@@ -541,7 +572,7 @@ impl Client<'_> {
             Err(wire::METHOD_NOT_FOUND)
         };
         if let Err(e) = r {
-            wire::error(out, id, e);
+            out.error(id, e);
         }
         Ok(())
     }
@@ -549,15 +580,15 @@ impl Client<'_> {
     async fn connect(
         &mut self,
         id: u32,
-        req: wire::ConnectRequest<'_>,
-        out: &mut String,
+        req: wire::ConnectRequest,
+        out: &mut Out,
     ) -> Result<(), Disconnect> {
         let hub = self.front.hub.clone();
         let auth = &self.front.auth;
         let (user, conn_info, channels, exp) = if req.token.is_empty() {
             if !auth.config().allow_anonymous {
                 hub.metrics().auth_failure("no token");
-                wire::error(out, id, wire::UNAUTHORIZED);
+                out.error(id, wire::UNAUTHORIZED);
                 return Ok(());
             }
             (String::new(), None, Vec::new(), None)
@@ -571,7 +602,7 @@ impl Client<'_> {
                 ),
                 Err(TokenError::Expired) => {
                     hub.metrics().auth_failure("token expired");
-                    wire::error(out, id, wire::TOKEN_EXPIRED);
+                    out.error(id, wire::TOKEN_EXPIRED);
                     return Ok(());
                 }
                 Err(TokenError::Invalid(why)) => {
@@ -593,7 +624,7 @@ impl Client<'_> {
         self.next_ping = Instant::now() + self.front.config.ping_interval;
         // Server-side subscriptions from the token, recovering where the
         // client says it was.
-        let mut subs = String::from("{");
+        let mut subs = Vec::new();
         for channel in channels.iter().take(hub.config().max_subscriptions) {
             let recover = req
                 .subs
@@ -606,29 +637,24 @@ impl Client<'_> {
             // Server-side subscriptions have no subscribe command to ask
             // for joins and leaves: the namespace's setting decides.
             match self.join(channel, info.clone(), recover, None, true).await {
-                Ok((s, recoverable)) => {
-                    if subs.len() > 1 {
-                        subs.push(',');
-                    }
-                    wire::string(&mut subs, channel);
-                    subs.push(':');
-                    wire::subscribe_result(&mut subs, &s, recoverable, None);
+                Ok((subscribed, recoverable)) => {
+                    let s = SubscribeResult {
+                        subscribed,
+                        recoverable,
+                        expires_in: None,
+                    };
+                    subs.push((Arc::<str>::from(channel.as_str()), s));
                 }
                 Err(e) => tracing::warn!(%channel, error = ?e, "server-side subscription failed"),
             }
         }
-        subs.push('}');
-        let mut body = connection_body(&info.client, exp);
-        body.push_str(&format!(
-            ",\"ping\":{},\"pong\":true",
-            self.front.config.ping_interval.as_secs().max(1)
-        ));
-        if subs.len() > 2 {
-            body.push_str(",\"subs\":");
-            body.push_str(&subs);
-        }
-        body.push('}');
-        wire::reply(out, id, "connect", &body);
+        let r = ConnectResult {
+            client: info.client.clone(),
+            expires_in: exp.map(ttl),
+            ping: Some(self.front.config.ping_interval.as_secs().max(1)),
+            subs,
+        };
+        out.reply(id, &Reply::Connect(r));
         Ok(())
     }
 
@@ -675,8 +701,8 @@ impl Client<'_> {
     async fn subscribe(
         &mut self,
         id: u32,
-        req: wire::SubscribeRequest<'_>,
-        out: &mut String,
+        req: wire::SubscribeRequest,
+        out: &mut Out,
     ) -> Result<(), ProtoError> {
         let base = self.info.clone().ok_or(wire::UNAUTHORIZED)?;
         let hub = self.front.hub.clone();
@@ -723,13 +749,15 @@ impl Client<'_> {
             offset: req.offset,
             epoch: req.epoch.as_str().into(),
         });
-        let (s, recoverable) = self
+        let (subscribed, recoverable) = self
             .join(&req.channel, info, recover, expires_at, req.join_leave)
             .await?;
-        let mut body = String::new();
-        let expires_in = expires_at.map(ttl);
-        wire::subscribe_result(&mut body, &s, recoverable, expires_in);
-        wire::reply(out, id, "subscribe", &body);
+        let r = SubscribeResult {
+            subscribed,
+            recoverable,
+            expires_in: expires_at.map(ttl),
+        };
+        out.reply(id, &Reply::Subscribe(r));
         Ok(())
     }
 
@@ -737,20 +765,20 @@ impl Client<'_> {
         &mut self,
         id: u32,
         channel: &str,
-        out: &mut String,
+        out: &mut Out,
     ) -> Result<(), ProtoError> {
         if let Some(sub) = self.subs.remove(channel) {
             self.front.hub.unsubscribe(&sub.info, channel).await;
         }
-        wire::reply(out, id, "unsubscribe", "{}");
+        out.reply(id, &Reply::Unsubscribe);
         Ok(())
     }
 
     async fn publish(
         &mut self,
         id: u32,
-        req: wire::PublishRequest<'_>,
-        out: &mut String,
+        req: wire::PublishRequest,
+        out: &mut Out,
     ) -> Result<(), ProtoError> {
         let hub = self.front.hub.clone();
         let opts = hub.options(&req.channel).map_err(|e| hub_error(&e))?;
@@ -760,14 +788,10 @@ impl Client<'_> {
             (PublishRule::Subscribers, Some(s)) => s.info.clone(),
             _ => return Err(wire::PERMISSION_DENIED),
         };
-        hub.publish(
-            &req.channel,
-            Bytes::copy_from_slice(data.get().as_bytes()),
-            Some(info),
-        )
-        .await
-        .map_err(|e| hub_error(&e))?;
-        wire::reply(out, id, "publish", "{}");
+        hub.publish(&req.channel, data, Some(info))
+            .await
+            .map_err(|e| hub_error(&e))?;
+        out.reply(id, &Reply::Publish);
         Ok(())
     }
 
@@ -784,25 +808,27 @@ impl Client<'_> {
     async fn subscriber_read(
         &self,
         id: u32,
-        method: &str,
         channel: &str,
-        call: impl Future<Output = Result<String, ProtoError>>,
-        out: &mut String,
+        call: impl Future<Output = Result<Reply, ProtoError>>,
+        out: &mut Out,
     ) -> Result<(), ProtoError> {
         self.require_sub(channel)?;
-        let body = call.await?;
-        wire::reply(out, id, method, &body);
+        let r = call.await?;
+        out.reply(id, &r);
         Ok(())
     }
 
-    fn refresh(&mut self, id: u32, token: &str, out: &mut String) -> Result<(), Disconnect> {
+    fn refresh(&mut self, id: u32, token: &str, out: &mut Out) -> Result<(), Disconnect> {
         let info = self.info.clone().ok_or(wire::BAD_REQUEST_DISCONNECT)?;
         match self.front.auth.verify_connect(token) {
             Ok(c) if *c.sub == *info.user => {
                 self.expires_at = c.exp;
-                let mut body = connection_body(&info.client, c.exp);
-                body.push('}');
-                wire::reply(out, id, "refresh", &body);
+                let r = ConnectResult {
+                    client: info.client.clone(),
+                    expires_in: c.exp.map(ttl),
+                    ..Default::default()
+                };
+                out.reply(id, &Reply::Refresh(r));
                 Ok(())
             }
             Ok(_) => {
@@ -813,7 +839,7 @@ impl Client<'_> {
                 Err(wire::INVALID_TOKEN)
             }
             Err(TokenError::Expired) => {
-                wire::error(out, id, wire::TOKEN_EXPIRED);
+                out.error(id, wire::TOKEN_EXPIRED);
                 Ok(())
             }
             Err(TokenError::Invalid(why)) => {
@@ -828,7 +854,7 @@ impl Client<'_> {
         id: u32,
         channel: &str,
         token: &str,
-        out: &mut String,
+        out: &mut Out,
     ) -> Result<(), ProtoError> {
         let user = self
             .info
@@ -842,11 +868,12 @@ impl Client<'_> {
         };
         let sub = self.subs.get_mut(channel).ok_or(wire::PERMISSION_DENIED)?;
         sub.expires_at = c.exp;
-        let body = match c.exp {
-            Some(exp) => format!("{{\"expires\":true,\"ttl\":{}}}", ttl(exp)),
-            None => "{}".to_string(),
-        };
-        wire::reply(out, id, "sub_refresh", &body);
+        out.reply(
+            id,
+            &Reply::SubRefresh {
+                expires_in: c.exp.map(ttl),
+            },
+        );
         Ok(())
     }
 
@@ -861,54 +888,4 @@ impl Client<'_> {
             hub.unregister(&info);
         }
     }
-}
-
-fn method_name(c: &Command<'_>) -> &'static str {
-    let methods = [
-        (c.connect.is_some(), "connect"),
-        (c.subscribe.is_some(), "subscribe"),
-        (c.unsubscribe.is_some(), "unsubscribe"),
-        (c.publish.is_some(), "publish"),
-        (c.presence.is_some(), "presence"),
-        (c.presence_stats.is_some(), "presence_stats"),
-        (c.history.is_some(), "history"),
-        (c.refresh.is_some(), "refresh"),
-        (c.sub_refresh.is_some(), "sub_refresh"),
-        (c.rpc.is_some(), "rpc"),
-        (c.send.is_some(), "send"),
-        (c.id == 0, "pong"),
-    ];
-    methods
-        .iter()
-        .find(|(set, _)| *set)
-        .map_or("unknown", |(_, name)| name)
-}
-
-/// A hub event as this front frames it (once per event, for every receiver).
-pub fn encode_event(e: &Event) -> PreparedMessage {
-    let mut out = String::from("{\"push\":{\"channel\":");
-    match e {
-        Event::Publication {
-            channel,
-            publication,
-        } => {
-            wire::string(&mut out, channel);
-            out.push_str(",\"pub\":");
-            wire::publication(&mut out, publication);
-        }
-        Event::Join { channel, info } | Event::Leave { channel, info } => {
-            wire::string(&mut out, channel);
-            out.push_str(match e {
-                Event::Join { .. } => ",\"join\":{\"info\":",
-                _ => ",\"leave\":{\"info\":",
-            });
-            wire::client_info(&mut out, info);
-            out.push('}');
-        }
-        // Per-connection events, handled before encoding.
-        Event::Unsubscribe { channel, .. } => wire::string(&mut out, channel),
-        Event::Disconnect { .. } => out.push_str("\"\""),
-    }
-    out.push_str("}}");
-    PreparedMessage::new(Message::text(out))
 }

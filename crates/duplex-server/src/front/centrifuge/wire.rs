@@ -4,45 +4,70 @@
 //! A text frame holds one or more commands separated by `\n`; replies to
 //! one frame leave together in one frame, separated the same way. Payloads
 //! (`data`, `info`) are JSON embedded as they are, never re-encoded.
+//!
+//! The command structs are also what the Protobuf decoder
+//! ([`super::proto`]) produces, so both encodings share one code path.
 
-use crate::hub::{ClientInfo, Publication, StreamPosition, Subscribed};
+use super::reply::{ConnectResult, Reply, SubscribeResult};
+use crate::hub::{ClientInfo, Publication, StreamPosition};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::fmt::Write;
 
 /// One command. Exactly one method field is set; none (and no id) is the
-/// client's pong.
+/// client's pong. When several are set, the first in the protocol's order
+/// counts ([`Command::method`]).
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
-pub struct Command<'a> {
+pub struct Command {
     pub id: u32,
-    #[serde(borrow)]
-    pub connect: Option<ConnectRequest<'a>>,
-    #[serde(borrow)]
-    pub subscribe: Option<SubscribeRequest<'a>>,
+    pub connect: Option<ConnectRequest>,
+    pub subscribe: Option<SubscribeRequest>,
     pub unsubscribe: Option<ChannelRequest>,
-    #[serde(borrow)]
-    pub publish: Option<PublishRequest<'a>>,
+    pub publish: Option<PublishRequest>,
     pub presence: Option<ChannelRequest>,
     pub presence_stats: Option<ChannelRequest>,
     pub history: Option<HistoryRequest>,
     pub refresh: Option<RefreshRequest>,
     pub sub_refresh: Option<SubRefreshRequest>,
-    #[serde(borrow)]
-    pub rpc: Option<&'a RawValue>,
-    #[serde(borrow)]
-    pub send: Option<&'a RawValue>,
-    #[serde(borrow)]
-    pub ping: Option<&'a RawValue>,
+    pub rpc: Option<IgnoredAny>,
+    pub send: Option<IgnoredAny>,
+    pub ping: Option<IgnoredAny>,
+}
+
+impl Command {
+    /// The command's method: the first request set, `pong` for an empty
+    /// command without an id, `unknown` otherwise.
+    pub fn method(&self) -> &'static str {
+        let methods = [
+            (self.connect.is_some(), "connect"),
+            (self.subscribe.is_some(), "subscribe"),
+            (self.unsubscribe.is_some(), "unsubscribe"),
+            (self.publish.is_some(), "publish"),
+            (self.presence.is_some(), "presence"),
+            (self.presence_stats.is_some(), "presence_stats"),
+            (self.history.is_some(), "history"),
+            (self.refresh.is_some(), "refresh"),
+            (self.sub_refresh.is_some(), "sub_refresh"),
+            (self.rpc.is_some(), "rpc"),
+            (self.send.is_some(), "send"),
+            (self.id == 0, "pong"),
+        ];
+        methods
+            .iter()
+            .find(|(set, _)| *set)
+            .map_or("unknown", |(_, name)| name)
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
-pub struct ConnectRequest<'a> {
+pub struct ConnectRequest {
     pub token: String,
-    #[serde(borrow)]
-    pub data: Option<&'a RawValue>,
     pub subs: HashMap<String, SubRecovery>,
     pub name: String,
     pub version: String,
@@ -58,15 +83,13 @@ pub struct SubRecovery {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
-pub struct SubscribeRequest<'a> {
+pub struct SubscribeRequest {
     pub channel: String,
     pub token: String,
     pub join_leave: bool,
     pub recover: bool,
     pub offset: u64,
     pub epoch: String,
-    #[serde(borrow)]
-    pub data: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -75,12 +98,14 @@ pub struct ChannelRequest {
     pub channel: String,
 }
 
+/// `data` is the payload as published: JSON text from a JSON client, any
+/// bytes from a Protobuf client.
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
-pub struct PublishRequest<'a> {
+pub struct PublishRequest {
     pub channel: String,
-    #[serde(borrow, deserialize_with = "present")]
-    pub data: Option<&'a RawValue>,
+    #[serde(deserialize_with = "present_bytes")]
+    pub data: Option<Bytes>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -125,6 +150,27 @@ pub fn raw(out: &mut String, json: &[u8]) {
     out.push_str(std::str::from_utf8(json).unwrap_or("null"));
 }
 
+/// Whether a payload is JSON text (what JSON clients and the HTTP API
+/// publish); a Protobuf client may publish any bytes.
+pub fn is_json(data: &[u8]) -> bool {
+    serde_json::from_slice::<IgnoredAny>(data).is_ok()
+}
+
+/// `"data":<the JSON payload>`, or for a payload that is not JSON (binary,
+/// from a Protobuf client) `"data":null,"b64data":"<base64>"`: a JSON frame
+/// stays JSON whatever was published.
+pub fn data_field(out: &mut String, data: &[u8]) {
+    out.push_str("\"data\":");
+    match std::str::from_utf8(data) {
+        Ok(text) if is_json(data) => out.push_str(text),
+        _ => {
+            out.push_str("null,\"b64data\":\"");
+            base64::engine::general_purpose::STANDARD.encode_string(data, out);
+            out.push('"');
+        }
+    }
+}
+
 /// `{"client":..,"user":..,"conn_info":..,"chan_info":..}`
 pub fn client_info(out: &mut String, i: &ClientInfo) {
     out.push_str("{\"client\":");
@@ -144,8 +190,8 @@ pub fn client_info(out: &mut String, i: &ClientInfo) {
 
 /// `{"data":..,"offset":N,"info":{..}}` (offset only when positive).
 pub fn publication(out: &mut String, p: &Publication) {
-    out.push_str("{\"data\":");
-    raw(out, &p.data);
+    out.push('{');
+    data_field(out, &p.data);
     if p.offset > 0 {
         let _ = write!(out, ",\"offset\":{}", p.offset);
     }
@@ -172,22 +218,17 @@ pub fn publications<'a>(
 }
 
 /// The body of a subscribe reply (or of a server-side subscription in the
-/// connect reply). `recoverable` when the namespace allows recovery;
-/// `expires_in` when the subscription token expires.
-pub fn subscribe_result(
-    out: &mut String,
-    s: &Subscribed,
-    recoverable: bool,
-    expires_in: Option<u64>,
-) {
+/// connect reply): only what applies.
+pub fn subscribe_result(out: &mut String, r: &SubscribeResult) {
+    let s = &r.subscribed;
     out.push('{');
     let mut sep = "";
-    if let Some(ttl) = expires_in {
+    if let Some(ttl) = r.expires_in {
         let _ = write!(out, "\"expires\":true,\"ttl\":{ttl}");
         sep = ",";
     }
     if let Some(StreamPosition { offset, epoch }) = &s.position {
-        if recoverable {
+        if r.recoverable {
             out.push_str(sep);
             out.push_str("\"recoverable\":true");
             sep = ",";
@@ -215,12 +256,86 @@ pub fn subscribe_result(
     out.push('}');
 }
 
+/// `{"client":..,"version":..[,"expires":true,"ttl":N][,"ping":N,"pong":true][,"subs":{..}]}`
+fn connect_result(out: &mut String, r: &ConnectResult) {
+    out.push_str("{\"client\":");
+    string(out, &r.client);
+    out.push_str(",\"version\":");
+    string(out, env!("CARGO_PKG_VERSION"));
+    if let Some(ttl) = r.expires_in {
+        let _ = write!(out, ",\"expires\":true,\"ttl\":{ttl}");
+    }
+    if let Some(ping) = r.ping {
+        let _ = write!(out, ",\"ping\":{ping},\"pong\":true");
+    }
+    if !r.subs.is_empty() {
+        out.push_str(",\"subs\":{");
+        for (i, (channel, s)) in r.subs.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            string(out, channel);
+            out.push(':');
+            subscribe_result(out, s);
+        }
+        out.push('}');
+    }
+    out.push('}');
+}
+
+/// The body of a reply, as the JSON protocol (and the HTTP API, for
+/// presence, presence stats and history) writes it.
+pub fn body(out: &mut String, r: &Reply) {
+    match r {
+        Reply::Connect(c) | Reply::Refresh(c) => connect_result(out, c),
+        Reply::Subscribe(s) => subscribe_result(out, s),
+        Reply::Unsubscribe | Reply::Publish => out.push_str("{}"),
+        Reply::Presence(members) => {
+            out.push_str("{\"presence\":{");
+            for (i, m) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                string(out, &m.client);
+                out.push(':');
+                client_info(out, m);
+            }
+            out.push_str("}}");
+        }
+        Reply::PresenceStats { clients, users } => {
+            let _ = write!(out, "{{\"num_clients\":{clients},\"num_users\":{users}}}");
+        }
+        Reply::History(h) => {
+            out.push_str("{\"publications\":");
+            publications(out, &h.publications);
+            let _ = write!(out, ",\"offset\":{},\"epoch\":", h.position.offset);
+            string(out, &h.position.epoch);
+            out.push('}');
+        }
+        Reply::SubRefresh { expires_in } => match expires_in {
+            Some(ttl) => {
+                let _ = write!(out, "{{\"expires\":true,\"ttl\":{ttl}}}");
+            }
+            None => out.push_str("{}"),
+        },
+    }
+}
+
+/// A reply's body on its own (the HTTP API's answer).
+pub fn body_string(r: &Reply) -> String {
+    let mut out = String::new();
+    body(&mut out, r);
+    out
+}
+
 /// `{"id":N,"<method>":<body>}`
-pub fn reply(out: &mut String, id: u32, method: &str, body: &str) {
+pub fn reply(out: &mut String, id: u32, r: &Reply) {
     if !out.is_empty() {
         out.push('\n');
     }
-    let _ = write!(out, "{{\"id\":{id},\"{method}\":{body}}}");
+    let _ = write!(out, "{{\"id\":{id},\"{}\":", r.method());
+    body(out, r);
+    out.push('}');
 }
 
 /// `{"id":N,"error":{"code":C,"message":"..","temporary":true}}`
@@ -235,6 +350,47 @@ pub fn error(out: &mut String, id: u32, e: ProtoError) {
     );
     if e.temporary {
         out.push_str(",\"temporary\":true");
+    }
+    out.push_str("}}");
+}
+
+/// `{"push":{"channel":..,"unsubscribe":{"code":N,"reason":".."}}}`
+pub fn unsubscribe_push(out: &mut String, channel: &str, code: u16, reason: &str) {
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str("{\"push\":{\"channel\":");
+    string(out, channel);
+    let _ = write!(out, ",\"unsubscribe\":{{\"code\":{code},\"reason\":");
+    string(out, reason);
+    out.push_str("}}}");
+}
+
+/// A hub event as a push (publication, join, leave).
+pub fn push(out: &mut String, e: &crate::hub::Event) {
+    use crate::hub::Event;
+    out.push_str("{\"push\":{\"channel\":");
+    match e {
+        Event::Publication {
+            channel,
+            publication: p,
+        } => {
+            string(out, channel);
+            out.push_str(",\"pub\":");
+            publication(out, p);
+        }
+        Event::Join { channel, info } | Event::Leave { channel, info } => {
+            string(out, channel);
+            out.push_str(match e {
+                Event::Join { .. } => ",\"join\":{\"info\":",
+                _ => ",\"leave\":{\"info\":",
+            });
+            client_info(out, info);
+            out.push('}');
+        }
+        // Per-connection events, handled before encoding.
+        Event::Unsubscribe { channel, .. } => string(out, channel),
+        Event::Disconnect { .. } => out.push_str("\"\""),
     }
     out.push_str("}}");
 }
@@ -317,6 +473,15 @@ where
     <&RawValue as Deserialize>::deserialize(d).map(Some)
 }
 
+/// A payload as bytes: any JSON, `null` included (absent is `None`).
+fn present_bytes<'de, D>(d: D) -> Result<Option<Bytes>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue as Deserialize>::deserialize(d)
+        .map(|v| Some(Bytes::copy_from_slice(v.get().as_bytes())))
+}
+
 pub const SHUTDOWN: Disconnect = Disconnect::fixed(3001, "shutdown");
 pub const EXPIRED: Disconnect = Disconnect::fixed(3005, "connection expired");
 pub const SUB_EXPIRED: Disconnect = Disconnect::fixed(3006, "subscription expired");
@@ -329,11 +494,11 @@ pub const STALE: Disconnect = Disconnect::fixed(3502, "stale");
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use crate::hub::Subscribed;
     use std::sync::Arc;
 
     #[test]
-    fn commands_parse_with_borrowed_payloads() {
+    fn commands_parse_with_their_payloads() {
         let line = r#"{"subscribe":{"channel":"chat:1","recover":true,"offset":5,"epoch":"ab","flag":1},"id":2}"#;
         let c: Command = serde_json::from_str(line).unwrap();
         assert_eq!(c.id, 2);
@@ -345,7 +510,13 @@ mod tests {
         let p: Command =
             serde_json::from_str(r#"{"publish":{"channel":"c","data":{"a":[1,2]}},"id":3}"#)
                 .unwrap();
-        assert_eq!(p.publish.unwrap().data.unwrap().get(), r#"{"a":[1,2]}"#);
+        assert_eq!(p.publish.unwrap().data.unwrap(), &br#"{"a":[1,2]}"#[..]);
+        let null: Command =
+            serde_json::from_str(r#"{"publish":{"channel":"c","data":null},"id":3}"#).unwrap();
+        assert_eq!(null.publish.unwrap().data.unwrap(), &b"null"[..]);
+        let absent: Command =
+            serde_json::from_str(r#"{"publish":{"channel":"c"},"id":3}"#).unwrap();
+        assert!(absent.publish.unwrap().data.is_none());
         let pong: Command = serde_json::from_str("{}").unwrap();
         assert_eq!(pong.id, 0);
         assert!(pong.connect.is_none() && pong.publish.is_none());
@@ -376,7 +547,7 @@ mod tests {
     #[test]
     fn subscribe_results_say_only_what_applies() {
         let mut out = String::new();
-        subscribe_result(&mut out, &Subscribed::default(), false, None);
+        subscribe_result(&mut out, &SubscribeResult::default());
         assert_eq!(out, "{}");
         let s = Subscribed {
             position: Some(StreamPosition {
@@ -388,7 +559,12 @@ mod tests {
             recovered: false,
         };
         out.clear();
-        subscribe_result(&mut out, &s, true, Some(60));
+        let r = SubscribeResult {
+            subscribed: s,
+            recoverable: true,
+            expires_in: Some(60),
+        };
+        subscribe_result(&mut out, &r);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["expires"], true);
         assert_eq!(v["ttl"], 60);
@@ -403,7 +579,7 @@ mod tests {
     #[test]
     fn replies_and_errors_are_newline_separated() {
         let mut out = String::new();
-        reply(&mut out, 1, "publish", "{}");
+        reply(&mut out, 1, &Reply::Publish);
         error(&mut out, 2, TOO_MANY_REQUESTS);
         let lines: Vec<serde_json::Value> = out
             .lines()
@@ -412,5 +588,23 @@ mod tests {
         assert_eq!(lines[0]["id"], 1);
         assert_eq!(lines[1]["error"]["code"], 111);
         assert_eq!(lines[1]["error"]["temporary"], true);
+    }
+
+    #[test]
+    fn binary_payloads_stay_valid_json() {
+        let mut out = String::from("{");
+        data_field(&mut out, &[0, 1, 2, 0xff]);
+        out.push('}');
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v["data"].is_null());
+        assert_eq!(v["b64data"], "AAEC/w==");
+        let mut out = String::from("{");
+        data_field(&mut out, b"not json");
+        out.push('}');
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["b64data"], "bm90IGpzb24=");
+        let mut out = String::new();
+        data_field(&mut out, br#"{"x":1}"#);
+        assert_eq!(out, r#""data":{"x":1}"#);
     }
 }

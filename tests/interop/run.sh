@@ -16,8 +16,12 @@
 #            through a TCP proxy the test cuts, since=, unrecovered, CORS, auth, heartbeat
 #   chat     the /chat page and /duplex.js in Chromium (two pages, one cut through a TCP proxy,
 #            recovery, presence) and /duplex.js next to npm `centrifuge` in Node on one channel
+#   game     the Protobuf encoding (centrifuge-protobuf): the /game page in Chromium (two pages,
+#            binary moves byte for byte), centrifuge-js's Protobuf build in Node and /duplex.js
+#            in Chromium on one channel (cut proxies, recovery, history, presence), JSON and
+#            Protobuf clients together, malformed Protobuf
 #
-# Usage: tests/interop/run.sh [browser] [node] [python] [api] [centrifuge] [pysdk] [scaleout] [sse] [chat]   (default: all)
+# Usage: tests/interop/run.sh [browser] [node] [python] [api] [centrifuge] [pysdk] [scaleout] [sse] [chat] [game]   (default: all)
 #
 # Installs what is missing: npm packages from package-lock.json (`npm ci`),
 # Python `websockets`, `cent` and `centrifuge-python` (pip), and, as root,
@@ -31,7 +35,7 @@ root="$(cd "$here/../.." && pwd)"
 cd "$here"
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(browser node python api centrifuge pysdk scaleout sse chat)
+[ ${#suites[@]} -gt 0 ] || suites=(browser node python api centrifuge pysdk scaleout sse chat game)
 SUITE_TIMEOUT="${INTEROP_SUITE_TIMEOUT:-180}"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 export CHROMIUM
@@ -41,7 +45,7 @@ die() { echo "interop: $*" >&2; echo "interop: 0 passed, 1 failed"; exit 1; }
 wants() { local s; for s in "${suites[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 for s in "${suites[@]}"; do
-  case "$s" in browser | node | python | api | centrifuge | pysdk | scaleout | sse | chat) ;; *) die "unknown suite '$s' (browser, node, python, api, centrifuge, pysdk, scaleout, sse, chat)" ;; esac
+  case "$s" in browser | node | python | api | centrifuge | pysdk | scaleout | sse | chat | game) ;; *) die "unknown suite '$s' (browser, node, python, api, centrifuge, pysdk, scaleout, sse, chat, game)" ;; esac
 done
 
 # ------------------------------------------------------------- prerequisites
@@ -53,7 +57,7 @@ fi
 [ -x "$DUPLEX_BIN" ] || die "no duplex binary at $DUPLEX_BIN"
 command -v openssl >/dev/null || die "openssl is needed to make test certificates"
 
-if wants browser || wants node || wants centrifuge || wants scaleout || wants sse || wants chat; then
+if wants browser || wants node || wants centrifuge || wants scaleout || wants sse || wants chat || wants game; then
   command -v node >/dev/null || die "node is needed (Debian: apt-get install nodejs npm)"
   if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] || [ ! -d node_modules/centrifuge ] \
     || [ ! -d node_modules/eventsource ]; then
@@ -89,7 +93,7 @@ if wants pysdk; then
   fi
 fi
 
-if { wants browser || wants centrifuge || wants sse || wants chat; } && [ ! -x "$CHROMIUM" ]; then
+if { wants browser || wants centrifuge || wants sse || wants chat || wants game; } && [ ! -x "$CHROMIUM" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     step "apt-get install chromium"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
@@ -151,6 +155,7 @@ wants pysdk && run_suite pysdk python3 centrifuge_python.py
 wants scaleout && run_suite scaleout node scaleout.mjs
 wants sse && run_suite sse node sse.mjs
 wants chat && run_suite chat node chat.mjs
+wants game && run_suite game node game.mjs
 
 step "interop summary"
 for line in "${report[@]}"; do echo "  $line"; done

@@ -303,7 +303,7 @@ pub async fn run(a: ServeArgs) -> ExitCode {
                 ("http", "ws")
             };
             tracing::info!(
-                "listening on {http}://{addr} (echo tester page at {http}://{addr}/, demos at {http}://{addr}/chat and {http}://{addr}/live, WebSocket echo at {ws}://{addr}/echo, Centrifugo protocol at {ws}://{addr}/connection/websocket, EventSource at {http}://{addr}/connection/sse, API at {http}://{addr}/api, metrics at {http}://{addr}/metrics)"
+                "listening on {http}://{addr} (echo tester page at {http}://{addr}/, demos at {http}://{addr}/chat, {http}://{addr}/game and {http}://{addr}/live, WebSocket echo at {ws}://{addr}/echo, Centrifugo protocol at {ws}://{addr}/connection/websocket, EventSource at {http}://{addr}/connection/sse, API at {http}://{addr}/api, metrics at {http}://{addr}/metrics)"
             )
         }
         Err(e) => tracing::warn!("listening (address unknown: {e})"),

@@ -69,6 +69,7 @@ mod tests {
         assert_eq!(route("GET", "/"), Route::Page);
         assert_eq!(route("GET", "/live"), Route::Asset("/live"));
         assert_eq!(route("GET", "/chat"), Route::Asset("/chat"));
+        assert_eq!(route("GET", "/game"), Route::Asset("/game"));
         assert_eq!(route("GET", "/duplex.js"), Route::Asset("/duplex.js"));
         assert_eq!(route("POST", "/chat"), Route::MethodNotAllowed("GET, HEAD"));
         assert_eq!(route("POST", "/"), Route::MethodNotAllowed("GET, HEAD"));

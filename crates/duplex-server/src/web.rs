@@ -1,5 +1,5 @@
 //! The pages embedded in the binary: the echo tester at `/`, the demos
-//! (`/live`, `/chat`) and the browser client `/duplex.js`.
+//! (`/live`, `/chat`, `/game`) and the browser client `/duplex.js`.
 //!
 //! One self-contained HTML file (inline script and style, no external
 //! resources): it connects to `/echo` on its own origin (`ws://` or `wss://`
@@ -35,6 +35,12 @@ pub const ASSETS: &[Asset] = &[
     Asset {
         path: "/chat",
         body: include_str!("../web/chat.html"),
+        content_type: HTML,
+    },
+    // A shared board: binary moves over the Protobuf encoding, round trips.
+    Asset {
+        path: "/game",
+        body: include_str!("../web/game.html"),
         content_type: HTML,
     },
     // The small first-party client (docs/browser.md).

@@ -1,15 +1,17 @@
 /*
  * duplex.js — a small browser client for Duplex (served at /duplex.js).
  *
- * It speaks the Centrifugo client protocol v2 in JSON over WebSocket, as the
- * npm `centrifuge` SDK does (docs/protocol.md): one command per line, ids,
- * replies, pushes. One file, no build step, no dependencies; a classic
+ * It speaks the Centrifugo client protocol v2 over WebSocket, as the npm
+ * `centrifuge` SDK does (docs/protocol.md): in JSON (one command per line),
+ * or with `protocol: 'protobuf'` in the Protobuf encoding (subprotocol
+ * `centrifuge-protobuf`, length-delimited messages of `client.proto`) for
+ * binary payloads. One file, no build step, no dependencies; a classic
  * script that sets the global `Duplex`.
  *
  *   <script src="/duplex.js"></script>
  *   const client = new Duplex.Client();   // ws(s)://<this host>/connection/websocket
  *   // or new Duplex.Client(url, { token, getToken, name, data, minReconnectDelay: 250,
- *   //   maxReconnectDelay: 10000, timeout: 10000 })  (url: ws(s)://… or a path on this host)
+ *   //   maxReconnectDelay: 10000, timeout: 10000, protocol: 'json' })  (url: ws(s)://… or a path on this host)
  *   const sub = client.newSubscription('room', { joinLeave: true });
  *   sub.on('publication', (p) => show(p.data));   // { channel, data, offset, info }
  *   sub.on('gap', () => reload());                // publications were lost (see below)
@@ -30,6 +32,16 @@
  * `unsubscribed` {code, reason}, `error` {type, error}, and `gap` {channel,
  * from, position, epochChanged}: a resubscribe could not recover what was
  * missed (`recovered: false`) — reload what you show.
+ *
+ * Protobuf (`protocol: 'protobuf'`): publish a Uint8Array (or an
+ * ArrayBuffer) to send bytes as they are; anything else is sent as its JSON
+ * text, so JSON clients of the channel see it as JSON. Publications (and
+ * history) carry `data` as a Uint8Array: the bytes published, or the UTF-8
+ * of JSON published by JSON clients and the HTTP API
+ * (`JSON.parse(new TextDecoder().decode(p.data))`); a JSON client gets a
+ * binary publication's `data` as a Uint8Array too. `info.conn_info` and
+ * `chan_info` are parsed as JSON, as in the JSON protocol. Everything else
+ * (events, replies, recovery) is the same in both.
  *
  * Behaviour: anonymous unless `token` / `getToken` (called when there is no
  * token or the server says 109 "token expired", and before a token's ttl runs
@@ -65,6 +77,195 @@
     return Math.min(max, min + Math.floor(Math.random() * Math.min(max, min * Math.pow(2, Math.min(step, 31)))));
   }
 
+  // ------------------------------------------------------------ Protobuf
+  // A schema-driven codec for the few messages of client.proto the client
+  // uses. Encoding schemas map a JSON name to [field number, type]; decoding
+  // schemas map a field number to [JSON name, type], so decoded replies have
+  // the JSON protocol's shape. Types: 'u' unsigned varint, 'i' int32, 'b'
+  // bool, 's' string, 'y' bytes, 'j' bytes holding JSON, a schema (a nested
+  // message), ['rep', schema], ['map', schema] (string keys).
+  const utf8 = new TextEncoder();
+  const fromUtf8 = new TextDecoder();
+  const CH = { channel: [1, 's'] };
+  const SUB = { channel: [1, 's'], token: [2, 's'], recover: [3, 'b'], epoch: [6, 's'], offset: [7, 'u'], data: [8, 'y'], join_leave: [11, 'b'] };
+  const COMMAND = {
+    id: [1, 'u'],
+    connect: [4, { token: [1, 's'], data: [2, 'y'], subs: [3, ['map', SUB]], name: [4, 's'], version: [5, 's'] }],
+    subscribe: [5, SUB],
+    unsubscribe: [6, CH],
+    publish: [7, { channel: [1, 's'], data: [2, 'y'] }],
+    presence: [8, CH],
+    presence_stats: [9, CH],
+    history: [10, { channel: [1, 's'], limit: [7, 'i'], since: [8, { offset: [1, 'u'], epoch: [2, 's'] }], reverse: [9, 'b'] }],
+    refresh: [14, { token: [1, 's'] }],
+    sub_refresh: [15, { channel: [1, 's'], token: [2, 's'] }],
+  };
+  // (_d: defaults, for the JSON shape: user and client are always there.)
+  const INFO = { 1: ['user', 's'], 2: ['client', 's'], 3: ['conn_info', 'j'], 4: ['chan_info', 'j'], _d: { user: '', client: '' } };
+  const PUB = { 4: ['data', 'y'], 5: ['info', INFO], 6: ['offset', 'u'] };
+  const SUBRES = {
+    1: ['expires', 'b'], 2: ['ttl', 'u'], 3: ['recoverable', 'b'], 6: ['epoch', 's'], 7: ['publications', ['rep', PUB]],
+    8: ['recovered', 'b'], 9: ['offset', 'u'], 10: ['positioned', 'b'], 12: ['was_recovering', 'b'],
+  };
+  const CONN = { 1: ['client', 's'], 2: ['version', 's'], 3: ['expires', 'b'], 4: ['ttl', 'u'] };
+  const REPLY = {
+    1: ['id', 'u'],
+    2: ['error', { 1: ['code', 'u'], 2: ['message', 's'], 3: ['temporary', 'b'] }],
+    4: ['push', {
+      2: ['channel', 's'], 4: ['pub', PUB], 5: ['join', { 1: ['info', INFO] }], 6: ['leave', { 1: ['info', INFO] }],
+      7: ['unsubscribe', { 2: ['code', 'u'], 3: ['reason', 's'] }], 11: ['disconnect', { 1: ['code', 'u'], 2: ['reason', 's'] }],
+    }],
+    5: ['connect', Object.assign({ 6: ['subs', ['map', SUBRES]], 7: ['ping', 'u'], 8: ['pong', 'b'] }, CONN)],
+    6: ['subscribe', SUBRES],
+    7: ['unsubscribe', {}],
+    8: ['publish', {}],
+    9: ['presence', { 1: ['presence', ['map', INFO]] }],
+    10: ['presence_stats', { 1: ['num_clients', 'u'], 2: ['num_users', 'u'] }],
+    11: ['history', { 1: ['publications', ['rep', PUB]], 2: ['epoch', 's'], 3: ['offset', 'u'] }],
+    14: ['refresh', CONN],
+    15: ['sub_refresh', { 1: ['expires', 'b'], 2: ['ttl', 'u'] }],
+  };
+
+  /** A payload as bytes: binary as it is, anything else as its JSON text. */
+  function payload(v) {
+    if (v instanceof Uint8Array) return v;
+    if (v instanceof ArrayBuffer) return new Uint8Array(v);
+    if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+    return utf8.encode(JSON.stringify(v === undefined ? null : v));
+  }
+
+  function putVarint(out, n) {
+    if (n < 0) { // int32 below zero: ten bytes of two's complement
+      let b = BigInt.asUintN(64, BigInt(n));
+      while (b >= 128n) { out.push(Number(b & 127n) | 128); b >>= 7n; }
+      out.push(Number(b));
+      return;
+    }
+    while (n >= 128) { out.push((n % 128) | 128); n = Math.floor(n / 128); }
+    out.push(n);
+  }
+
+  function putBytes(out, bytes) {
+    putVarint(out, bytes.length);
+    for (let i = 0; i < bytes.length; i++) out.push(bytes[i]);
+  }
+
+  /** Appends message `m` (JSON names) per `schema` to `out` (an array of bytes). */
+  function encodeMessage(out, m, schema) {
+    for (const name in schema) {
+      const v = m[name];
+      if (v === undefined || v === null || v === '' || v === 0 || v === false) continue;
+      const [field, type] = schema[name];
+      if (type === 'u' || type === 'i' || type === 'b') {
+        putVarint(out, field * 8);
+        putVarint(out, type === 'b' ? 1 : Math.trunc(Number(v)));
+      } else if (type === 's' || type === 'y') {
+        const bytes = type === 's' ? utf8.encode(String(v)) : payload(v);
+        if (!bytes.length) continue;
+        putVarint(out, field * 8 + 2);
+        putBytes(out, bytes);
+      } else if (Array.isArray(type)) { // ['map', schema]
+        for (const key in v) {
+          const entry = [];
+          encodeMessage(entry, { k: key, v: v[key] }, { k: [1, 's'], v: [2, type[1]] });
+          putVarint(out, field * 8 + 2);
+          putBytes(out, entry);
+        }
+      } else {
+        const inner = [];
+        encodeMessage(inner, v, type);
+        putVarint(out, field * 8 + 2);
+        putBytes(out, inner);
+      }
+    }
+  }
+
+  /** One command, length-delimited. */
+  function encodeCommand(cmd) {
+    const body = [];
+    encodeMessage(body, cmd, COMMAND);
+    const out = [];
+    putBytes(out, body);
+    return out;
+  }
+
+  function protoError(what) { return new Error('duplex.js: malformed Protobuf reply (' + what + ')'); }
+
+  /** Decodes b[pos, end) per `schema` into an object with JSON names. */
+  function decodeMessage(b, pos, end, schema) {
+    const m = Object.assign({}, schema._d);
+    const varint = () => {
+      let n = 0;
+      let mul = 1;
+      for (;;) {
+        if (pos >= end) throw protoError('truncated varint');
+        const x = b[pos++];
+        n += (x & 127) * mul;
+        if (x < 128) return n;
+        mul *= 128;
+        if (mul > 2 ** 63) throw protoError('varint too long');
+      }
+    };
+    while (pos < end) {
+      const key = varint();
+      const field = Math.floor(key / 8);
+      const wire = key % 8;
+      const spec = schema[field];
+      if (wire === 0) {
+        const v = varint();
+        if (spec) m[spec[0]] = spec[1] === 'b' ? v !== 0 : v;
+      } else if (wire === 2) {
+        const len = varint();
+        if (len > end - pos) throw protoError('length past the end');
+        const a = pos;
+        pos += len;
+        if (!spec) continue;
+        const [name, type] = spec;
+        if (type === 's') m[name] = fromUtf8.decode(b.subarray(a, pos));
+        else if (type === 'y') m[name] = b.slice(a, pos);
+        else if (type === 'j') {
+          const text = fromUtf8.decode(b.subarray(a, pos));
+          try { m[name] = JSON.parse(text); } catch (e) { m[name] = b.slice(a, pos); }
+        } else if (Array.isArray(type) && type[0] === 'rep') {
+          (m[name] = m[name] || []).push(decodeMessage(b, a, pos, type[1]));
+        } else if (Array.isArray(type)) { // map entry: key 1, value 2
+          const e = decodeMessage(b, a, pos, { 1: ['k', 's'], 2: ['v', type[1]] });
+          (m[name] = m[name] || {})[e.k || ''] = e.v || {};
+        } else {
+          m[name] = decodeMessage(b, a, pos, type);
+        }
+      } else if (wire === 1 || wire === 5) {
+        pos += wire === 1 ? 8 : 4;
+        if (pos > end) throw protoError('truncated fixed field');
+      } else {
+        throw protoError('wire type ' + wire);
+      }
+    }
+    return m;
+  }
+
+  /** The replies of a binary frame, as JSON-shaped objects. */
+  function decodeReplies(buf) {
+    const b = new Uint8Array(buf);
+    const out = [];
+    let pos = 0;
+    while (pos < b.length) {
+      let len = 0;
+      let mul = 1;
+      for (;;) {
+        if (pos >= b.length || mul > 2 ** 35) throw protoError('bad length prefix');
+        const x = b[pos++];
+        len += (x & 127) * mul;
+        if (x < 128) break;
+        mul *= 128;
+      }
+      if (len > b.length - pos) throw protoError('length past the end');
+      out.push(decodeMessage(b, pos, pos + len, REPLY));
+      pos += len;
+    }
+    return out;
+  }
+
   const defaultUrl = () => (global.location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + global.location.host + '/connection/websocket';
 
   class Emitter {
@@ -89,8 +290,9 @@
       this.options = Object.assign({
         token: '', getToken: null, name: 'duplex.js', data: undefined,
         minReconnectDelay: 250, maxReconnectDelay: 10000, timeout: 10000,
-        maxServerPingDelay: 10000, websocket: null,
+        maxServerPingDelay: 10000, websocket: null, protocol: 'json',
       }, options || {});
+      this._pb = this.options.protocol === 'protobuf';
       this.state = 'disconnected';
       this.id = '';                 // the client id the server gave
       this._token = this.options.token || '';
@@ -148,12 +350,13 @@
       }
       const WS = this.options.websocket || global.WebSocket;
       let ws;
-      try { ws = new WS(this.url); } catch (e) {
+      try { ws = this._pb ? new WS(this.url, ['centrifuge-protobuf']) : new WS(this.url); } catch (e) {
         this._emit('error', { type: 'transport', error: e });
         this._scheduleReconnect();
         return;
       }
       this._ws = ws;
+      if (this._pb) ws.binaryType = 'arraybuffer';
       ws.onopen = () => { if (ws === this._ws) this._sendConnect(); };
       ws.onmessage = (e) => this._onFrame(ws, e.data);
       ws.onclose = (e) => { if (ws === this._ws) this._closed(e.code || 1006, e.reason || 'connection closed'); };
@@ -281,11 +484,15 @@
           if (this._calls.delete(id)) reject(new DuplexError(LOCAL.timeout, method + ' timeout', true));
         }, this.options.timeout);
         this._calls.set(id, { method, resolve, reject, timer });
-        this._line(JSON.stringify({ id, [method]: params }));
+        const cmd = { id, [method]: params };
+        this._line(this._pb ? encodeCommand(cmd) : JSON.stringify(cmd));
       });
     }
 
-    /** Queues a line; the lines queued in one task leave in one frame. */
+    /**
+     * Queues a command (a JSON line, or the bytes of a length-delimited
+     * Protobuf command); those queued in one task leave in one frame.
+     */
     _line(line) {
       this._out.push(line);
       if (this._out.length > 1) return;
@@ -293,18 +500,38 @@
         const lines = this._out;
         this._out = [];
         if (!this._ws || this._ws.readyState !== 1) return;
-        for (let i = 0; i < lines.length; i += 100) this._ws.send(lines.slice(i, i + 100).join('\n'));
+        for (let i = 0; i < lines.length; i += 100) {
+          const batch = lines.slice(i, i + 100);
+          this._ws.send(this._pb ? new Uint8Array([].concat(...batch)) : batch.join('\n'));
+        }
       });
     }
 
-    _onFrame(ws, data) {
-      if (ws !== this._ws || typeof data !== 'string') return;
-      this._watchPing();
+    /** The server's ping: an empty reply, answered with an empty command. */
+    _sendPong() { this._line(this._pb ? [0] : '{}'); }
+
+    /** A frame's replies and pushes as objects (null: not a frame of our encoding). */
+    _parse(data) {
+      if (this._pb) {
+        if (typeof data === 'string') return null;
+        try { return decodeReplies(data); } catch (e) { this._emit('error', { type: 'protocol', error: e }); return []; }
+      }
+      if (typeof data !== 'string') return null;
+      const out = [];
       for (const line of data.split('\n')) {
-        if (ws !== this._ws) return; // a handler closed it
         if (!line.trim()) continue;
-        let m;
-        try { m = JSON.parse(line); } catch (e) { this._emit('error', { type: 'protocol', error: e }); continue; }
+        try { out.push(JSON.parse(line)); } catch (e) { this._emit('error', { type: 'protocol', error: e }); }
+      }
+      return out;
+    }
+
+    _onFrame(ws, data) {
+      if (ws !== this._ws) return;
+      const replies = this._parse(data);
+      if (!replies) return;
+      this._watchPing();
+      for (const m of replies) {
+        if (ws !== this._ws) return; // a handler closed it
         if (m.id) {
           const c = this._calls.get(m.id);
           if (!c) continue;
@@ -314,7 +541,7 @@
         } else if (m.push) {
           this._onPush(m.push);
         } else if (this._pong) {
-          this._line('{}'); // the server's ping
+          this._sendPong(); // the server's ping
         }
       }
     }
@@ -340,7 +567,18 @@
     }
   }
 
-  const pubCtx = (channel, p) => ({ channel, data: p.data, offset: p.offset, info: p.info });
+  /** Bytes of base64 (a binary payload as the JSON protocol carries it). */
+  function fromBase64(b64) {
+    const s = global.atob(b64);
+    const out = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+    return out;
+  }
+
+  // A binary payload reaches JSON clients as `b64data` beside a null `data`.
+  const pubCtx = (channel, p) => ({
+    channel, data: typeof p.b64data === 'string' ? fromBase64(p.b64data) : p.data, offset: p.offset, info: p.info,
+  });
 
   class Subscription extends Emitter {
     constructor(client, channel, options) {
@@ -501,5 +739,5 @@
     }
   }
 
-  global.Duplex = { Client, Subscription, DuplexError, VERSION, backoff };
+  global.Duplex = { Client, Subscription, DuplexError, VERSION, backoff, proto: { encodeCommand, decodeReplies } };
 })(typeof window !== 'undefined' ? window : globalThis);

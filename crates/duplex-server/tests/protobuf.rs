@@ -315,7 +315,10 @@ async fn binary_publications_reach_protobuf_and_json_clients() {
     let pushed = replies(&mut pb).await;
     let p = pushed[0].push.clone().unwrap();
     let p1 = p.publication.unwrap();
-    assert_eq!((p.channel.as_str(), &p1.data[..], p1.offset), ("game", &move_[..], 1));
+    assert_eq!(
+        (p.channel.as_str(), &p1.data[..], p1.offset),
+        ("game", &move_[..], 1)
+    );
     assert_eq!(p1.info.unwrap().client, me.client);
     let v = &json_lines(&mut js).await[0]["push"]["pub"];
     assert!(v["data"].is_null(), "{v}");
@@ -332,7 +335,9 @@ async fn binary_publications_reach_protobuf_and_json_clients() {
     while got.len() < 2 {
         got.extend(json_lines(&mut js).await);
     }
-    assert!(got.iter().any(|v| v["push"]["pub"]["data"] == json!({"x": 1})));
+    assert!(got
+        .iter()
+        .any(|v| v["push"]["pub"]["data"] == json!({"x": 1})));
     let p2 = replies(&mut pb).await[0].push.clone().unwrap();
     assert_eq!(p2.publication.unwrap().data, br#"{"x":1}"#);
 
@@ -415,7 +420,9 @@ async fn malformed_protobuf_is_a_bad_request_disconnect() {
     let srv = start().await;
     // Not a message.
     let mut ws = protobuf_client(srv.addr).await;
-    ws.send(Message::binary(vec![0x05, 0xff, 0xff])).await.unwrap();
+    ws.send(Message::binary(vec![0x05, 0xff, 0xff]))
+        .await
+        .unwrap();
     assert_eq!(closed_with(&mut ws).await, Some(3501));
     // A length prefix larger than the frame.
     let mut ws = protobuf_client(srv.addr).await;

@@ -38,6 +38,23 @@ enum Command {
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once when it starts: memory freed (a large
+/// message delivered, a connection closed) goes back to the system within
+/// about a second (`dirty_decay_ms`; jemalloc's default keeps it ten
+/// seconds), by a background thread rather than on the connections'
+/// threads. The server's memory budget bounds what connections hold; this
+/// keeps what they have let go from piling up on top of it
+/// (`docs/defaults.md`).
+// SAFETY: jemalloc reads this symbol (its `malloc_conf`, under the prefix
+// tikv-jemalloc-sys gives every jemalloc symbol on Linux) as a
+// `const char *` to a NUL-terminated string, once, at initialisation. A
+// `&[u8; N]` is a thin pointer to the bytes, which are 'static, end in NUL
+// and are never written. `jemalloc_reads_the_options` checks jemalloc saw
+// them.
+#[allow(unsafe_code)]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &[u8; 60] = b"dirty_decay_ms:1000,muzzy_decay_ms:0,background_thread:true\0";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -70,4 +87,26 @@ fn main() -> ExitCode {
     // the server closes, whatever stdin does): do not wait for it.
     rt.shutdown_background();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    /// jemalloc took `MALLOC_CONF`: its options read back as set.
+    #[test]
+    fn jemalloc_reads_the_options() {
+        // Something allocated: jemalloc is initialised.
+        let v = vec![1u8; 4096];
+        assert_eq!(v.len(), 4096);
+        // SAFETY: `opt.dirty_decay_ms` and `opt.muzzy_decay_ms` are
+        // `ssize_t`, `opt.background_thread` is `bool`: the types read.
+        let (dirty, muzzy, background) = unsafe {
+            (
+                tikv_jemalloc_ctl::raw::read::<isize>(b"opt.dirty_decay_ms\0").unwrap(),
+                tikv_jemalloc_ctl::raw::read::<isize>(b"opt.muzzy_decay_ms\0").unwrap(),
+                tikv_jemalloc_ctl::raw::read::<bool>(b"opt.background_thread\0").unwrap(),
+            )
+        };
+        assert_eq!((dirty, muzzy, background), (1000, 0, true));
+        assert!(super::MALLOC_CONF.ends_with(b"\0"));
+    }
 }

@@ -50,6 +50,13 @@ pub struct ServeArgs {
         conflicts_with = "no_deflate"
     )]
     deflate_context_takeover: bool,
+    /// Server-wide memory budget for messages in flight (being received,
+    /// inflated, or queued to send), e.g. 512MiB or 2GiB, or off: a
+    /// connection that needs more than is left is closed with 1009 (in the
+    /// middle of a message) or 1013 (try again later) [default: half of
+    /// physical memory, or of the cgroup's limit].
+    #[arg(long, value_name = "SIZE", env = "DUPLEX_MEMORY_BUDGET", value_parser = parse_budget)]
+    memory_budget: Option<Budget>,
     /// Most simultaneous connections; more are answered 503 [default: 10000].
     #[arg(long, env = "DUPLEX_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -144,6 +151,14 @@ pub struct ServeArgs {
     tls_dir: Option<PathBuf>,
 }
 
+/// `--memory-budget`: a size, or `None` for off.
+#[derive(Debug, Clone)]
+struct Budget(Option<usize>);
+
+fn parse_budget(s: &str) -> Result<Budget, String> {
+    duplex_server::config::parse_memory_size(s).map(Budget)
+}
+
 pub async fn run(a: ServeArgs) -> ExitCode {
     let mut ws = duplex_server::config::default_ws_config()
         .with_max_message_size(a.max_message_size)
@@ -176,6 +191,9 @@ pub async fn run(a: ServeArgs) -> ExitCode {
     }
     if let Some(n) = a.max_connections {
         config.max_connections = n;
+    }
+    if let Some(Budget(b)) = a.memory_budget {
+        config.memory_budget = b;
     }
     if let Some(n) = a.max_connections_per_ip {
         config.per_ip.max_connections = n;

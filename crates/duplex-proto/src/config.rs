@@ -1,6 +1,8 @@
 //! Connection limits and options. Every field is documented with its default
 //! and the reason for it in `docs/defaults.md`.
 
+use crate::budget::MemoryBudget;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Limits and behaviour of one [`Connection`](crate::Connection).
@@ -44,6 +46,11 @@ pub struct Config {
     /// permessage-deflate offer (client) or acceptance policy (server);
     /// `None` disables compression. Default: enabled, see [`DeflateConfig`].
     pub deflate: Option<DeflateConfig>,
+    /// A budget shared with other connections for what this one holds in
+    /// flight (the message being received, messages queued to send): see
+    /// [`MemoryBudget`]. Default: none (each connection is bounded by its
+    /// own limits only); `duplex serve` sets one.
+    pub memory_budget: Option<Arc<MemoryBudget>>,
 }
 
 impl Default for Config {
@@ -61,6 +68,7 @@ impl Default for Config {
             ping_interval: None,
             pong_timeout: Duration::from_secs(20),
             deflate: Some(DeflateConfig::default()),
+            memory_budget: None,
         }
     }
 }
@@ -76,6 +84,20 @@ impl Config {
     pub fn with_max_message_size(mut self, n: usize) -> Self {
         self.max_message_size = n;
         self.max_frame_size = n;
+        self
+    }
+
+    /// Shares `budget` with the other connections that use it
+    /// ([`memory_budget`](Self::memory_budget)).
+    ///
+    /// ```
+    /// use duplex_proto::{budget::MemoryBudget, Config};
+    /// let budget = std::sync::Arc::new(MemoryBudget::new(1 << 30));
+    /// let c = Config::default().with_memory_budget(budget.clone());
+    /// assert!(c.memory_budget.is_some());
+    /// ```
+    pub fn with_memory_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
+        self.memory_budget = Some(budget);
         self
     }
 

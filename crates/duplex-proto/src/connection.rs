@@ -21,6 +21,7 @@
 //! [`Connection::handle_timeout`]; [`Connection::poll_timeout`] says when to
 //! call it next.
 
+use crate::budget::MemoryBudget;
 use crate::close::{CloseCode, CloseFrame};
 use crate::config::Config;
 use crate::deflate::{DeflateParams, Deflater, Inflater, Side};
@@ -134,6 +135,14 @@ struct Cold {
     close_deadline: Option<Instant>,
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
+    /// Bytes reserved from the memory budget for input (the frame or
+    /// message being received) and for output (messages queued to send).
+    charged_in: usize,
+    charged_out: usize,
+    /// Bytes of the outbound queue this connection's own sends put there
+    /// (at most; shared frames and control frames are not counted), once
+    /// they passed the uncharged allowance.
+    out_owned: usize,
 }
 
 /// What an absent [`Cold`] reads as.
@@ -145,7 +154,102 @@ static NO_COLD: Cold = Cold {
     close_deadline: None,
     next_ping: None,
     pong_deadline: None,
+    charged_in: 0,
+    charged_out: 0,
+    out_owned: 0,
 };
+
+/// The most bytes a frame header takes (2 + 8 length + 4 mask).
+const FRAME_HEADER_MAX: usize = 14;
+
+/// How much inflated output a connection with a memory budget reserves at
+/// a time (or as much as it holds already, if more: doubling).
+const INFLATE_STEP: usize = 256 << 10;
+
+/// Which way a connection holds the bytes it charges to a budget.
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    In,
+    Out,
+}
+
+/// Sets what a connection (its `cold` part) has reserved from `config`'s
+/// budget for `way` to the cost of holding `held` bytes, above the
+/// uncharged allowance. Growing may be refused (`false`, nothing changed);
+/// with `grow: false` it only ever gives back.
+fn charge(
+    config: &Config,
+    cold: &mut Option<Box<Cold>>,
+    way: Way,
+    held: usize,
+    grow: bool,
+) -> bool {
+    let Some(budget) = config.memory_budget.as_deref() else {
+        return true;
+    };
+    let want = held.saturating_sub(MemoryBudget::UNCHARGED);
+    let have = cold.as_deref().map_or(0, |c| match way {
+        Way::In => c.charged_in,
+        Way::Out => c.charged_out,
+    });
+    if want == have || (want > have && !grow) {
+        return true;
+    }
+    if want > have {
+        if !budget.try_reserve(want - have) {
+            return false;
+        }
+    } else {
+        budget.release(have - want);
+    }
+    let c = cold.get_or_insert_with(Box::default);
+    match way {
+        Way::In => c.charged_in = want,
+        Way::Out => c.charged_out = want,
+    }
+    true
+}
+
+/// How far inflated output holding `len` bytes may grow, while the driver
+/// holds `pending` bytes of input: without a budget, to the limit; with
+/// one, to what is free of charge, then by steps reserved first.
+fn admit_inflated(
+    config: &Config,
+    cold: &mut Option<Box<Cold>>,
+    pending: usize,
+    len: usize,
+    limit: usize,
+) -> Result<usize, Error> {
+    if config.memory_budget.is_none() {
+        return Ok(limit);
+    }
+    // Within what the connection holds free of charge first: a small
+    // compressed message never draws on the budget.
+    let free = MemoryBudget::UNCHARGED.saturating_sub(pending);
+    let room = if len < free {
+        free
+    } else {
+        len.saturating_add(len.max(INFLATE_STEP))
+    }
+    .min(limit);
+    if charge(config, cold, Way::In, pending.saturating_add(room), true) {
+        Ok(room)
+    } else {
+        Err(Error::MemoryBudget { receiving: true })
+    }
+}
+
+impl Drop for Connection {
+    /// Whatever is still reserved goes back to the budget.
+    fn drop(&mut self) {
+        if let (Some(b), Some(c)) = (self.config.memory_budget.as_deref(), self.cold.as_deref()) {
+            let n = c.charged_in + c.charged_out;
+            if n > 0 {
+                b.release(n);
+            }
+        }
+    }
+}
 
 impl Connection {
     /// A connection in the `Open` state. `deflate` is what the opening
@@ -263,6 +367,14 @@ impl Connection {
     /// code RFC 6455 names is queued — and the error is returned; later input
     /// is discarded.
     pub fn receive(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
+        let r = self.receive_inner(buf);
+        // What was consumed (delivered, or discarded) goes back to the
+        // budget; the buffer that is left stays reserved.
+        self.release_read(buf.capacity());
+        r
+    }
+
+    fn receive_inner(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
         if !buf.is_empty() {
             self.activity = true;
         }
@@ -352,6 +464,7 @@ impl Connection {
             // Streamed payload: fragmented or compressed.
             let n = buf.len().min(len - frame.done);
             if n > 0 {
+                let pending = buf.len();
                 let chunk = &mut buf[..n];
                 if let Some(k) = key {
                     apply_mask(chunk, k, frame.done);
@@ -361,7 +474,12 @@ impl Connection {
                 let before = msg.buf.len();
                 let inflated = if msg.compressed {
                     let codec = self.codec.as_mut().ok_or(Error::ReservedBitsSet)?;
-                    codec.inflater.inflate(chunk, &mut msg.buf, limit)
+                    let (config, cold) = (&*self.config, &mut self.cold);
+                    codec
+                        .inflater
+                        .inflate_admitting(chunk, &mut msg.buf, limit, &mut |len| {
+                            admit_inflated(config, cold, pending, len, limit)
+                        })
                 } else {
                     // The headers kept the total within the limit.
                     growth::reserve_within(&mut msg.buf, chunk.len(), limit);
@@ -387,7 +505,13 @@ impl Connection {
                     let before = msg.buf.len();
                     let limit = self.config.max_message_size;
                     let codec = self.codec.as_mut().ok_or(Error::ReservedBitsSet)?;
-                    let inflated = codec.inflater.finish_message(&mut msg.buf, limit);
+                    let (config, cold, pending) = (&*self.config, &mut self.cold, buf.len());
+                    let inflated =
+                        codec
+                            .inflater
+                            .finish_message_admitting(&mut msg.buf, limit, &mut |len| {
+                                admit_inflated(config, cold, pending, len, limit)
+                            });
                     if msg.text {
                         self.utf8.feed(&msg.buf[before..])?;
                     }
@@ -581,6 +705,7 @@ impl Connection {
             Message::Text(t) => (OpCode::Text, t.into_bytes()),
             Message::Binary(b) => (OpCode::Binary, b),
         };
+        self.reserve_send(payload.len())?;
         if let Some(c) = self
             .codec
             .as_mut()
@@ -637,6 +762,7 @@ impl Connection {
         } else {
             OpCode::Binary
         };
+        self.reserve_send(msg.payload().len())?;
         let c = self.codec.as_mut().expect("checked by the caller");
         let compressed = c.deflater.compress(msg.payload())?;
         self.write_frame_bytes(op, true, Bytes::from(compressed));
@@ -654,6 +780,12 @@ impl Connection {
             Message::Text(t) => (OpCode::Text, t.into_bytes()),
             Message::Binary(b) => (OpCode::Binary, b),
         };
+        let frames = payload.len() / frame_size + 1;
+        self.reserve_send(
+            payload
+                .len()
+                .saturating_add(frames.saturating_mul(FRAME_HEADER_MAX)),
+        )?;
         let mut off = 0;
         loop {
             let end = (off + frame_size).min(payload.len());
@@ -789,6 +921,7 @@ impl Connection {
     /// Marks `n` queued bytes as written.
     pub fn consume_outbound(&mut self, n: usize) {
         self.out.consume(n);
+        self.sent_owned();
         if self.state == State::CloseReceived && self.out.len() == 0 {
             self.state = State::Closed;
         }
@@ -809,10 +942,90 @@ impl Connection {
     /// writers that hand buffers to another task. Counts as written.
     pub fn take_outbound_chunk(&mut self) -> Option<Bytes> {
         let b = self.out.pop_chunk();
+        self.sent_owned();
         if self.state == State::CloseReceived && self.out.len() == 0 {
             self.state = State::Closed;
         }
         b
+    }
+
+    // ---------------------------------------------------------- memory budget
+
+    /// Before a driver reads up to `incoming` more bytes into a buffer that
+    /// holds `held` bytes of input [`receive`](Self::receive) has not
+    /// consumed: reserves them from the [`MemoryBudget`] of
+    /// [`Config::memory_budget`] (the first
+    /// [`MemoryBudget::UNCHARGED`] bytes are free). When the budget is
+    /// spent, the connection fails — close 1009 queued if a message was
+    /// being received, 1013 otherwise — and the error is returned: the
+    /// driver must not read, and writes the close out. Always `Ok` without
+    /// a budget. [`receive`](Self::receive) gives back what it consumes;
+    /// a read that brings less than reserved calls
+    /// [`release_read`](Self::release_read).
+    pub fn reserve_read(&mut self, held: usize, incoming: usize) -> Result<(), Error> {
+        let want = self.held_input(held.saturating_add(incoming));
+        if charge(&self.config, &mut self.cold, Way::In, want, true) {
+            return Ok(());
+        }
+        let receiving = held > 0 || self.message.is_some() || self.frame.is_some();
+        let e = Error::MemoryBudget { receiving };
+        self.fail(e.clone());
+        Err(e)
+    }
+
+    /// The driver's buffer holds `held` bytes of input not yet consumed:
+    /// gives back whatever was reserved beyond them (a read that brought
+    /// less than [`reserve_read`](Self::reserve_read) reserved, or nothing).
+    pub fn release_read(&mut self, held: usize) {
+        let want = self.held_input(held);
+        charge(&self.config, &mut self.cold, Way::In, want, false);
+    }
+
+    /// Bytes this connection has reserved from its memory budget now.
+    pub fn budget_charge(&self) -> usize {
+        self.cold().charged_in + self.cold().charged_out
+    }
+
+    /// Input held: the driver's unconsumed bytes and the message being
+    /// reassembled or inflated.
+    fn held_input(&self, driver: usize) -> usize {
+        driver.saturating_add(self.message.as_ref().map_or(0, |m| m.buf.len()))
+    }
+
+    /// Reserves the budget for a send that queues `payload` bytes (plus a
+    /// frame header); when it is spent, fails the connection with 1013.
+    fn reserve_send(&mut self, payload: usize) -> Result<(), Error> {
+        if self.config.memory_budget.is_none() {
+            return Ok(());
+        }
+        let tracked = self.cold().out_owned;
+        // Until a connection's own queued bytes pass the allowance they are
+        // not tracked; then everything queued counts as its own.
+        let before = if tracked > 0 { tracked } else { self.out.len() };
+        let owned = before.saturating_add(payload.saturating_add(FRAME_HEADER_MAX));
+        if tracked == 0 && owned <= MemoryBudget::UNCHARGED {
+            return Ok(());
+        }
+        if !charge(&self.config, &mut self.cold, Way::Out, owned, true) {
+            let e = Error::MemoryBudget { receiving: false };
+            self.fail(e.clone());
+            return Err(e);
+        }
+        self.cold_mut().out_owned = owned;
+        Ok(())
+    }
+
+    /// After queued bytes were written: the connection's own queued bytes
+    /// are at most what is still queued; the rest goes back to the budget.
+    fn sent_owned(&mut self) {
+        let left = self.out.len();
+        let Some(c) = self.cold.as_deref_mut() else {
+            return;
+        };
+        if c.out_owned > left {
+            c.out_owned = left;
+            charge(&self.config, &mut self.cold, Way::Out, left, false);
+        }
     }
 
     // ----------------------------------------------------------------- timers

@@ -50,6 +50,13 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// The server-wide [`MemoryBudget`](crate::MemoryBudget) could not
+    /// cover what this connection needed next: close 1009 when it was
+    /// receiving a message, 1013 (try again later) otherwise.
+    MemoryBudget {
+        /// A message was being received.
+        receiving: bool,
+    },
     /// A fragmented message used more than `max_fragments` frames.
     TooManyFragments {
         /// The configured limit.
@@ -127,6 +134,8 @@ impl Error {
             | InvalidCloseCode(_) => CloseCode::PROTOCOL_ERROR,
             FrameTooLarge { .. } | MessageTooLarge { .. } => CloseCode::MESSAGE_TOO_BIG,
             TooManyFragments { .. } => CloseCode::POLICY_VIOLATION,
+            MemoryBudget { receiving: true } => CloseCode::MESSAGE_TOO_BIG,
+            MemoryBudget { receiving: false } => CloseCode::TRY_AGAIN_LATER,
             InvalidUtf8 | InflateFailed(_) => CloseCode::INVALID_PAYLOAD,
             _ => return None,
         })
@@ -190,6 +199,10 @@ impl fmt::Display for Error {
             }
             MessageTooLarge { limit } => write!(f, "message exceeds max_message_size {limit}"),
             TooManyFragments { limit } => write!(f, "message exceeds max_fragments {limit}"),
+            MemoryBudget { receiving: true } => {
+                write!(f, "server memory budget spent while receiving a message")
+            }
+            MemoryBudget { receiving: false } => write!(f, "server memory budget spent"),
             InvalidUtf8 => write!(f, "invalid UTF-8 in a text message or close reason"),
             InflateFailed(e) => write!(f, "permessage-deflate: cannot inflate: {e}"),
             Closed => write!(f, "connection is closing or closed"),

@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod close;
 pub mod config;
 pub mod connection;
@@ -52,6 +53,7 @@ pub mod pair;
 pub mod prepared;
 pub mod utf8;
 
+pub use budget::MemoryBudget;
 pub use close::{CloseCode, CloseFrame};
 pub use config::{Config, DeflateConfig};
 pub use connection::{Connection, Role, State};

@@ -32,6 +32,8 @@ pub struct App {
     pub sse: Arc<crate::front::sse::Front>,
     /// Keys.
     pub auth: Arc<Auth>,
+    /// The memory budget every connection shares (`config.memory_budget`).
+    pub memory_budget: Option<Arc<duplex::MemoryBudget>>,
     registry: Registry,
 }
 
@@ -73,14 +75,19 @@ impl App {
         hub.set_node(&node_uid, &config.node_name);
         let auth = Arc::new(Auth::new(config.auth.clone())?);
         let registry = metrics.registry();
+        let memory_budget = config
+            .memory_budget
+            .map(|n| Arc::new(duplex::MemoryBudget::new(n)));
+        let mut ws = config.ws.clone();
+        if let Some(b) = &memory_budget {
+            ws = ws.with_memory_budget(b.clone());
+        }
         let app = Arc::new(App {
-            ws: Arc::new(config.ws.clone()),
             ws_centrifuge: Arc::new(
-                config
-                    .ws
-                    .clone()
+                ws.clone()
                     .with_max_message_size(config.centrifuge.max_message_size),
             ),
+            ws: Arc::new(ws),
             centrifuge: centrifuge::Front::new(
                 hub.clone(),
                 auth.clone(),
@@ -95,6 +102,7 @@ impl App {
             hub,
             broker,
             auth,
+            memory_budget,
             registry,
         });
         Ok(app)
@@ -161,6 +169,14 @@ impl App {
         let m = self.hub.metrics();
         m.broker_round_trips.set(self.broker.round_trips() as i64);
         m.broker_up.set(i64::from(self.broker.healthy()));
+        if let Some(b) = &self.memory_budget {
+            m.memory_budget.set(b.limit() as i64);
+            m.memory_budget_used.set(b.used() as i64);
+            m.memory_budget_peak.set(b.peak() as i64);
+            let counted = m.memory_budget_refusals.get();
+            m.memory_budget_refusals
+                .inc_by(b.refusals().saturating_sub(counted));
+        }
         if let Some((n, bytes)) = self.broker.held() {
             m.history_publications.set(n as i64);
             m.history_bytes.set(bytes as i64);

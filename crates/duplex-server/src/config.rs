@@ -59,6 +59,61 @@ pub struct ServerConfig {
     /// follows it (and for a minute after), for the `/live` demo. On in
     /// development mode.
     pub demo_ticker: bool,
+    /// The server-wide memory budget (bytes) for what connections hold in
+    /// flight: messages being received or inflated, and messages queued to
+    /// send (`duplex_proto::budget`). `None`: each connection is bounded
+    /// by its own limits only. Default: [`default_memory_budget`].
+    pub memory_budget: Option<usize>,
+}
+
+/// Half of the memory this process may use: the host's physical memory,
+/// or the cgroup's limit when that is lower (a container), and at least
+/// 64 MiB. The budget covers buffers in flight only; the other half is
+/// room for what it does not cover (connection state, history, presence,
+/// the kernel's socket buffers, the allocator's slack). 1 GiB where
+/// neither can be read.
+pub fn default_memory_budget() -> usize {
+    let physical = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let kib = m
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        Some(kib.saturating_mul(1024))
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let usable = match (physical, cgroup) {
+        (Some(p), Some(c)) => p.min(c),
+        (Some(n), None) | (None, Some(n)) => n,
+        (None, None) => return 1 << 30,
+    };
+    usize::try_from(usable / 2)
+        .unwrap_or(usize::MAX)
+        .max(64 << 20)
+}
+
+/// Parses a memory size: a number of bytes, optionally with a unit
+/// (`512MiB`, `2 GiB`, `1.5GB`), or `off` for none.
+pub fn parse_memory_size(s: &str) -> Result<Option<usize>, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let b: bytesize::ByteSize = t
+        .parse()
+        .map_err(|e| format!("{s:?}: expected a size such as 512MiB, 2GiB or off ({e})"))?;
+    let n = usize::try_from(b.as_u64()).map_err(|_| format!("{s:?}: too large"))?;
+    if n == 0 {
+        return Err(format!(
+            "{s:?}: a budget of 0 bytes refuses everything; say off for none"
+        ));
+    }
+    Ok(Some(n))
 }
 
 /// The channel of the development-mode ticker.
@@ -101,6 +156,7 @@ impl Default for ServerConfig {
             sse: crate::front::sse::SseConfig::default(),
             per_ip: crate::per_ip::PerIpLimits::default(),
             demo_ticker: false,
+            memory_budget: Some(default_memory_budget()),
             http2: true,
         }
     }

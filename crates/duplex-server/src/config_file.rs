@@ -19,6 +19,14 @@ enum Dur {
     Text(String),
 }
 
+/// A memory size as the file writes it: bytes, or text (`"2GiB"`, `"off"`).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
 impl Dur {
     fn get(&self, key: &str) -> Result<Duration, Error> {
         match self {
@@ -37,6 +45,7 @@ impl Dur {
 struct File {
     listen: Option<SocketAddr>,
     max_connections: Option<usize>,
+    memory_budget: Option<Size>,
     allow_origin: Option<Vec<String>>,
     node_name: Option<String>,
     shutdown_grace: Option<Dur>,
@@ -177,6 +186,25 @@ pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, Error> {
     }
     if let Some(n) = f.max_connections {
         config.max_connections = n;
+    }
+    match &f.memory_budget {
+        None => {}
+        Some(Size::Bytes(0)) => {
+            return Err(Error::Setting {
+                key: "memory_budget".into(),
+                requirement: "more than 0 bytes (\"off\" for none)",
+            })
+        }
+        Some(Size::Bytes(n)) => {
+            config.memory_budget = Some(usize::try_from(*n).unwrap_or(usize::MAX))
+        }
+        Some(Size::Text(t)) => {
+            config.memory_budget =
+                crate::config::parse_memory_size(t).map_err(|_| Error::Setting {
+                    key: "memory_budget".into(),
+                    requirement: "a size such as \"512MiB\" or \"2GiB\", or \"off\"",
+                })?;
+        }
     }
     if let Some(n) = f.node_name {
         config.node_name = n;
@@ -431,5 +459,26 @@ mod tests {
         assert!(e.to_string().contains("needs history"), "{e}");
         let e = apply(&mut c, "[namespaces.\"a:b\"]").unwrap_err();
         assert!(matches!(e, Error::Setting { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn the_memory_budget_is_a_size_or_off() {
+        let mut c = ServerConfig::default();
+        assert!(c.memory_budget.is_some_and(|n| n >= 64 << 20), "a default");
+        apply(&mut c, "memory_budget = \"512MiB\"").unwrap();
+        assert_eq!(c.memory_budget, Some(512 << 20));
+        apply(&mut c, "memory_budget = 1048576").unwrap();
+        assert_eq!(c.memory_budget, Some(1 << 20));
+        apply(&mut c, "memory_budget = \"off\"").unwrap();
+        assert_eq!(c.memory_budget, None);
+        for bad in ["memory_budget = 0", "memory_budget = \"lots\"", "memory_budget = \"0B\""] {
+            let e = apply(&mut c, bad).unwrap_err();
+            assert!(
+                matches!(&e, Error::Setting { key, .. } if key == "memory_budget"),
+                "{bad}: {e:?}"
+            );
+        }
+        assert_eq!(crate::config::parse_memory_size("2 GiB"), Ok(Some(2 << 30)));
+        assert!(crate::config::parse_memory_size("-1").is_err());
     }
 }

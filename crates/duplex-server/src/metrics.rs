@@ -84,6 +84,15 @@ pub struct Metrics {
     /// 1 while the broker works, 0 while it cannot be reached (set when
     /// scraped; `/health` says the same).
     pub broker_up: Gauge,
+    /// The server-wide memory budget, bytes (set when scraped).
+    pub memory_budget: Gauge,
+    /// Bytes reserved from it now (set when scraped).
+    pub memory_budget_used: Gauge,
+    /// The most bytes ever reserved from it at once (set when scraped).
+    pub memory_budget_peak: Gauge,
+    /// Reservations it refused: each closed a connection with 1009 or 1013
+    /// (brought up to date when scraped).
+    pub memory_budget_refusals: Counter,
 }
 
 impl Metrics {
@@ -184,6 +193,26 @@ impl Metrics {
             "history_bytes",
             "Payload bytes held in history",
             self.history_bytes.clone(),
+        );
+        r.register(
+            "memory_budget_bytes",
+            "Server-wide memory budget for messages in flight (being received, inflated or queued to send)",
+            self.memory_budget.clone(),
+        );
+        r.register(
+            "memory_budget_used_bytes",
+            "Bytes reserved from the memory budget now",
+            self.memory_budget_used.clone(),
+        );
+        r.register(
+            "memory_budget_peak_bytes",
+            "Most bytes reserved from the memory budget at once",
+            self.memory_budget_peak.clone(),
+        );
+        r.register(
+            "memory_budget_refusals",
+            "Reservations the memory budget refused (each closed a connection with 1009 or 1013)",
+            self.memory_budget_refusals.clone(),
         );
         r
     }

@@ -32,8 +32,8 @@ pub mod ws;
 
 pub use client::{client_handshake, connect, connect_with, ClientOptions, ClientStream};
 pub use duplex_proto::{
-    self as proto, CloseCode, CloseFrame, Config, DeflateConfig, Message, PreparedMessage,
-    Utf8Bytes,
+    self as proto, CloseCode, CloseFrame, Config, DeflateConfig, MemoryBudget, Message,
+    PreparedMessage, Utf8Bytes,
 };
 pub use error::{Error, PemItem, ProxyError, Result, TlsError, UrlError};
 pub use proxy::Proxy;

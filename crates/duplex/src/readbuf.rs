@@ -12,6 +12,7 @@
 //! with the bytes that have arrived (never with a length the peer declared).
 
 use bytes::BytesMut;
+use duplex_proto::{Connection, MemoryBudget};
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -94,17 +95,32 @@ pub(crate) async fn read_into<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     pending_frame: usize,
 ) -> io::Result<usize> {
-    std::future::poll_fn(|cx| poll_read_into(stream, buf, pending_frame, cx)).await
+    let config = duplex_proto::Config::default();
+    let mut conn = Connection::new(duplex_proto::Role::Server, config, None);
+    std::future::poll_fn(|cx| poll_read_into(stream, buf, &mut conn, pending_frame, cx)).await
+}
+
+/// Refused by the memory budget: `conn` has failed with
+/// [`duplex_proto::Error::MemoryBudget`] and queued its close frame.
+pub(crate) fn refused() -> io::Error {
+    io::Error::new(io::ErrorKind::OutOfMemory, "memory budget spent")
 }
 
 /// Reads once from `stream` into `buf` (see `read_into`): holds nothing between polls, so a
 /// waiting connection's state is its buffer (empty when idle) alone.
+///
+/// With a memory budget (`conn`'s config) the read goes through
+/// [`poll_read_budgeted`].
 pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
+    conn: &mut Connection,
     pending_frame: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
+    if conn.config().memory_budget.is_some() {
+        return poll_read_budgeted(stream, buf, conn, pending_frame, cx);
+    }
     if buf.is_empty() {
         if buf.capacity() >= READ_MIN / 2 {
             // Data may be waiting already (a busy connection): read it into
@@ -151,6 +167,72 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
             .min(buf.len().saturating_mul(GROWTH).max(READ_KEEP))
             .max(READ_MIN);
         buf.reserve(want);
+    }
+    poll_read_buf(stream, buf, cx)
+}
+
+/// [`poll_read_into`] for a connection with a memory budget: its read
+/// buffer is charged to the budget for its whole capacity, before it is
+/// allocated, so that what the budget counts is what the buffer can
+/// hold, never less.
+///
+/// - A read that starts a message brings at most
+///   [`MemoryBudget::UNCHARGED`] bytes into a buffer of exactly that
+///   size: a connection of small messages never draws on the budget (and
+///   is never refused), however spent it is.
+/// - A partial frame's buffer doubles (at most to what the frame still
+///   needs), charged first for the old buffer and the new one while the
+///   first is copied into the second.
+/// - No thread-warm buffers (their memory would not be charged).
+fn poll_read_budgeted<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    conn: &mut Connection,
+    pending_frame: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    const FREE: usize = MemoryBudget::UNCHARGED;
+    if buf.is_empty() {
+        if (READ_MIN / 2..=FREE).contains(&buf.capacity()) {
+            if let Poll::Ready(r) = poll_read_buf(stream, buf, cx) {
+                return Poll::Ready(r);
+            }
+        }
+        *buf = BytesMut::new();
+        conn.release_read(0);
+        return SCRATCH_BUF.with(|s| {
+            let mut s = s.borrow_mut();
+            let mut rb = ReadBuf::new(&mut s[..FREE]);
+            match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let got = rb.filled();
+                    // Free of charge, unless a fragmented message is
+                    // being reassembled: reserved before it is copied.
+                    if conn.reserve_read(got.len(), 0).is_err() {
+                        return Poll::Ready(Err(refused()));
+                    }
+                    buf.reserve(got.len());
+                    buf.extend_from_slice(got);
+                    Poll::Ready(Ok(got.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        });
+    }
+    if buf.capacity() - buf.len() < READ_MIN / 2 {
+        let len = buf.len();
+        let cap = len + pending_frame.min(len.max(READ_KEEP)).max(READ_MIN);
+        if conn.reserve_read(buf.capacity() + cap, 0).is_err() {
+            return Poll::Ready(Err(refused()));
+        }
+        let mut grown = BytesMut::with_capacity(cap);
+        grown.extend_from_slice(buf);
+        *buf = grown;
+    }
+    // The whole buffer, the bytes about to be read into it included.
+    if conn.reserve_read(buf.capacity(), 0).is_err() {
+        return Poll::Ready(Err(refused()));
     }
     poll_read_buf(stream, buf, cx)
 }

@@ -419,8 +419,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 }
             }
             let pending = self.conn.pending_frame_bytes();
-            let read =
-                crate::readbuf::poll_read_into(&mut self.stream, &mut self.rbuf, pending, cx);
+            let read = crate::readbuf::poll_read_into(
+                &mut self.stream,
+                &mut self.rbuf,
+                &mut self.conn,
+                pending,
+                cx,
+            );
             let res = match read {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
@@ -461,6 +466,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     // A protocol error queues the close frame; it is reported
                     // after the close is written (next iterations).
                     let _ = self.conn.receive(&mut self.rbuf);
+                }
+                // Refused by the memory budget: the connection has failed
+                // and queued its close frame, which the next iterations
+                // write before finishing.
+                Err(_)
+                    if matches!(
+                        self.conn.error(),
+                        Some(duplex_proto::Error::MemoryBudget { .. })
+                    ) =>
+                {
+                    // What it held is discarded, and given back now rather
+                    // than when the closing handshake ends.
+                    self.rbuf = BytesMut::new();
+                    self.conn.release_read(0);
                 }
                 Err(e) => self.start_abort(Error::Io(e)),
             }

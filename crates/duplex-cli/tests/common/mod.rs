@@ -29,6 +29,12 @@ pub fn serve_with(extra: &[&str], scheme: &str) -> (std::process::Child, String)
         }
     };
     // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if std::env::var_os("DUPLEX_TEST_SERVER_LOG").is_some() {
+                eprintln!("server: {l}");
+            }
+        }
+    });
     (child, addr)
 }

@@ -153,11 +153,21 @@ impl Inflater {
     /// inflating into a few bytes on the stack), and it grows without a
     /// trail of copies (see `growth.rs`): inflating a message costs its
     /// inflated size plus at most about 1 MiB of outgrown buffers.
-    pub fn inflate(
+    pub fn inflate(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), Error> {
+        self.inflate_admitting(input, out, limit, &mut |_| Ok(limit))
+    }
+
+    /// [`inflate`](Self::inflate), asking `admit` before each growth of
+    /// `out`: given what `out` holds, it answers the capacity `out` may
+    /// grow to (at most `limit`), or an error that ends inflation — how a
+    /// connection reserves inflated bytes from a
+    /// [`MemoryBudget`](crate::MemoryBudget) before it writes them.
+    pub fn inflate_admitting(
         &mut self,
         mut input: &[u8],
         out: &mut Vec<u8>,
         limit: usize,
+        admit: &mut dyn FnMut(usize) -> Result<usize, Error>,
     ) -> Result<(), Error> {
         if self.stream_ended {
             if input.is_empty() {
@@ -176,7 +186,8 @@ impl Inflater {
                     // Full at the limit: one more byte of output is too many.
                     return Self::probe_past_limit(d, input, limit, &mut self.stream_ended);
                 }
-                growth::reserve_within(out, 1, limit);
+                let room = admit(out.len())?.min(limit);
+                growth::reserve_within(out, 1, room);
             }
             let (bi, bo) = (d.total_in(), d.total_out());
             let status = d
@@ -249,8 +260,20 @@ impl Inflater {
 
     /// Ends a message: feeds the `00 00 ff ff` tail RFC 7692 §7.2.2 removes.
     pub fn finish_message(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<(), Error> {
+        self.finish_message_admitting(out, limit, &mut |_| Ok(limit))
+    }
+
+    /// [`finish_message`](Self::finish_message), asking `admit` before
+    /// each growth of `out` as [`inflate_admitting`](Self::inflate_admitting)
+    /// does.
+    pub fn finish_message_admitting(
+        &mut self,
+        out: &mut Vec<u8>,
+        limit: usize,
+        admit: &mut dyn FnMut(usize) -> Result<usize, Error>,
+    ) -> Result<(), Error> {
         if !self.stream_ended {
-            self.inflate(&TAIL, out, limit)?;
+            self.inflate_admitting(&TAIL, out, limit, admit)?;
         }
         if self.reset_each_message || self.stream_ended {
             if let Some(mut d) = self.inner.take() {

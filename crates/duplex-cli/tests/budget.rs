@@ -25,9 +25,11 @@ const BUDGET_MIB: u64 = 256;
 /// What the server may hold beyond the budget, in MiB
 /// (`docs/defaults.md`, "Server-wide memory budget"): the first 16 KiB
 /// each connection reads free of charge (2,000 × 16 KiB = 31 MiB), the
-/// connections' own state (a few KiB each), and memory freed by refused
-/// connections in the last second or so, which jemalloc has not yet given
-/// back. Measured: 52–58 MiB at the peak.
+/// connections' own state (a few KiB each), a warm buffer per worker
+/// thread (at most 32 MiB each) and memory freed by refused connections in
+/// the last second or so, which jemalloc has not yet given back. Measured:
+/// the peak stays under the budget itself (229–242 MiB), since buffers are
+/// charged by capacity.
 const CONSTANT_MIB: u64 = 128;
 
 fn status_kib(pid: u32, field: &str) -> u64 {

@@ -173,17 +173,14 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
 
 /// [`poll_read_into`] for a connection with a memory budget: its read
 /// buffer is charged to the budget for its whole capacity, before it is
-/// allocated, so that what the budget counts is what the buffer can
-/// hold, never less.
+/// allocated (or taken warm from the thread), so that what the budget
+/// counts is what the buffer can hold, never less. Buffers grow as without
+/// a budget (bounded by what arrived and by what the frame still needs).
 ///
-/// - A read that starts a message brings at most
-///   [`MemoryBudget::UNCHARGED`] bytes into a buffer of exactly that
-///   size: a connection of small messages never draws on the budget (and
-///   is never refused), however spent it is.
-/// - A partial frame's buffer doubles (at most to what the frame still
-///   needs), charged first for the old buffer and the new one while the
-///   first is copied into the second.
-/// - No thread-warm buffers (their memory would not be charged).
+/// A read that starts a message brings at most
+/// [`MemoryBudget::UNCHARGED`] bytes: a connection of small messages
+/// (complete frames, whose buffer is exactly what arrived) never draws on
+/// the budget, and is never refused, however spent it is.
 fn poll_read_budgeted<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
@@ -198,6 +195,7 @@ fn poll_read_budgeted<R: AsyncRead + Unpin>(
                 return Poll::Ready(r);
             }
         }
+        keep_warm(buf);
         *buf = BytesMut::new();
         conn.release_read(0);
         return SCRATCH_BUF.with(|s| {
@@ -206,12 +204,21 @@ fn poll_read_budgeted<R: AsyncRead + Unpin>(
             match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let got = rb.filled();
-                    // Free of charge, unless a fragmented message is
-                    // being reassembled: reserved before it is copied.
-                    if conn.reserve_read(got.len(), 0).is_err() {
+                    let mut warm = frame_len(got)
+                        .filter(|&f| f > got.len() as u64)
+                        .and_then(take_warm);
+                    let cap = warm
+                        .as_ref()
+                        .map_or_else(|| first_allocation(got), BytesMut::capacity);
+                    // Free of charge for complete small frames; reserved
+                    // before it is allocated otherwise.
+                    if conn.reserve_read(cap, 0).is_err() {
+                        if let Some(w) = &mut warm {
+                            keep_warm(w);
+                        }
                         return Poll::Ready(Err(refused()));
                     }
-                    buf.reserve(got.len());
+                    *buf = warm.unwrap_or_else(|| BytesMut::with_capacity(cap));
                     buf.extend_from_slice(got);
                     Poll::Ready(Ok(got.len()))
                 }
@@ -222,13 +229,31 @@ fn poll_read_budgeted<R: AsyncRead + Unpin>(
     }
     if buf.capacity() - buf.len() < READ_MIN / 2 {
         let len = buf.len();
-        let cap = len + pending_frame.min(len.max(READ_KEEP)).max(READ_MIN);
-        if conn.reserve_read(buf.capacity() + cap, 0).is_err() {
+        let need = (len as u64).saturating_add(pending_frame as u64);
+        let want = pending_frame
+            .min(len.saturating_mul(GROWTH).max(READ_KEEP))
+            .max(READ_MIN);
+        let mut warm = take_warm(need);
+        // The old buffer and the new one while the first is copied (which
+        // `reserve` may avoid, growing in place): at most twice the old
+        // capacity, or what is wanted, whichever is more.
+        let new = warm.as_ref().map_or_else(
+            || (len + want).max(buf.capacity().saturating_mul(2)),
+            BytesMut::capacity,
+        );
+        if conn.reserve_read(buf.capacity() + new, 0).is_err() {
+            if let Some(w) = &mut warm {
+                keep_warm(w);
+            }
             return Poll::Ready(Err(refused()));
         }
-        let mut grown = BytesMut::with_capacity(cap);
-        grown.extend_from_slice(buf);
-        *buf = grown;
+        match warm {
+            Some(mut w) => {
+                w.extend_from_slice(buf);
+                *buf = w;
+            }
+            None => buf.reserve(want),
+        }
     }
     // The whole buffer, the bytes about to be read into it included.
     if conn.reserve_read(buf.capacity(), 0).is_err() {

@@ -471,7 +471,11 @@ mod tests {
         assert_eq!(c.memory_budget, Some(1 << 20));
         apply(&mut c, "memory_budget = \"off\"").unwrap();
         assert_eq!(c.memory_budget, None);
-        for bad in ["memory_budget = 0", "memory_budget = \"lots\"", "memory_budget = \"0B\""] {
+        for bad in [
+            "memory_budget = 0",
+            "memory_budget = \"lots\"",
+            "memory_budget = \"0B\"",
+        ] {
             let e = apply(&mut c, bad).unwrap_err();
             assert!(
                 matches!(&e, Error::Setting { key, .. } if key == "memory_budget"),

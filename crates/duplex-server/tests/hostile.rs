@@ -191,6 +191,29 @@ async fn megabyte_request_header_gets_431_not_a_megabyte_buffer() {
     still_serving(srv.addr).await;
 }
 
+/// More header fields than `max_headers` (64), in a head well under the
+/// size limit: 431, and the server goes on serving.
+#[tokio::test]
+async fn a_head_with_too_many_header_fields_gets_431() {
+    let srv = start(duplex::Config::default()).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let mut head = String::from(
+        "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    );
+    for i in 0..70 {
+        head.push_str(&format!("X-F{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    assert!(head.len() < 4096, "well under max_handshake_bytes");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), read_response(&mut s))
+        .await
+        .expect("an answer within 10 s");
+    assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+    still_serving(srv.addr).await;
+}
+
 /// Reads one HTTP response: the head, then as many body bytes as its
 /// Content-Length says (or to the end of the stream without one).
 async fn read_response(s: &mut TcpStream) -> String {

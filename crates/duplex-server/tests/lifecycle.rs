@@ -90,6 +90,56 @@ async fn connections_over_the_limit_get_503() {
     c.close(CloseCode::NORMAL, "").await.unwrap();
 }
 
+/// Refusals are answered at most 64 at a time: while 64 connections over
+/// the limit hold theirs (they never send a request head), the next one is
+/// closed unanswered; once one of them goes away, a refusal is answered
+/// 503 again.
+#[tokio::test]
+async fn at_most_64_refusals_are_answered_at_once() {
+    let srv = start(ServerConfig {
+        max_connections: 1,
+        ..Default::default()
+    })
+    .await;
+    let url = format!("ws://{}/echo", srv.addr);
+    let mut a = duplex::connect(&url).await.unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(tokio::net::TcpStream::connect(srv.addr).await.unwrap());
+    }
+    // Accepted after the 64 (the listen queue is first in, first out).
+    let answer = |mut s: tokio::net::TcpStream| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = s
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .expect("closed or answered within 5 s");
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let extra = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    assert_eq!(answer(extra).await, "", "closed unanswered");
+    // One of the 64 goes away: its refusal ends, and the next is answered.
+    drop(silent.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+        let text = answer(s).await;
+        if text.starts_with("HTTP/1.1 503 ") {
+            break;
+        }
+        assert!(text.is_empty(), "{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refusal's slot never came back"
+        );
+    }
+    drop(silent);
+    a.close(CloseCode::NORMAL, "").await.unwrap();
+}
+
 /// The server's default permessage-deflate keeps no compression history
 /// (so an idle connection holds no zlib state): it says so in its response,
 /// clients comply, and interleaved clients' compressed messages, each

@@ -191,6 +191,71 @@ async fn megabyte_request_header_gets_431_not_a_megabyte_buffer() {
     still_serving(srv.addr).await;
 }
 
+/// Reads until the server closes; panics if it takes 10 s. Returns what
+/// arrived and how long it took.
+async fn until_closed(s: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the server closed the connection within 10 s");
+    (out, started.elapsed())
+}
+
+/// A TLS client that opens TCP and never finishes its TLS handshake is
+/// closed once `handshake_timeout` passes (the TLS handshake counts
+/// against it), as is one that sends nothing at all.
+#[tokio::test]
+async fn a_tls_handshake_that_never_ends_is_closed_within_the_handshake_timeout() {
+    let dir = std::env::temp_dir().join(format!("duplex-hostile-tls-{}", std::process::id()));
+    let tls = duplex_server::tls::self_signed(&dir).unwrap();
+    let srv = serve(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ws: duplex::Config::default().with_handshake_timeout(Duration::from_millis(300)),
+        tls: Some(tls.config),
+        ..Default::default()
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    // The first bytes of a ClientHello record, then nothing.
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+    let (out, took) = until_closed(&mut s).await;
+    assert!(out.is_empty(), "{out:?}");
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    // One that sends nothing.
+    let mut silent = TcpStream::connect(srv.addr).await.unwrap();
+    let (_, took) = until_closed(&mut silent).await;
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+}
+
+/// On a kept-alive HTTP/1.1 connection, a later request head that never
+/// ends is bounded by the same handshake timeout (hyper's header read
+/// timeout): the connection is closed, and the server goes on serving.
+#[tokio::test]
+async fn a_later_head_that_never_ends_is_closed_within_the_handshake_timeout() {
+    let cfg = duplex::Config::default().with_handshake_timeout(Duration::from_millis(300));
+    let srv = start(cfg).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+    // The second head: half of it, then nothing.
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (out, took) = until_closed(&mut s).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    still_serving(srv.addr).await;
+}
+
 /// More header fields than `max_headers` (64), in a head well under the
 /// size limit: 431, and the server goes on serving.
 #[tokio::test]

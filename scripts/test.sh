@@ -33,6 +33,14 @@ DUPLEX_BIN="$PWD/target/debug/duplex" tests/interop/run.sh
 step "Autobahn|Testsuite: install wstest (no-op when present)"
 tests/autobahn/install.sh
 
+# The shortened soak and churn test (tests/soak) needs little CPU and takes
+# about two minutes: it runs in the background beside the Autobahn roles.
+step "soak and churn, shortened (tests/soak/run.sh --ci), in the background beside Autobahn"
+mkdir -p target/soak
+DUPLEX_BIN="$PWD/target/debug/duplex" tests/soak/run.sh --ci >target/soak/run-ci.out 2>&1 &
+soak_pid=$!
+trap 'kill "$soak_pid" 2>/dev/null || true' EXIT
+
 cases="${AUTOBAHN_CASES:-*}"
 # The two roles are independent (each wstest is one single-threaded Python
 # process): run them side by side, then show each log and fail if either did.
@@ -48,5 +56,12 @@ wait "$server_pid" || status=1
 wait "$client_pid" || status=1
 cat "$logs/run-server.out" "$logs/run-client.out"
 [ "$status" -eq 0 ] || { echo "Autobahn|Testsuite: differences from the expected results (see above)" >&2; exit 1; }
+
+step "soak and churn, shortened: result (target/soak/run-ci.out)"
+soak_status=0
+wait "$soak_pid" || soak_status=$?
+trap - EXIT
+cat target/soak/run-ci.out
+[ "$soak_status" -eq 0 ] || { echo "soak and churn: failed (see above)" >&2; exit 1; }
 
 step "all tests passed"

@@ -207,7 +207,28 @@ fn charge(
         Way::In => c.charged_in = want,
         Way::Out => c.charged_out = want,
     }
+    if c.is_unused() {
+        // All given back: an idle connection does not keep the box for
+        // the rest of its life because it once received a large message.
+        *cold = None;
+    }
     true
+}
+
+impl Cold {
+    /// Nothing in it but defaults: the connection may drop it.
+    fn is_unused(&self) -> bool {
+        self.error.is_none()
+            && self.deferred_error.is_none()
+            && self.sent_close.is_none()
+            && self.received_close.is_none()
+            && self.close_deadline.is_none()
+            && self.next_ping.is_none()
+            && self.pong_deadline.is_none()
+            && self.charged_in == 0
+            && self.charged_out == 0
+            && self.out_owned == 0
+    }
 }
 
 /// How far inflated output holding `len` bytes may grow, while the driver
@@ -1024,7 +1045,12 @@ impl Connection {
         };
         if c.out_owned > left {
             c.out_owned = left;
-            charge(&self.config, &mut self.cold, Way::Out, left, false);
+            if !charge(&self.config, &mut self.cold, Way::Out, left, false) {
+                return;
+            }
+            if self.cold.as_deref().is_some_and(Cold::is_unused) {
+                self.cold = None;
+            }
         }
     }
 
@@ -1098,5 +1124,45 @@ impl Connection {
             },
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::MemoryBudget;
+
+    /// A connection that received (and sent) a message large enough to be
+    /// charged to the budget holds nothing for it once it is delivered and
+    /// written: not even the box the charge was kept in.
+    #[test]
+    fn a_large_message_leaves_no_box_behind_once_delivered_and_sent() {
+        let budget = Arc::new(MemoryBudget::new(1 << 30));
+        let config = Config::default().with_memory_budget(budget.clone());
+        let mut server = Connection::new(Role::Server, config, None);
+        let mut client = Connection::new(Role::Client, Config::default(), None);
+        client.send(Message::binary(vec![5u8; 100 << 10])).unwrap();
+        let wire = client.outbound().to_vec();
+        let mut buf = BytesMut::new();
+        for piece in wire.chunks(16 << 10) {
+            server.reserve_read(buf.len(), piece.len()).unwrap();
+            buf.extend_from_slice(piece);
+            server.receive(&mut buf).unwrap();
+        }
+        assert!(budget.peak() > 0, "it was charged");
+        let Some(Event::Message(m)) = server.poll_event() else {
+            panic!("the message");
+        };
+        // What a driver does before it waits for input: its buffer goes.
+        drop(buf);
+        server.release_read(0);
+        assert_eq!(budget.used(), 0);
+        assert!(server.cold.is_none(), "the charge's box is dropped");
+        server.send(m).unwrap();
+        assert!(budget.used() > 0, "the echo is charged while queued");
+        let n = server.outbound_len();
+        server.consume_outbound(n);
+        assert_eq!(budget.used(), 0);
+        assert!(server.cold.is_none(), "and dropped again once written");
     }
 }

@@ -27,7 +27,8 @@ fn wire(msg: Message) -> Vec<u8> {
 }
 
 /// What a driver does with `bytes` arriving in reads of `step`: reserve,
-/// read, receive. Stops at the first refusal and returns it.
+/// read, receive, and, with nothing left in its buffer, let the buffer go
+/// before it waits for more. Stops at the first refusal and returns it.
 fn drive(
     conn: &mut Connection,
     buf: &mut BytesMut,
@@ -38,6 +39,10 @@ fn drive(
         conn.reserve_read(buf.len(), piece.len())?;
         buf.extend_from_slice(piece);
         conn.receive(buf)?;
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+            conn.release_read(0);
+        }
     }
     Ok(())
 }

@@ -15,7 +15,8 @@ pub struct TokenArgs {
     /// auth.token_hmac_secret.
     #[arg(long, env = "DUPLEX_TOKEN_HMAC_SECRET", hide_env_values = true)]
     secret: Option<String>,
-    /// Configuration file to read the secret from.
+    /// Configuration file to read the secret from, and the audience and
+    /// issuer it requires (added as `aud` / `iss`).
     #[arg(long, value_name = "FILE", env = "DUPLEX_CONFIG")]
     config: Option<PathBuf>,
     /// Lifetime in seconds (0: no `exp`).
@@ -35,9 +36,10 @@ pub struct TokenArgs {
 }
 
 pub fn run(a: TokenArgs) -> ExitCode {
-    let secret = match (&a.secret, &a.config) {
-        (Some(s), _) => s.clone(),
-        (None, Some(path)) => {
+    // The configuration file: the secret (unless --secret), and the audience
+    // and issuer a server with that file requires.
+    let auth = match &a.config {
+        Some(path) => {
             let mut c = duplex_server::ServerConfig::default();
             let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
@@ -50,18 +52,23 @@ pub fn run(a: TokenArgs) -> ExitCode {
                 eprintln!("duplex token: {}: {e}", path.display());
                 return ExitCode::from(2);
             }
-            match c.auth.hmac_secret {
-                Some(s) => s,
-                None => {
-                    eprintln!(
-                        "duplex token: {} sets no auth.token_hmac_secret",
-                        path.display()
-                    );
-                    return ExitCode::from(2);
-                }
-            }
+            Some(c.auth)
         }
-        (None, None) => {
+        None => None,
+    };
+    let secret = match (&a.secret, &a.config, &auth) {
+        (Some(s), _, _) => s.clone(),
+        (None, Some(path), Some(auth)) => match &auth.hmac_secret {
+            Some(s) => s.clone(),
+            None => {
+                eprintln!(
+                    "duplex token: {} sets no auth.token_hmac_secret",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
             eprintln!("duplex token: give --secret or --config");
             return ExitCode::from(2);
         }
@@ -81,6 +88,14 @@ pub fn run(a: TokenArgs) -> ExitCode {
                 eprintln!("duplex token: --info is not JSON: {e}");
                 return ExitCode::from(2);
             }
+        }
+    }
+    if let Some(auth) = &auth {
+        if let Some(aud) = &auth.audience {
+            claims["aud"] = aud.clone().into();
+        }
+        if let Some(iss) = &auth.issuer {
+            claims["iss"] = iss.clone().into();
         }
     }
     match &a.channel {

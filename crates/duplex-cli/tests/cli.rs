@@ -448,8 +448,9 @@ async fn serve_shuts_down_on_sigterm() {
 }
 
 /// A token from `duplex token` is accepted by a server configured with the
-/// same secret; the namespace rules of the file apply, and a file with a
-/// mistake is refused at start with the key named.
+/// same secret (it carries the audience and issuer the file requires); the
+/// namespace rules of the file apply, and a file with a mistake is refused
+/// at start with the key named.
 #[tokio::test]
 async fn token_and_config_file() {
     let dir = std::env::temp_dir().join(format!("duplex-cli-config-{}", std::process::id()));
@@ -457,7 +458,8 @@ async fn token_and_config_file() {
     let file = dir.join("duplex.toml");
     std::fs::write(
         &file,
-        "[auth]\ntoken_hmac_secret = \"s3cret\"\n[namespaces.room]\npresence = true\n",
+        "[auth]\ntoken_hmac_secret = \"s3cret\"\ntoken_audience = \"app\"\ntoken_issuer = \"backend\"\n\
+         [namespaces.room]\npresence = true\n",
     )
     .unwrap();
     let file_arg = file.to_str().unwrap();

@@ -203,12 +203,18 @@ impl Auth {
         v.required_spec_claims = HashSet::new();
         v.validate_exp = true;
         v.validate_nbf = true;
+        // A configured audience or issuer is required: jsonwebtoken checks
+        // `aud` and `iss` only when the token carries them.
         match &self.config.audience {
-            Some(a) => v.set_audience(&[a]),
+            Some(a) => {
+                v.set_audience(&[a]);
+                v.required_spec_claims.insert("aud".into());
+            }
             None => v.validate_aud = false,
         }
         if let Some(i) = &self.config.issuer {
             v.set_issuer(&[i]);
+            v.required_spec_claims.insert("iss".into());
         }
         use jsonwebtoken::errors::ErrorKind as K;
         match jsonwebtoken::decode::<T>(token, key, &v) {
@@ -219,6 +225,8 @@ impl Auth {
                 K::ImmatureSignature => TokenError::Invalid("not yet valid"),
                 K::InvalidAudience => TokenError::Invalid("wrong audience"),
                 K::InvalidIssuer => TokenError::Invalid("wrong issuer"),
+                K::MissingRequiredClaim(c) if c == "aud" => TokenError::Invalid("wrong audience"),
+                K::MissingRequiredClaim(c) if c == "iss" => TokenError::Invalid("wrong issuer"),
                 K::InvalidAlgorithm => TokenError::Invalid("algorithm not accepted"),
                 _ => TokenError::Invalid("malformed"),
             }),
@@ -379,6 +387,22 @@ mod tests {
             .unwrap_err(),
             TokenError::Invalid("wrong issuer")
         );
+        // Required when configured: a token without them (or with a value
+        // that is not a string or list of strings) is refused.
+        for claims in [
+            json!({"sub": "a", "iss": "me"}),
+            json!({"sub": "a", "aud": "duplex"}),
+            json!({"sub": "a", "aud": 5, "iss": "me"}),
+            json!({"sub": "a", "aud": "duplex", "iss": null}),
+        ] {
+            assert!(
+                matches!(
+                    a.verify_connect(&hs(claims.clone(), "secret")),
+                    Err(TokenError::Invalid("wrong audience" | "wrong issuer"))
+                ),
+                "{claims}"
+            );
+        }
     }
 
     #[test]

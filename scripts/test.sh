@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, unit/property/integration
-# tests, fuzz seed corpora, the hyper/axum integration, interop with Chromium,
-# Python websockets and Node ws, and the Autobahn|Testsuite in both roles.
+# tests, fuzz seed corpora, the hyper/axum integration, every fuzz target for
+# a bounded time (scripts/fuzz.sh), interop with Chromium, Python websockets
+# and Node ws, and the Autobahn|Testsuite in both roles.
 # Usage: scripts/test.sh            (everything)
 #        AUTOBAHN_CASES='1.*' scripts/test.sh   (restrict Autobahn cases)
+#        FUZZ_SECONDS=300 scripts/test.sh       (fuzz longer; 0 skips fuzzing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,12 @@ cargo test --workspace
 
 step "cargo test: hyper/axum integration (feature axum)"
 cargo test -p duplex --features axum --test axum
+
+fuzz_seconds="${FUZZ_SECONDS:-30}"
+if [ "$fuzz_seconds" -gt 0 ]; then
+  step "fuzz: every target in fuzz/ for ${fuzz_seconds} s, from its seed corpus (scripts/fuzz.sh)"
+  FUZZ_SECONDS="$fuzz_seconds" scripts/fuzz.sh
+fi
 
 step "interop: Chromium, Python websockets, Node ws (tests/interop/run.sh)"
 DUPLEX_BIN="$PWD/target/debug/duplex" tests/interop/run.sh

@@ -17,6 +17,8 @@ pub mod config_file;
 pub mod echo;
 pub mod error;
 pub mod front;
+#[cfg(feature = "test-support")]
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod metrics;

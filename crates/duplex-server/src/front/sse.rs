@@ -118,13 +118,13 @@ impl hyper::body::Body for SseBody {
 
 /// What a request asks for.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Request {
-    channels: Vec<String>,
-    token: Option<String>,
-    since: Option<String>,
+pub(crate) struct Request {
+    pub(crate) channels: Vec<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) since: Option<String>,
 }
 
-fn parse_query(query: &str) -> Request {
+pub(crate) fn parse_query(query: &str) -> Request {
     let mut r = Request::default();
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
@@ -139,7 +139,7 @@ fn parse_query(query: &str) -> Request {
 
 /// Reads `<offset>:<epoch>,…` (one per channel, `-` for none). A list of
 /// another length, or a malformed entry, recovers nothing.
-fn parse_positions(s: &str, n: usize) -> Vec<Option<StreamPosition>> {
+pub(crate) fn parse_positions(s: &str, n: usize) -> Vec<Option<StreamPosition>> {
     let parsed: Option<Vec<Option<StreamPosition>>> = s
         .split(',')
         .map(|p| match p {
@@ -161,7 +161,7 @@ fn parse_positions(s: &str, n: usize) -> Vec<Option<StreamPosition>> {
     }
 }
 
-fn format_positions(positions: &[Option<StreamPosition>]) -> String {
+pub(crate) fn format_positions(positions: &[Option<StreamPosition>]) -> String {
     let mut out = String::new();
     for (i, p) in positions.iter().enumerate() {
         if i > 0 {

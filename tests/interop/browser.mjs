@@ -16,7 +16,7 @@ import http from 'node:http';
 import path from 'node:path';
 import {
   assert, assertEq, check, closedPort, makeCert, removeDir, skip, spkiHash,
-  startDuplex, summary, tempDir,
+  startDuplex, summary, tempDir, launchChromium,
 } from './lib.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -150,21 +150,9 @@ async function main() {
   const work = tempDir('duplex-browser-');
   const { cert, key } = makeCert(work);
   const spki = spkiHash(cert);
-  const proxyPort = await closedPort();
   const unreachable = await closedPort();
 
-  const context = await chromium.launchPersistentContext(path.join(work, 'profile'), {
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 30000,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      `--proxy-server=socks5://127.0.0.1:${proxyPort}`,
-      '--proxy-bypass-list=localhost;127.0.0.0/8;[::1]',
-      `--ignore-certificate-errors-spki-list=${spki}`,
-    ],
-  });
+  const context = await launchChromium(chromium, path.join(work, 'profile'), CHROMIUM, [`--ignore-certificate-errors-spki-list=${spki}`]);
   const page = context.pages()[0] || await context.newPage();
   page.setDefaultTimeout(10000);
   const pageErrors = [];

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import {
   apiOk, connToken, hubConfig, startHub, startProxy,
 } from './centrifuge.mjs';
-import { assert, assertEq, check, closedPort, skip } from './lib.mjs';
+import { assert, assertEq, check, skip, launchChromium } from './lib.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -134,19 +134,8 @@ export async function browserChecks({ work, servers, proxies }) {
     if (!hub) return;
     const proxy = await startProxy(hub.port);
     proxies.push(proxy);
-    const socksPort = await closedPort();
 
-    context = await chromium.launchPersistentContext(path.join(work, 'chromium-profile'), {
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: 30000,
-      args: [
-        '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync',
-        `--proxy-server=socks5://127.0.0.1:${socksPort}`,
-        '--proxy-bypass-list=localhost;127.0.0.0/8;[::1]',
-      ],
-    });
+    context = await launchChromium(chromium, path.join(work, 'chromium-profile'), CHROMIUM);
     const page = context.pages()[0] || await context.newPage();
     page.setDefaultTimeout(15000);
     const pageErrors = [];

@@ -38,7 +38,8 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import {
-  assert, assertEq, check, closedPort, makeCert, removeDir, skip, sleep, spkiHash, startDuplex, startProxy, summary, tempDir,
+  assert, assertEq, check, makeCert, removeDir, skip, sleep, spkiHash,
+  startDuplex, startProxy, summary, tempDir, until, launchChromium,
 } from './lib.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -55,17 +56,6 @@ function jwt(claims, secret = SECRET) {
 const nowSec = () => Math.floor(Date.now() / 1000);
 
 // ---------------------------------------------------------------- helpers
-
-/** Polls pred() until truthy; rejects after ms with `what` (a string or a function giving one). */
-async function until(pred, ms, what) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`${typeof what === 'function' ? what() : what}: not within ${ms} ms`);
-    await sleep(25);
-  }
-}
 
 /** POST /api/<method> that must succeed (dev mode: no key on loopback); returns `result`. */
 async function api(server, method, body) {
@@ -237,21 +227,9 @@ async function main() {
       skip('chromium checks', `no Chromium at ${CHROMIUM} (Debian: apt-get install chromium)`);
       return;
     }
-    const socksPort = await closedPort();
     // The certificate of the HTTP/2 check, trusted by its SPKI pin only.
     const tls = makeCert(work);
-    context = await chromium.launchPersistentContext(path.join(work, 'chromium-profile'), {
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: 30000,
-      args: [
-        '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync',
-        `--proxy-server=socks5://127.0.0.1:${socksPort}`,
-        '--proxy-bypass-list=localhost;127.0.0.0/8;[::1]',
-        `--ignore-certificate-errors-spki-list=${spkiHash(tls.cert)}`,
-      ],
-    });
+    context = await launchChromium(chromium, path.join(work, 'chromium-profile'), CHROMIUM, [`--ignore-certificate-errors-spki-list=${spkiHash(tls.cert)}`]);
     console.log(`chromium ${context.browser()?.version() ?? ''} (${CHROMIUM})`);
     const pageErrors = [];
     const newPage = async () => {

@@ -35,24 +35,14 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import {
-  assert, assertEq, check, closedPort, removeDir, skip, sleep, startDuplex, startProxy, summary, tempDir,
+  assert, assertEq, check, removeDir, skip, sleep, startDuplex, startProxy,
+  summary, tempDir, until, launchChromium,
 } from './lib.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const RUN = randomBytes(3).toString('hex');
 
 const hex = (b) => Buffer.from(b).toString('hex');
-
-/** Polls pred() until truthy; rejects after ms with `what` (a string or a function giving one). */
-async function until(pred, ms, what) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`${typeof what === 'function' ? what() : what}: not within ${ms} ms`);
-    await sleep(25);
-  }
-}
 
 async function api(server, method, body) {
   const r = await fetch(`${server.origin}/api/${method}`, {
@@ -212,18 +202,7 @@ async function main() {
       skip('chromium checks', `no Chromium at ${CHROMIUM} (Debian: apt-get install chromium)`);
       return;
     }
-    const socksPort = await closedPort();
-    context = await chromium.launchPersistentContext(path.join(work, 'chromium-profile'), {
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: 30000,
-      args: [
-        '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync',
-        `--proxy-server=socks5://127.0.0.1:${socksPort}`,
-        '--proxy-bypass-list=localhost;127.0.0.0/8;[::1]',
-      ],
-    });
+    context = await launchChromium(chromium, path.join(work, 'chromium-profile'), CHROMIUM);
     console.log(`chromium ${context.browser()?.version() ?? ''} (${CHROMIUM})`);
     const pageErrors = [];
     const newPage = async () => {

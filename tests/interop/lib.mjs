@@ -1,5 +1,6 @@
 // Shared helpers of the Node interop suites: start and stop `duplex serve`,
-// run `duplex connect`, make certificates, and report checks one per line.
+// run `duplex connect`, make certificates, launch Chromium kept on loopback,
+// wait for conditions, and report checks one per line.
 
 import { spawn, execFileSync } from 'node:child_process';
 import { createHash, X509Certificate } from 'node:crypto';
@@ -220,6 +221,44 @@ export function spkiHash(certPemPath) {
 
 export function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * Polls cond() until it gives something truthy, which it returns; throws
+ * after ms with `what` (a string, or a function giving one).
+ */
+export async function until(cond, ms, what, every = 25) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() > end) {
+      throw new Error(`${typeof what === 'function' ? await what() : what}: not within ${ms} ms`);
+    }
+    await sleep(every);
+  }
+}
+
+/**
+ * Debian's Chromium (playwright-core's `chromium`, never a downloaded
+ * browser) with a profile of its own in `profileDir`, kept on loopback:
+ * anything not bound for localhost goes to a SOCKS proxy on a closed
+ * loopback port, so it fails at once. `extraArgs` adds flags (an SPKI pin).
+ */
+export async function launchChromium(chromium, profileDir, executablePath, extraArgs = []) {
+  const socksPort = await closedPort();
+  return chromium.launchPersistentContext(profileDir, {
+    executablePath,
+    headless: true,
+    timeout: 30000,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      `--proxy-server=socks5://127.0.0.1:${socksPort}`,
+      '--proxy-bypass-list=localhost;127.0.0.0/8;[::1]',
+      ...extraArgs,
+    ],
+  });
 }
 
 /**

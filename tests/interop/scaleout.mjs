@@ -43,7 +43,8 @@ import {
   API_KEY, SECRET, apiOk, client, connToken, nth, startHub, subscription,
 } from './centrifuge.mjs';
 import {
-  assert, assertEq, check, closedPort, removeDir, skip, sleep, summary, tempDir,
+  assert, assertEq, check, closedPort, removeDir, skip, sleep, summary,
+  tempDir, until,
 } from './lib.mjs';
 
 const REDIS_BIN = process.env.REDIS_SERVER || 'redis-server';
@@ -326,17 +327,6 @@ async function health(node, ms = 3000) {
     return r.status;
   } catch (e) {
     return `error ${(e.cause && e.cause.code) || e.name || e.message}`;
-  }
-}
-
-/** Polls cond() every `every` ms until truthy; throws what() after ms. */
-async function until(cond, ms, what, every = 100) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await cond();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`${typeof what === 'function' ? await what() : what} (waited ${ms} ms)`);
-    await sleep(every);
   }
 }
 

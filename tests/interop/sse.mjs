@@ -40,7 +40,8 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import {
-  assert, assertEq, check, closedPort, removeDir, skip, sleep, startDuplex, startProxy, summary, tempDir,
+  assert, assertEq, check, removeDir, skip, sleep, startDuplex, startProxy,
+  summary, tempDir, until, launchChromium,
 } from './lib.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -65,17 +66,6 @@ function jwt(claims, secret = SECRET) {
 }
 
 const token = (sub, extra = {}, ttl = 3600) => jwt({ sub, iat: nowSec(), exp: nowSec() + ttl, ...extra });
-
-/** Polls pred() until truthy; rejects after ms with `what` (a string or a function giving one). */
-async function until(pred, ms, what) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`${typeof what === 'function' ? what() : what}: not within ${ms} ms`);
-    await sleep(20);
-  }
-}
 
 /** POST /api/publish that must be acknowledged: 200 and result.offset; returns { offset, epoch }. */
 async function publish(server, channel, data, key) {
@@ -497,19 +487,8 @@ async function main() {
     });
 
     // ------------------------------------------------ 4, 5b. Chromium
-    const socksPort = await closedPort();
     const launch = async () => {
-      context = await chromium.launchPersistentContext(path.join(work, 'chromium-profile'), {
-        executablePath: CHROMIUM,
-        headless: true,
-        timeout: 30000,
-        args: [
-          '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-          '--disable-background-networking', '--disable-component-update', '--disable-sync',
-          `--proxy-server=socks5://127.0.0.1:${socksPort}`,
-          '--proxy-bypass-list=localhost;127.0.0.0/8;[::1]',
-        ],
-      });
+      context = await launchChromium(chromium, path.join(work, 'chromium-profile'), CHROMIUM);
       console.log(`chromium ${context.browser()?.version() ?? ''} (${CHROMIUM})`);
     };
     const noBrowser = process.env.SSE_NO_BROWSER ? 'SSE_NO_BROWSER is set'

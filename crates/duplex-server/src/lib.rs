@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod alarms;
 pub mod app;
 pub mod auth;
 pub mod broker;

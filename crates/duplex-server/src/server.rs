@@ -140,6 +140,8 @@ impl Server {
             "shutting down"
         );
         shared.shutdown.advance(Stage::Closing);
+        // Centrifugo connections wait on their alarms, not on the signal.
+        shared.app.centrifuge.wake_all();
         let all_done = async {
             let a = shared
                 .limit
@@ -153,6 +155,7 @@ impl Server {
             .is_err()
         {
             shared.shutdown.advance(Stage::Now);
+            shared.app.centrifuge.wake_all();
         }
         upkeep.abort();
         Ok(())
@@ -358,13 +361,7 @@ impl Session {
             match this.service {
                 Service::Echo => {
                     let shared = &this.slot.shared;
-                    shared
-                        .app
-                        .hub
-                        .metrics()
-                        .websockets
-                        .get_or_create(&crate::metrics::HttpLabel { http: HTTP1 })
-                        .inc();
+                    count_websocket(shared, HTTP1);
                     let open = EchoGauge::open(&shared.app);
                     let stats = echo::run(&mut this.ws, &shared.shutdown).await;
                     drop(open);
@@ -380,13 +377,15 @@ impl Session {
                     );
                 }
                 // Boxed: an idle echo connection must not carry the
-                // centrifuge loop's state.
+                // centrifuge loop's state (nor this one the echo's).
                 Service::Centrifuge => {
-                    Box::pin(serve_socket(
+                    let slot = &this.slot;
+                    Box::pin(serve_centrifuge(
                         &mut this.ws,
-                        Service::Centrifuge,
                         this.peer,
-                        &this.slot,
+                        &slot.shared,
+                        slot.started_ms,
+                        HTTP1,
                     ))
                     .await
                 }
@@ -448,6 +447,52 @@ async fn serve_socket_over<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    match service {
+        Service::Echo => {
+            count_websocket(shared, http);
+            let stats = {
+                let _open = EchoGauge::open(&shared.app);
+                echo::run(ws, &shared.shutdown).await
+            };
+            log_close(ws, peer, shared, started_ms, service, &stats, http);
+        }
+        Service::Centrifuge => serve_centrifuge(ws, peer, shared, started_ms, http).await,
+    }
+}
+
+/// Serves an open socket on the Centrifugo front to the end, then logs.
+/// A plain function returning an `async move` block (see
+/// [`Session::run`]): this future is boxed beside every idle Centrifugo
+/// connection's task.
+#[allow(clippy::manual_async_fn)]
+fn serve_centrifuge<'a, S>(
+    ws: &'a mut WebSocket<S>,
+    peer: SocketAddr,
+    shared: &'a Shared,
+    started_ms: u32,
+    http: &'static str,
+) -> impl Future<Output = ()> + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async move {
+        count_websocket(shared, http);
+        centrifuge::serve(&shared.app.centrifuge, ws, &shared.shutdown).await;
+        let stats = EchoStats::default();
+        log_close(
+            ws,
+            peer,
+            shared,
+            started_ms,
+            Service::Centrifuge,
+            &stats,
+            http,
+        );
+    }
+}
+
+/// Counts an opened socket by its handshake's HTTP version.
+fn count_websocket(shared: &Shared, http: &'static str) {
     shared
         .app
         .hub
@@ -455,17 +500,6 @@ async fn serve_socket_over<S>(
         .websockets
         .get_or_create(&crate::metrics::HttpLabel { http })
         .inc();
-    let stats = match service {
-        Service::Echo => {
-            let _open = EchoGauge::open(&shared.app);
-            echo::run(ws, &shared.shutdown).await
-        }
-        Service::Centrifuge => {
-            centrifuge::serve(&shared.app.centrifuge, ws, &shared.shutdown).await;
-            EchoStats::default()
-        }
-    };
-    log_close(ws, peer, shared, started_ms, service, &stats, http);
 }
 
 pin_project_lite::pin_project! {
@@ -815,24 +849,32 @@ mod tests {
     /// A Centrifugo connection's loop lives in its own allocation beside
     /// the task (boxed in `Session::run`); an idle subscribed connection
     /// carries it, so its size is part of that connection's budget
-    /// (≤ 2 KiB in all, BENCHMARKS.md). 768 bytes is jemalloc's size class
-    /// above it today.
+    /// (≤ 2 KiB in all, BENCHMARKS.md). 448 bytes is a jemalloc size
+    /// class; it was 768 while each connection kept its own timer and
+    /// shutdown waiter (now one shared task: `alarms`) and the closing
+    /// handshake and cleanup in place.
     #[tokio::test]
     async fn an_idle_centrifuge_loop_fits_its_allocation() {
-        let app = App::new(ServerConfig::default()).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (accepted, _client) = tokio::join!(listener.accept(), client);
-        let (tcp, _) = accepted.unwrap();
+        let (tcp, peer) = accepted.unwrap();
         let conn = duplex::proto::Connection::new(
             duplex::proto::Role::Server,
             duplex::Config::default(),
             None,
         );
         let mut ws = WebSocket::from_parts(tcp, conn, Default::default(), None, None, None);
-        let shutdown = Shutdown::new();
-        let serve = centrifuge::serve(&app.centrifuge, &mut ws, &shutdown);
-        let size = std::mem::size_of_val(&serve);
-        assert!(size <= 768, "the centrifuge loop is {size} bytes");
+        let shared = Arc::new(Shared {
+            app: App::new(ServerConfig::default()).await.unwrap(),
+            shutdown: Shutdown::new(),
+            limit: Semaphore::new(1),
+            refusals: Semaphore::new(1),
+            per_ip: crate::per_ip::PerIp::new(Default::default()),
+            epoch: Instant::now(),
+        });
+        let boxed = serve_centrifuge(&mut ws, peer, &shared, 0, HTTP1);
+        let size = std::mem::size_of_val(&boxed);
+        assert!(size <= 448, "the centrifuge loop is {size} bytes");
     }
 }

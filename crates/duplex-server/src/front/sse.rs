@@ -524,7 +524,7 @@ impl Stream {
         let mailbox = &self.mailbox;
         tokio::select! {
             r = self.tx.send(Bytes::from(text)) => r.is_ok(),
-            _ = poll_fn(|cx| if mailbox.poll_overflowed(cx) { Poll::Ready(()) } else { Poll::Pending }) => {
+            _ = poll_fn(|cx| if mailbox.poll_signals(cx).overflowed { Poll::Ready(()) } else { Poll::Pending }) => {
                 self.slow();
                 false
             }

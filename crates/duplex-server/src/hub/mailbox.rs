@@ -27,6 +27,17 @@ struct State {
     bytes: usize,
     overflowed: bool,
     closed: bool,
+    /// The connection's alarm rang ([`crate::alarms`]).
+    rung: bool,
+}
+
+/// What [`Mailbox::poll_signals`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct Signals {
+    /// The bound was passed: disconnect the client.
+    pub overflowed: bool,
+    /// The connection's alarm rang since the last look (cleared by it).
+    pub rung: bool,
 }
 
 /// What the connection finds when it looks at its mailbox.
@@ -113,16 +124,25 @@ impl Mailbox {
     }
 
     /// Registers the task to be woken by the next push that finds the
-    /// queue empty, or by an overflow, and says whether the bound was
-    /// passed. A connection whose socket has no room for events calls
-    /// this instead of [`poll_next`](Self::poll_next), so a client that
-    /// does not read is disconnected as soon as its mailbox overflows.
-    pub fn poll_overflowed(&self, cx: &mut Context<'_>) -> bool {
+    /// queue empty, by an overflow or by its alarm, and says whether the
+    /// bound was passed and whether the alarm rang (clearing it). A
+    /// connection looks at this before anything else each time it is
+    /// polled, so a client that does not read is disconnected as soon as
+    /// its mailbox overflows, whatever its socket does.
+    pub fn poll_signals(&self, cx: &mut Context<'_>) -> Signals {
         self.waker.register(cx.waker());
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .overflowed
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Signals {
+            overflowed: s.overflowed,
+            rung: std::mem::take(&mut s.rung),
+        }
+    }
+
+    /// Rings the connection's alarm: its task wakes and checks its
+    /// deadlines.
+    pub fn ring(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).rung = true;
+        self.waker.wake();
     }
 
     /// Refuses further pushes and drops what is queued.

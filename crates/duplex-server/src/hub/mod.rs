@@ -217,6 +217,16 @@ pub fn new_epoch() -> Arc<str> {
     s.into()
 }
 
+/// A user id as the hub keeps it: every anonymous client shares one
+/// empty id instead of allocating its own.
+pub fn user_id(user: String) -> Arc<str> {
+    static ANONYMOUS: OnceLock<Arc<str>> = OnceLock::new();
+    match user.is_empty() {
+        true => ANONYMOUS.get_or_init(|| "".into()).clone(),
+        false => user.into(),
+    }
+}
+
 /// A fresh client id (UUID v4 form).
 pub fn new_client_id() -> Arc<str> {
     let mut b: [u8; 16] = rand::rng().random();
@@ -329,6 +339,9 @@ pub struct Subscribed {
     pub was_recovering: bool,
     /// Recovery gave exactly what was missed.
     pub recovered: bool,
+    /// The channel's name as the hub keeps it: a connection can hold this
+    /// one allocation instead of its own copy.
+    pub name: Option<Arc<str>>,
 }
 
 const SHARDS: usize = 32;
@@ -464,9 +477,18 @@ impl Hub {
         recover: Option<StreamPosition>,
     ) -> Result<Subscribed, HubError> {
         let opts = self.options(channel)?.clone();
+        let mut out = Subscribed::default();
         let first = {
             let mut shard = lock(self.shard(channel));
-            let subs = shard.entry(channel.into()).or_default();
+            match shard.get_key_value(channel) {
+                Some((name, _)) => out.name = Some(name.clone()),
+                None => {
+                    let name: Arc<str> = channel.into();
+                    out.name = Some(name.clone());
+                    shard.insert(name, Subscribers::default());
+                }
+            }
+            let subs = shard.get_mut(channel).expect("inserted above");
             if subs.contains_key(&info.client) {
                 return Err(HubError::AlreadySubscribed);
             }
@@ -481,7 +503,6 @@ impl Hub {
                 return Err(e.into());
             }
         }
-        let mut out = Subscribed::default();
         let result = async {
             if let Some(limits) = Self::limits(&opts) {
                 match recover.filter(|_| opts.recovery) {

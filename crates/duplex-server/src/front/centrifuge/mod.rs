@@ -20,6 +20,7 @@ pub(crate) mod reply;
 mod subs;
 pub(crate) mod wire;
 
+use crate::alarms::{Alarms, Slot};
 use crate::auth::{Auth, TokenError};
 use crate::hub::mailbox::Next;
 use crate::hub::namespace::{PublishRule, SubscribeRule};
@@ -35,7 +36,6 @@ use duplex_proto::handshake::server::UpgradeRequest;
 use prometheus_client::metrics::counter::Counter;
 use reply::{ConnectResult, Encoding, Out, Reply, SubscribeResult};
 use std::future::{poll_fn, Future};
-use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -99,6 +99,8 @@ pub struct Front {
     /// Settings.
     pub config: CentrifugeConfig,
     counters: Counters,
+    /// Every connection's next deadline, on one timer task.
+    alarms: Alarms,
 }
 
 /// The front's counters, looked up in their families once (not per event).
@@ -123,7 +125,14 @@ impl Front {
             auth,
             config,
             counters,
+            alarms: Alarms::new(),
         }
+    }
+
+    /// Wakes every connection to look at the server's shutdown stage
+    /// (call after [`Shutdown::advance`]).
+    pub fn wake_all(&self) {
+        self.alarms.ring_all();
     }
 }
 
@@ -151,11 +160,14 @@ struct Client<'f> {
     subs: subs::Subs<Sub>,
     /// When the connection token expires (Unix seconds).
     expires_at: Option<u64>,
-    opened: Instant,
+    /// When to ping next; before `connect`, when to give up waiting for
+    /// it.
     next_ping: Instant,
     pong_deadline: Option<Instant>,
     tokens: f64,
     refilled: Instant,
+    /// Where the connection's alarm is set, if it is.
+    armed: Option<Slot>,
 }
 
 /// Why the loop stopped.
@@ -164,7 +176,6 @@ enum Wake {
     Events(Vec<Arc<Delivery>>),
     Overflow,
     Tick,
-    Shutdown,
     Closed,
 }
 
@@ -218,24 +229,28 @@ where
         info: None,
         subs: subs::Subs::default(),
         expires_at: None,
-        opened: now,
-        next_ping: now + front.config.ping_interval,
+        next_ping: now + front.config.connect_timeout,
         pong_deadline: None,
         tokens: f64::from(front.config.command_burst),
         refilled: now,
+        armed: None,
     };
     let disconnect = c.run(ws, shutdown).await;
     if let Some(d) = disconnect {
         if d == wire::SLOW {
             hub.metrics().slow_disconnects.get_or_create(&FRONT).inc();
         }
-        let close = ws.close(CloseCode(d.code), &d.reason);
-        tokio::select! {
-            _ = close => {}
-            _ = shutdown.reached(Stage::Now) => {}
-        }
+        // Boxed, as is the cleanup: the idle connection's state must not
+        // be sized by what happens once at its end.
+        Box::pin(async {
+            tokio::select! {
+                _ = ws.close(CloseCode(d.code), &d.reason) => {}
+                _ = shutdown.reached(Stage::Now) => {}
+            }
+        })
+        .await;
     }
-    c.cleanup().await;
+    Box::pin(c.cleanup()).await;
     hub.metrics().connections.get_or_create(&FRONT).dec();
 }
 
@@ -245,24 +260,26 @@ impl Client<'_> {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut woken = pin!(shutdown.waiter());
-        woken.as_mut().enable();
-        let mut timer = pin!(tokio::time::sleep_until(self.deadline()));
         loop {
+            // Set before the stage is read: `Front::wake_all` after the
+            // stage changed rings every alarm set by then.
+            self.arm();
             if shutdown.stage() >= Stage::Closing {
                 return Some(wire::SHUTDOWN);
             }
             let connected = self.info.is_some();
             let wake = poll_fn(|cx| {
-                if woken.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::Shutdown);
-                }
-                // Hub events, while the socket has room for them. An
-                // overflow is seen whatever the socket does (the push that
-                // overflowed woke this task).
-                if connected && self.mailbox.poll_overflowed(cx) {
+                // An overflow is seen whatever the socket does (the push
+                // that overflowed woke this task); the alarm rang for a
+                // deadline, or for the shutdown.
+                let signals = self.mailbox.poll_signals(cx);
+                if signals.overflowed {
                     return Poll::Ready(Wake::Overflow);
                 }
+                if signals.rung {
+                    return Poll::Ready(Wake::Tick);
+                }
+                // Hub events, while the socket has room for them.
                 if connected {
                     if let Poll::Ready(Ok(())) = ws.poll_ready(cx) {
                         match self.mailbox.poll_next(cx, 64) {
@@ -278,11 +295,10 @@ impl Client<'_> {
                     Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Wake::Closed),
                     Poll::Pending => {}
                 }
-                timer.as_mut().poll(cx).map(|()| Wake::Tick)
+                Poll::Pending
             })
             .await;
             let out = match wake {
-                Wake::Shutdown => return Some(wire::SHUTDOWN),
                 Wake::Closed => return None,
                 Wake::Overflow => {
                     tracing::info!(
@@ -318,13 +334,27 @@ impl Client<'_> {
                     }
                 }
             };
-            timer.as_mut().reset(self.deadline());
             if !out.is_empty() {
                 self.front.counters.bytes_out.inc_by(out.len() as u64);
                 if ws.start_send(out.into_message()).is_err() {
                     return None;
                 }
             }
+        }
+    }
+
+    /// Sets the alarm for the next deadline, unless it is set for then or
+    /// earlier already (an early ring only makes the loop look again).
+    fn arm(&mut self) {
+        let alarms = &self.front.alarms;
+        let slot = alarms.slot(self.deadline());
+        let earlier = match self.armed {
+            None => true,
+            Some(armed) => slot < armed,
+        };
+        if earlier {
+            alarms.set(slot, &self.mailbox);
+            self.armed = Some(slot);
         }
     }
 
@@ -346,7 +376,7 @@ impl Client<'_> {
     /// yet connected) the connect timeout.
     fn deadline(&self) -> Instant {
         if self.info.is_none() {
-            return self.opened + self.front.config.connect_timeout;
+            return self.next_ping;
         }
         let mut d = self.next_ping;
         if let Some(p) = self.pong_deadline {
@@ -367,9 +397,11 @@ impl Client<'_> {
     /// Timers: the connect timeout, pings and their pongs, expiries.
     /// Returns whether to ping, or the disconnect.
     fn tick(&mut self) -> Result<bool, Disconnect> {
+        // The alarm rang: it is no longer set.
+        self.armed = None;
         let now = Instant::now();
         if self.info.is_none() {
-            return match now >= self.opened + self.front.config.connect_timeout {
+            return match now >= self.next_ping {
                 true => Err(wire::STALE),
                 false => Ok(false),
             };
@@ -614,7 +646,7 @@ impl Client<'_> {
         };
         let info = Arc::new(ClientInfo {
             client: crate::hub::new_client_id(),
-            user: user.into(),
+            user: crate::hub::user_id(user),
             conn_info,
             chan_info: None,
         });
@@ -686,8 +718,9 @@ impl Client<'_> {
             true => s.position.as_ref().map_or(0, |p| p.offset),
             false => 0,
         };
+        let name = s.name.clone().unwrap_or_else(|| channel.into());
         self.subs.insert(
-            channel.into(),
+            name,
             Sub {
                 info,
                 skip_until,
@@ -880,6 +913,9 @@ impl Client<'_> {
     /// Leaves every channel and forgets the client.
     async fn cleanup(&mut self) {
         self.mailbox.close();
+        if let Some(slot) = self.armed.take() {
+            self.front.alarms.cancel(slot, &self.mailbox);
+        }
         let hub = self.front.hub.clone();
         for (channel, sub) in self.subs.drain() {
             hub.unsubscribe(&sub.info, &channel).await;

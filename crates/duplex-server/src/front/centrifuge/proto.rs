@@ -831,6 +831,7 @@ mod tests {
                     publications: vec![p.clone()],
                     was_recovering: true,
                     recovered: true,
+                    name: None,
                 },
                 recoverable: true,
                 expires_in: Some(60),

@@ -44,6 +44,11 @@ impl<T> Subs<T> {
 
     /// Adds a subscription (the caller checked it is not there).
     pub(crate) fn insert(&mut self, channel: Arc<str>, value: T) {
+        // Room for exactly one at first (a vector's first growth makes
+        // room for four): most connections hold one channel.
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(1);
+        }
         self.entries.push((channel, value));
     }
 
@@ -73,7 +78,9 @@ mod tests {
     fn insert_find_remove() {
         let mut s = Subs::default();
         s.insert("a".into(), 1);
+        assert_eq!(s.entries.capacity(), 1, "one channel, room for one");
         s.insert("b".into(), 2);
+        assert_eq!(s.entries.capacity(), 4, "grown as usual past one");
         assert_eq!(s.get("b"), Some(&2));
         *s.get_mut("a").unwrap() = 3;
         assert_eq!(s.remove("a"), Some(3));

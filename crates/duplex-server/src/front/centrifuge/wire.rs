@@ -557,6 +557,7 @@ mod tests {
             publications: Vec::new(),
             was_recovering: true,
             recovered: false,
+            name: None,
         };
         out.clear();
         let r = SubscribeResult {

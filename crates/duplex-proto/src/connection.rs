@@ -923,6 +923,15 @@ impl Connection {
         self.out.added(h.encoded_len() + payload.len());
     }
 
+    /// Makes room in the outbound buffer for `count` frames of about
+    /// `frame_len` bytes each about to be queued (a batch of
+    /// [`PreparedMessage`]s), in one allocation rather than by doubling as
+    /// they arrive. A hint: frames of 256 bytes and more are queued by
+    /// reference and need no room, and at most 64 KiB is set aside.
+    pub fn reserve_outbound(&mut self, frame_len: usize, count: usize) {
+        self.out.reserve_frames(frame_len, count);
+    }
+
     /// Bytes queued and not yet written (the browser's `bufferedAmount`).
     pub fn outbound_len(&self) -> usize {
         self.out.len()

@@ -15,6 +15,11 @@ const ZERO_COPY_MIN: usize = 4096;
 /// batch of small frames at once, so a burst after a wait does not grow the
 /// buffer step by step (each step a reallocation).
 const TAIL_START: usize = 1024;
+/// Frames shorter than this are copied into the buffer by `push_frame`;
+/// longer ones are queued by reference.
+const FRAME_COPY_MAX: usize = 256;
+/// The most [`Outbound::reserve`] sets aside ahead of the frames.
+pub(crate) const RESERVE_MAX: usize = 64 << 10;
 
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
@@ -30,6 +35,16 @@ impl Outbound {
             self.tail.reserve(TAIL_START);
         }
         &mut self.tail
+    }
+
+    /// Makes room for `additional` more bytes of small frames in one
+    /// allocation (a batch about to be queued), instead of growing by
+    /// doubling as they come. At most [`RESERVE_MAX`] bytes.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let additional = additional.min(RESERVE_MAX);
+        if self.tail.capacity() - self.tail.len() < additional {
+            self.tail.reserve(additional.max(TAIL_START));
+        }
     }
 
     pub(crate) fn added(&mut self, n: usize) {
@@ -49,9 +64,18 @@ impl Outbound {
         }
     }
 
+    /// Makes room for `count` frames of `frame_len` bytes about to be
+    /// queued with [`push_frame`](Self::push_frame), if they will be
+    /// copied.
+    pub(crate) fn reserve_frames(&mut self, frame_len: usize, count: usize) {
+        if frame_len < FRAME_COPY_MAX {
+            self.reserve(frame_len.saturating_mul(count));
+        }
+    }
+
     /// Queues a whole frame, by reference if it is not tiny.
     pub(crate) fn push_frame(&mut self, b: Bytes) {
-        if b.len() < 256 {
+        if b.len() < FRAME_COPY_MAX {
             self.len += b.len();
             self.tail().extend_from_slice(&b);
             return;
@@ -163,5 +187,28 @@ mod tests {
         // And the queue works as before afterwards.
         q.push_bytes(Bytes::from_static(b"again"));
         assert_eq!(q.first(), b"again");
+    }
+
+    #[test]
+    fn a_reserved_batch_is_queued_without_growing_and_the_hint_is_capped() {
+        let mut q = Outbound::default();
+        q.reserve_frames(300, 40);
+        assert_eq!(
+            q.tail.capacity(),
+            0,
+            "frames queued by reference need no room"
+        );
+        q.reserve_frames(146, 40);
+        let cap = q.tail.capacity();
+        assert!(cap >= 40 * 146);
+        let frame = Bytes::from(vec![1u8; 146]);
+        for _ in 0..40 {
+            q.push_frame(frame.clone());
+        }
+        assert_eq!(q.tail.capacity(), cap, "no reallocation for the batch");
+        assert_eq!(q.len(), 40 * 146);
+        let mut q = Outbound::default();
+        q.reserve(usize::MAX);
+        assert!(q.tail.capacity() <= RESERVE_MAX + TAIL_START);
     }
 }

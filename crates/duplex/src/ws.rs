@@ -181,6 +181,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.extra.as_ref()?.url.as_deref()
     }
 
+    /// Makes room for `count` frames of about `frame_len` bytes about to
+    /// be queued, e.g. a batch of [`start_send_prepared`](Self::start_send_prepared)
+    /// calls, in one allocation
+    /// ([`Connection::reserve_outbound`](duplex_proto::Connection::reserve_outbound)).
+    pub fn reserve_outbound(&mut self, frame_len: usize, count: usize) {
+        self.conn.reserve_outbound(frame_len, count);
+    }
+
     /// Bytes queued and not yet handed to the transport.
     pub fn buffered_amount(&self) -> usize {
         self.conn.outbound_len()

@@ -34,7 +34,7 @@ use crate::auth::{Auth, TokenError};
 use crate::hub::mailbox::Next;
 use crate::hub::namespace::SubscribeRule;
 use crate::hub::{
-    ClientInfo, Delivery, Event, Hub, HubError, Mailbox, Publication, StreamPosition, Subscribed,
+    ClientInfo, Event, Hub, HubError, Mailbox, Publication, StreamPosition, Subscribed,
     UNSUBSCRIBE_RECOVER,
 };
 use crate::metrics::FrontLabel;
@@ -454,7 +454,7 @@ impl Stream {
     }
 
     /// Turns events into stream text; returns whether the stream goes on.
-    async fn events(&mut self, events: Vec<Arc<Delivery>>, out: &mut String) -> bool {
+    async fn events(&mut self, events: crate::hub::mailbox::Events, out: &mut String) -> bool {
         for d in events {
             match &d.event {
                 Event::Publication {

@@ -29,7 +29,14 @@ struct State {
     closed: bool,
     /// The connection's alarm rang ([`crate::alarms`]).
     rung: bool,
+    /// How many events the connection took last time: the room a queue
+    /// that starts again from nothing is given at once, instead of growing
+    /// 4, 8, 16, ... for every burst.
+    last_take: u16,
 }
+
+/// Events taken from a mailbox, oldest first.
+pub type Events = VecDeque<Arc<Delivery>>;
 
 /// What [`Mailbox::poll_signals`] found.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +51,7 @@ pub struct Signals {
 #[derive(Debug)]
 pub enum Next {
     /// Events to send, oldest first.
-    Events(Vec<Arc<Delivery>>),
+    Events(Events),
     /// The bound was passed: disconnect the client.
     Overflowed,
 }
@@ -84,6 +91,10 @@ impl Mailbox {
             return Err(PushError::Overflow);
         }
         s.bytes += cost;
+        if s.queue.capacity() == 0 {
+            let room = usize::from(s.last_take).max(1);
+            s.queue.reserve_exact(room);
+        }
         s.queue.push_back(d);
         let first = s.queue.len() == 1;
         drop(s);
@@ -95,31 +106,39 @@ impl Mailbox {
 
     /// Takes up to `max` queued events, or registers the task to be woken.
     pub fn poll_next(&self, cx: &mut Context<'_>, max: usize) -> Poll<Next> {
-        if let Some(n) = self.try_next(max) {
+        if let Some(n) = self.take(max) {
             return Poll::Ready(n);
         }
         self.waker.register(cx.waker());
-        match self.try_next(max) {
+        match self.take(max) {
             Some(n) => Poll::Ready(n),
             None => Poll::Pending,
         }
     }
 
-    fn try_next(&self, max: usize) -> Option<Next> {
+    /// Takes up to `max` queued events (or reports the overflow) without
+    /// registering for a wake-up: for a task that registered in
+    /// [`poll_signals`](Self::poll_signals) first, in the same poll.
+    pub fn take(&self, max: usize) -> Option<Next> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.overflowed {
             return Some(Next::Overflowed);
         }
-        if s.queue.is_empty() {
+        let len = s.queue.len();
+        if len == 0 {
             return None;
         }
-        let n = max.min(s.queue.len());
-        let out: Vec<_> = s.queue.drain(..n).collect();
-        s.bytes -= out.iter().map(|d| d.cost()).sum::<usize>();
-        // An idle connection holds no queue storage.
-        if s.queue.is_empty() {
-            s.queue = VecDeque::new();
-        }
+        let out = if len <= max {
+            // The whole queue, storage and all: no copy, and an idle
+            // connection holds no queue storage.
+            s.bytes = 0;
+            std::mem::take(&mut s.queue)
+        } else {
+            let out: Events = s.queue.drain(..max).collect();
+            s.bytes -= out.iter().map(|d| d.cost()).sum::<usize>();
+            out
+        };
+        s.last_take = u16::try_from(out.len()).unwrap_or(u16::MAX);
         Some(Next::Events(out))
     }
 
@@ -216,5 +235,30 @@ mod tests {
         assert_eq!(sizes, [1, 2, 3, 4, 5]);
         assert_eq!(m.queued_bytes(), 0);
         assert!(m.poll_next(&mut cx, 10).is_pending());
+    }
+
+    fn capacity(m: &Mailbox) -> usize {
+        m.state.lock().unwrap().queue.capacity()
+    }
+
+    #[test]
+    fn a_drained_mailbox_holds_no_storage_and_the_next_burst_gets_room_at_once() {
+        let m = Mailbox::new(1 << 20);
+        for _ in 0..20 {
+            m.push(delivery(10)).unwrap();
+        }
+        let Some(Next::Events(e)) = m.take(64) else {
+            panic!("events expected")
+        };
+        assert_eq!(e.len(), 20);
+        assert_eq!(capacity(&m), 0, "the storage left with the events");
+        m.push(delivery(10)).unwrap();
+        assert!(capacity(&m) >= 20, "room for a burst like the last one");
+        let Some(Next::Events(e)) = m.take(64) else {
+            panic!("events expected")
+        };
+        assert_eq!(e.len(), 1);
+        m.push(delivery(10)).unwrap();
+        assert_eq!(capacity(&m), 1, "and for one after a take of one");
     }
 }

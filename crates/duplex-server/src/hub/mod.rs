@@ -863,12 +863,15 @@ impl Hub {
             .collect()
     }
 
-    fn deliver(&self, channel: &str, event: Event) {
+    /// Queues `event` (made with the hub's own copy of the channel's
+    /// name, so nothing is allocated for it and a connection can match it
+    /// by pointer) for every local subscriber of `channel`.
+    fn deliver(&self, channel: &str, event: impl FnOnce(Arc<str>) -> Event) {
         let shard = lock(self.shard(channel));
-        let Some(subs) = shard.get(channel) else {
+        let Some((name, subs)) = shard.get_key_value(channel) else {
             return;
         };
-        let d = Delivery::new(event);
+        let d = Delivery::new(event(name.clone()));
         let mut n = 0u64;
         for (client, (mailbox, _)) in subs {
             match mailbox.push(d.clone()) {
@@ -907,33 +910,18 @@ pub fn recovery_outcome(
 
 impl BrokerHandler for Hub {
     fn on_publication(&self, channel: &str, publication: Arc<Publication>) {
-        self.deliver(
+        self.deliver(channel, |channel| Event::Publication {
             channel,
-            Event::Publication {
-                channel: channel.into(),
-                publication,
-            },
-        );
+            publication,
+        });
     }
 
     fn on_join(&self, channel: &str, info: Arc<ClientInfo>) {
-        self.deliver(
-            channel,
-            Event::Join {
-                channel: channel.into(),
-                info,
-            },
-        );
+        self.deliver(channel, |channel| Event::Join { channel, info });
     }
 
     fn on_leave(&self, channel: &str, info: Arc<ClientInfo>) {
-        self.deliver(
-            channel,
-            Event::Leave {
-                channel: channel.into(),
-                info,
-            },
-        );
+        self.deliver(channel, |channel| Event::Leave { channel, info });
     }
 
     fn on_lost(&self, channel: &str) {
@@ -941,13 +929,10 @@ impl BrokerHandler for Hub {
             channel,
             "publications may have been missed: subscribers recover"
         );
-        self.deliver(
+        self.deliver(channel, |channel| Event::Unsubscribe {
             channel,
-            Event::Unsubscribe {
-                channel: channel.into(),
-                code: UNSUBSCRIBE_RECOVER,
-            },
-        );
+            code: UNSUBSCRIBE_RECOVER,
+        });
     }
 
     fn on_control(&self, control: Control) {

@@ -22,10 +22,10 @@ pub(crate) mod wire;
 
 use crate::alarms::{Alarms, Slot};
 use crate::auth::{Auth, TokenError};
-use crate::hub::mailbox::Next;
+use crate::hub::mailbox::{Events, Next};
 use crate::hub::namespace::{PublishRule, SubscribeRule};
 use crate::hub::{
-    ClientInfo, Delivery, Event, Hub, Mailbox, StreamPosition, Subscribed, UNSUBSCRIBE_RECOVER,
+    ClientInfo, Event, Hub, Mailbox, StreamPosition, Subscribed, UNSUBSCRIBE_RECOVER,
 };
 use crate::metrics::{FrontLabel, MethodLabel};
 use crate::shutdown::{Shutdown, Stage};
@@ -173,7 +173,7 @@ struct Client<'f> {
 /// Why the loop stopped.
 enum Wake {
     Frame(Message),
-    Events(Vec<Arc<Delivery>>),
+    Events(Events),
     Overflow,
     Tick,
     Closed,
@@ -282,10 +282,11 @@ impl Client<'_> {
                 // Hub events, while the socket has room for them.
                 if connected {
                     if let Poll::Ready(Ok(())) = ws.poll_ready(cx) {
-                        match self.mailbox.poll_next(cx, 64) {
-                            Poll::Ready(Next::Events(e)) => return Poll::Ready(Wake::Events(e)),
-                            Poll::Ready(Next::Overflowed) => return Poll::Ready(Wake::Overflow),
-                            Poll::Pending => {}
+                        // Registered for pushes by `poll_signals` above.
+                        match self.mailbox.take(64) {
+                            Some(Next::Events(e)) => return Poll::Ready(Wake::Events(e)),
+                            Some(Next::Overflowed) => return Poll::Ready(Wake::Overflow),
+                            None => {}
                         }
                     }
                 }
@@ -431,17 +432,14 @@ impl Client<'_> {
 
     /// Frames hub events into the socket (each encoded once for all its
     /// receivers). Returns a disconnect the events asked for.
-    fn send_events<S>(
-        &mut self,
-        ws: &mut WebSocket<S>,
-        events: Vec<Arc<Delivery>>,
-    ) -> Option<Disconnect>
+    fn send_events<S>(&mut self, ws: &mut WebSocket<S>, events: Events) -> Option<Disconnect>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let counters = &self.front.counters;
         let mut sent = 0u64;
-        for d in events {
+        let (total, mut reserved) = (events.len(), false);
+        for (i, d) in events.into_iter().enumerate() {
             let channel = match &d.event {
                 Event::Publication {
                     channel,
@@ -492,6 +490,12 @@ impl Client<'_> {
                 reply::encode_event(e, encoding)
             });
             sent += m.payload().len() as u64;
+            if !reserved {
+                // Room for the batch at once: the events of one burst are
+                // mostly the same channel's, of much the same size.
+                ws.reserve_outbound(m.frame().len(), total - i);
+                reserved = true;
+            }
             if ws.start_send_prepared(m).is_err() {
                 break;
             }

@@ -23,7 +23,11 @@ impl<T> Default for Subs<T> {
 
 impl<T> Subs<T> {
     fn position(&self, channel: &str) -> Option<usize> {
-        self.entries.iter().position(|(c, _)| &**c == channel)
+        // Events carry the hub's copy of the name, which is the one kept
+        // here too: equal pointers usually settle it without a compare.
+        self.entries
+            .iter()
+            .position(|(c, _)| std::ptr::eq(&**c, channel) || &**c == channel)
     }
 
     pub(crate) fn get(&self, channel: &str) -> Option<&T> {

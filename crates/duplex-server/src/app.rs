@@ -55,8 +55,17 @@ impl App {
     pub async fn new(config: ServerConfig) -> Result<Arc<App>, crate::Error> {
         let metrics = Arc::new(Metrics::default());
         let clock = Arc::new(SystemClock);
+        let memory_budget = config
+            .memory_budget
+            .map(|n| Arc::new(duplex::MemoryBudget::new(n)));
         let broker: Arc<dyn Broker> = match &config.broker {
-            None => Arc::new(LocalBroker::new(clock.clone())),
+            None => {
+                let local = LocalBroker::new(clock.clone());
+                if let Some(b) = &memory_budget {
+                    local.set_memory_budget(b.clone());
+                }
+                Arc::new(local)
+            }
             Some(o) => {
                 let b = RedisBroker::connect(o.clone(), clock.clone())
                     .await
@@ -75,12 +84,10 @@ impl App {
         hub.set_node(&node_uid, &config.node_name);
         let auth = Arc::new(Auth::new(config.auth.clone())?);
         let registry = metrics.registry();
-        let memory_budget = config
-            .memory_budget
-            .map(|n| Arc::new(duplex::MemoryBudget::new(n)));
         let mut ws = config.ws.clone();
         if let Some(b) = &memory_budget {
             ws = ws.with_memory_budget(b.clone());
+            hub.set_memory_budget(b.clone());
         }
         let app = Arc::new(App {
             ws_centrifuge: Arc::new(

@@ -222,6 +222,80 @@ async fn a_client_that_never_reads_is_disconnected_slow_and_others_keep_up() {
     assert_eq!(next(&mut reader).await[0]["push"]["pub"]["data"], "after");
 }
 
+/// Mailboxes draw on the server's memory budget: clients that never read,
+/// each on its own channel, together ask for far more than the budget
+/// (8 × 64 MiB mailboxes, a 4 MiB budget); once it is spent, each is
+/// disconnected "slow" as soon as it holds more than its uncharged share,
+/// while a client that reads is served throughout, and the budget is given
+/// back.
+#[tokio::test]
+async fn mailboxes_share_the_memory_budget() {
+    let mut c = config();
+    c.centrifuge.mailbox_bytes = 64 << 20;
+    c.memory_budget = Some(4 << 20);
+    let srv = start(c).await;
+    let plain = duplex::ClientOptions {
+        config: duplex::Config::default().with_deflate(None),
+        ..Default::default()
+    };
+    let url = format!("ws://{}/connection/websocket", srv.addr);
+    let mut stuck = Vec::new();
+    for i in 0..8 {
+        let ws = duplex::connect_with(&url, plain.clone()).await.unwrap();
+        stuck.push(subscribed(ws, &format!("own{i}")).await);
+    }
+    let mut reader = subscribed(duplex::connect_with(&url, plain).await.unwrap(), "live").await;
+    let hub = srv.app.hub.clone();
+    let budget = srv.app.memory_budget.clone().unwrap();
+    let slow = || {
+        hub.metrics()
+            .slow_disconnects
+            .get_or_create(&duplex_server::metrics::FrontLabel {
+                front: "centrifuge",
+            })
+            .get()
+    };
+    let payload = format!("\"{}\"", "x".repeat(16 * 1024));
+    let mut round = 0u64;
+    // The socket buffers of a client that does not read take about 8 MiB
+    // here (about 500 rounds) before its mailbox starts to fill; the
+    // budget is spent some 16 rounds later. Without the budget, the
+    // mailboxes' own bound would take 4,096 more: 2,000 rounds tell them
+    // apart.
+    while slow() < 8 {
+        assert!(round < 2000, "{} of 8 cut off after {round} rounds", slow());
+        for i in 0..8 {
+            // A publication to a channel whose only subscriber was cut off
+            // goes nowhere.
+            hub.publish(&format!("own{i}"), payload.clone().into(), None)
+                .await
+                .unwrap();
+        }
+        hub.publish("live", format!("{round}").into(), None)
+            .await
+            .unwrap();
+        let v = &next(&mut reader).await[0];
+        assert_eq!(v["push"]["pub"]["data"], round, "the reader is served");
+        round += 1;
+        if round % 16 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(budget.refusals() > 0, "the budget was spent");
+    for ws in &mut stuck {
+        assert_eq!(closed_with(ws).await, Some(3008));
+    }
+    // The reader is still served, and the stuck clients' deliveries are
+    // given back (what is left is the reader's and in-flight buffers).
+    hub.publish("live", "\"after\"".into(), None).await.unwrap();
+    assert_eq!(next(&mut reader).await[0]["push"]["pub"]["data"], "after");
+    assert!(
+        budget.used() < 1 << 20,
+        "{} bytes still counted",
+        budget.used()
+    );
+}
+
 #[tokio::test]
 async fn bad_input_gets_the_protocol_codes() {
     let srv = start(config()).await;

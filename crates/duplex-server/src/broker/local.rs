@@ -8,6 +8,7 @@ use super::{
 use crate::hub::history::{HistoryLimits, Stream};
 use crate::hub::presence::Presence;
 use crate::hub::{new_epoch, ClientInfo, Clock, Publication, StreamPosition};
+use duplex_proto::MemoryBudget;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -26,6 +27,8 @@ pub struct LocalBroker {
     handler: OnceLock<Weak<dyn BrokerHandler>>,
     clock: Arc<dyn Clock>,
     hasher: RandomState,
+    /// The server's memory budget, which history is counted in.
+    budget: OnceLock<Arc<MemoryBudget>>,
 }
 
 impl std::fmt::Debug for LocalBroker {
@@ -43,6 +46,26 @@ impl LocalBroker {
             handler: OnceLock::new(),
             clock,
             hasher: RandomState::new(),
+            budget: OnceLock::new(),
+        }
+    }
+
+    /// Counts the history kept from now on in `budget`: a publication it
+    /// has no room for is refused ([`BrokerError::Unavailable`]: error 100
+    /// to clients, 503 from the API) before anything is stored or
+    /// delivered, so nothing acknowledged is lost. Set once, at start.
+    pub fn set_memory_budget(&self, budget: Arc<MemoryBudget>) {
+        let _ = self.budget.set(budget);
+    }
+
+    /// Gives back what `stream` no longer holds.
+    fn settle(&self, stream: &mut Stream) {
+        let held = stream.held();
+        if stream.charged > held {
+            if let Some(b) = self.budget.get() {
+                b.release(stream.charged - held);
+            }
+            stream.charged = held;
         }
     }
 
@@ -120,7 +143,17 @@ impl Broker for LocalBroker {
             let stream = streams
                 .entry(channel.to_string())
                 .or_insert_with(|| Stream::new(new_epoch(), now));
+            if let Some(b) = self.budget.get() {
+                let need = Stream::cost_of(&publication);
+                if !b.try_reserve(need) {
+                    return Err(BrokerError::Unavailable(
+                        "memory budget spent: no room to keep the publication in history".into(),
+                    ));
+                }
+                stream.charged += need;
+            }
             let stored = stream.append(publication, now, &limits);
+            self.settle(stream);
             let pos = stream.position();
             if let Some(h) = handler {
                 h.on_publication(channel, stored);
@@ -176,6 +209,7 @@ impl Broker for LocalBroker {
                 .entry(channel.to_string())
                 .or_insert_with(|| Stream::new(new_epoch(), now));
             stream.expire(now, limits.ttl_ms);
+            self.settle(stream);
             let position = stream.position();
             let publications = match &query.since {
                 Some(since) if !since.epoch.is_empty() && since.epoch != position.epoch => {
@@ -195,6 +229,7 @@ impl Broker for LocalBroker {
         Box::pin(async move {
             if let Some(s) = lock(&self.streams[self.shard(channel)]).get_mut(channel) {
                 s.clear();
+                self.settle(s);
             }
             Ok(())
         })

@@ -27,7 +27,15 @@ pub struct Stream {
     bytes: usize,
     /// When the stream last changed (for dropping idle streams).
     pub touched_ms: u64,
+    /// Bytes of the server's memory budget this stream holds (kept by its
+    /// broker, which reserves before appending and gives back what
+    /// [`held`](Self::held) no longer needs).
+    pub charged: usize,
 }
+
+/// What one publication held in history costs beyond its payload: its
+/// shared allocation and its place in the queue.
+pub const ITEM_OVERHEAD: usize = 96;
 
 impl Stream {
     /// An empty stream in a fresh epoch.
@@ -38,6 +46,7 @@ impl Stream {
             items: VecDeque::new(),
             bytes: 0,
             touched_ms: now_ms,
+            charged: 0,
         }
     }
 
@@ -62,6 +71,17 @@ impl Stream {
     /// Payload bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// What the publications held count in a memory budget: payloads plus
+    /// [`ITEM_OVERHEAD`] each.
+    pub fn held(&self) -> usize {
+        self.bytes + self.items.len() * ITEM_OVERHEAD
+    }
+
+    /// What appending `p` may add to [`held`](Self::held) at most.
+    pub fn cost_of(p: &Publication) -> usize {
+        p.data.len() + ITEM_OVERHEAD
     }
 
     /// Gives `p` the next offset, keeps it, and evicts what falls outside

@@ -9,6 +9,7 @@
 
 use super::Delivery;
 use atomic_waker::AtomicWaker;
+use duplex_proto::MemoryBudget;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -76,13 +77,23 @@ impl Mailbox {
     }
 
     /// Queues `d`, counting [`Delivery::cost`] bytes against the bound.
+    ///
+    /// A delivery the server's memory budget had no room for
+    /// ([`Delivery::is_charged`]) is queued only within the first
+    /// [`MemoryBudget::UNCHARGED`] bytes: a mailbox holding more then
+    /// overflows, as when it passes its own bound, while the mailboxes of
+    /// clients that keep up still take it.
     pub fn push(&self, d: Arc<Delivery>) -> Result<(), PushError> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.closed || s.overflowed {
             return Err(PushError::Closed);
         }
         let cost = d.cost();
-        if s.bytes + cost > self.limit {
+        let limit = match d.is_charged() {
+            true => self.limit,
+            false => self.limit.min(MemoryBudget::UNCHARGED),
+        };
+        if s.bytes + cost > limit {
             s.overflowed = true;
             s.queue = VecDeque::new();
             s.bytes = 0;

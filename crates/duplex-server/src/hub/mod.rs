@@ -22,6 +22,7 @@ pub mod presence;
 use crate::broker::{Broker, BrokerError, BrokerHandler, Control, HistoryQuery, HistoryResult};
 use crate::metrics::Metrics;
 use bytes::Bytes;
+use duplex_proto::MemoryBudget;
 use duplex_proto::PreparedMessage;
 pub use history::HistoryLimits;
 pub use mailbox::Mailbox;
@@ -29,6 +30,7 @@ use namespace::{ChannelError, ChannelOptions, Namespaces};
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -147,25 +149,70 @@ pub struct Delivery {
     /// The event.
     pub event: Event,
     encoded: [OnceLock<PreparedMessage>; FRONTS],
+    /// The server's memory budget, when the delivery is counted in it.
+    budget: Option<Arc<MemoryBudget>>,
+    /// Bytes reserved from `budget`, given back when the delivery is
+    /// dropped (the last mailbox or connection let go of it).
+    charged: AtomicUsize,
+    /// The budget had no room for it.
+    refused: bool,
 }
 
 impl Delivery {
-    /// A delivery of `event`.
+    /// A delivery of `event`, outside any memory budget.
     pub fn new(event: Event) -> Arc<Self> {
-        Arc::new(Delivery {
+        Self::charged(event, None)
+    }
+
+    /// A delivery of `event` whose bytes ([`cost`](Self::cost), then each
+    /// encoding) are reserved once from `budget`, however many mailboxes
+    /// hold it. If the budget refuses, the delivery is uncharged
+    /// ([`is_charged`](Self::is_charged)): only mailboxes within
+    /// [`MemoryBudget::UNCHARGED`] take it.
+    pub fn charged(event: Event, budget: Option<&Arc<MemoryBudget>>) -> Arc<Self> {
+        let mut d = Delivery {
             event,
             encoded: Default::default(),
-        })
+            budget: None,
+            charged: AtomicUsize::new(0),
+            refused: false,
+        };
+        if let Some(b) = budget {
+            let cost = d.cost();
+            if b.try_reserve(cost) {
+                d.budget = Some(b.clone());
+                d.charged = AtomicUsize::new(cost);
+            } else {
+                d.refused = true;
+            }
+        }
+        Arc::new(d)
+    }
+
+    /// Whether the delivery's bytes are counted in the memory budget (or
+    /// there is none).
+    pub fn is_charged(&self) -> bool {
+        !self.refused
     }
 
     /// The event as `front` frames it, made by `encode` for the first
-    /// receiver and shared by the rest.
+    /// receiver and shared by the rest (and counted in the budget with the
+    /// delivery, when it is, and there is room).
     pub fn encoded(
         &self,
         front: FrontKind,
         encode: impl FnOnce(&Event) -> PreparedMessage,
     ) -> &PreparedMessage {
-        self.encoded[front as usize].get_or_init(|| encode(&self.event))
+        self.encoded[front as usize].get_or_init(|| {
+            let m = encode(&self.event);
+            if let Some(b) = &self.budget {
+                let n = m.frame().len();
+                if b.try_reserve(n) {
+                    self.charged.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            m
+        })
     }
 
     /// What the delivery counts against a mailbox's bound: its payload and
@@ -186,6 +233,14 @@ impl Delivery {
                 Event::Unsubscribe { channel, .. } => channel.len(),
                 Event::Disconnect { reason, .. } => reason.len(),
             }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.release(*self.charged.get_mut());
+        }
     }
 }
 
@@ -369,6 +424,8 @@ pub struct Hub {
     hasher: RandomState,
     /// This node's id and name, and when it started (the API's `info`).
     node: OnceLock<(String, String, std::time::Instant)>,
+    /// The server's memory budget, which deliveries are counted in.
+    budget: OnceLock<Arc<MemoryBudget>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -401,10 +458,18 @@ impl Hub {
             users: Mutex::default(),
             hasher: RandomState::new(),
             node: OnceLock::new(),
+            budget: OnceLock::new(),
         });
         let handler: Arc<dyn BrokerHandler> = hub.clone();
         hub.broker.set_handler(Arc::downgrade(&handler));
         hub
+    }
+
+    /// Counts every delivery queued from now on in `budget` (once per
+    /// delivery, however many mailboxes hold it; see [`Mailbox::push`]).
+    /// Set once, at start.
+    pub fn set_memory_budget(&self, budget: Arc<MemoryBudget>) {
+        let _ = self.budget.set(budget);
     }
 
     /// The settings.
@@ -837,7 +902,7 @@ impl Hub {
         if ids.is_empty() {
             return 0;
         }
-        let d = Delivery::new(event());
+        let d = Delivery::charged(event(), self.budget.get());
         let clients = lock(&self.clients);
         let mut n = 0;
         for id in ids {
@@ -871,7 +936,7 @@ impl Hub {
         let Some((name, subs)) = shard.get_key_value(channel) else {
             return;
         };
-        let d = Delivery::new(event(name.clone()));
+        let d = Delivery::charged(event(name.clone()), self.budget.get());
         let mut n = 0u64;
         for (client, (mailbox, _)) in subs {
             match mailbox.push(d.clone()) {

@@ -373,6 +373,112 @@ async fn a_full_mailbox_overflows_without_disturbing_others() {
     assert_eq!(drain(&fast_box).len(), 100);
 }
 
+/// Deliveries are counted once in the server's memory budget; once it is
+/// spent, clients that fell behind by more than their uncharged share are
+/// cut off, clients that keep up are still served, and every byte comes
+/// back when the deliveries are gone.
+#[tokio::test]
+async fn deliveries_are_bounded_by_the_memory_budget() {
+    let f = fixture(ChannelOptions::default());
+    let budget = Arc::new(MemoryBudget::new(256 << 10));
+    f.hub.set_memory_budget(budget.clone());
+    let mut slow = Vec::new();
+    for i in 0..4 {
+        let (info, mailbox) = client(&format!("slow{i}"), "u");
+        let channel = format!("own{i}");
+        f.hub
+            .subscribe(&info, &mailbox, &channel, None)
+            .await
+            .unwrap();
+        slow.push((channel, mailbox));
+    }
+    let (fast, fast_box) = client("fast", "u");
+    f.hub
+        .subscribe(&fast, &fast_box, "live", None)
+        .await
+        .unwrap();
+    // 4 KiB publications to every slow client's own channel (each mailbox
+    // allows 1 MiB: 4 MiB wanted of a 256 KiB budget), and one to the
+    // live channel between rounds, which its client reads at once.
+    let mut live = 0;
+    for round in 0..256 {
+        for (channel, _) in &slow {
+            f.hub
+                .publish(channel, Bytes::from(vec![b'x'; 4096]), None)
+                .await
+                .unwrap();
+        }
+        f.hub
+            .publish("live", Bytes::from(format!("{round}")), None)
+            .await
+            .unwrap();
+        let got = drain(&fast_box);
+        assert_eq!(got.len(), 1, "round {round}: the live client is served");
+        live += got.len();
+        assert!(budget.used() <= budget.limit());
+    }
+    assert_eq!(live, 256);
+    assert!(budget.refusals() > 0, "the budget was spent");
+    assert!(budget.peak() <= 256 << 10);
+    for (channel, mailbox) in &slow {
+        let got = drain(mailbox);
+        assert_eq!(
+            got.last().map(|g| g.0.as_str()),
+            Some("overflow"),
+            "{channel}: cut off once it held more than its share"
+        );
+    }
+    assert_eq!(budget.used(), 0, "everything given back");
+}
+
+/// History is counted in the memory budget: a publication it has no room
+/// for is refused before it is stored or delivered (no offset used, no
+/// subscriber sees it), and removing history gives the room back.
+#[tokio::test]
+async fn history_is_bounded_by_the_memory_budget() {
+    let f = fixture(ChannelOptions {
+        history_size: 1000,
+        join_leave: false,
+        ..history_opts()
+    });
+    let budget = Arc::new(MemoryBudget::new(16 << 10));
+    f.broker.set_memory_budget(budget.clone());
+    let (a, ma) = client("a", "u");
+    f.hub.subscribe(&a, &ma, "ch", None).await.unwrap();
+    let one = history::Stream::cost_of(&Publication::new(Bytes::from(vec![0u8; 1000]), None));
+    let fit = (16 << 10) / one;
+    for _ in 0..fit {
+        f.hub
+            .publish("ch", Bytes::from(vec![b'x'; 1000]), None)
+            .await
+            .unwrap();
+    }
+    let refused = f
+        .hub
+        .publish("ch", Bytes::from(vec![b'y'; 1000]), None)
+        .await;
+    assert!(
+        matches!(refused, Err(HubError::Broker(BrokerError::Unavailable(_)))),
+        "{refused:?}"
+    );
+    assert!(budget.used() <= budget.limit());
+    let got = drain(&ma);
+    assert_eq!(got.len(), fit, "the refused one was not delivered");
+    assert_eq!(
+        got.last().map(|g| g.1),
+        Some(fit as u64),
+        "nor given an offset"
+    );
+    f.hub.remove_history("ch").await.unwrap();
+    assert_eq!(budget.used(), 0, "history removed, its room back");
+    let pos = f
+        .hub
+        .publish("ch", Bytes::from(vec![b'z'; 1000]), None)
+        .await
+        .unwrap();
+    assert_eq!(pos.map(|p| p.offset), Some(fit as u64 + 1));
+}
+
 #[tokio::test]
 async fn limits_and_unknown_channels() {
     let f = fixture(ChannelOptions::default());

@@ -227,6 +227,57 @@ pub fn centrifuge_command(data: &[u8]) {
     assert_eq!(reply_ids, ids, "replies {out:?}");
 }
 
+/// Decodes `data`, a binary frame of the Centrifugo Protobuf protocol
+/// (`centrifuge-protobuf`: length-delimited `Command`s), as the WebSocket
+/// front does.
+///
+/// Asserts: the front's streaming decoder ([`proto::Commands`]) and
+/// [`proto::decode`] agree command by command, the stream stopping at the
+/// first malformed one, which makes the whole frame malformed; a frame that
+/// decodes holds no more commands than bytes; each command reads back the
+/// same after being written again; an empty `publish` payload is no payload
+/// (Protobuf cannot tell them apart); and the error replies written for
+/// every command of the frame read back as length-delimited replies
+/// carrying each command's id in order.
+pub fn centrifuge_protobuf(data: &[u8]) {
+    use crate::front::centrifuge::proto::{self, pb};
+    use prost::Message as _;
+    let streamed: Vec<_> = proto::Commands::new(bytes::Bytes::copy_from_slice(data)).collect();
+    let Ok(commands) = proto::decode(data) else {
+        assert!(
+            matches!(streamed.last(), Some(Err(_))),
+            "decode refused a frame the stream took whole"
+        );
+        assert!(streamed[..streamed.len() - 1].iter().all(Result::is_ok));
+        return;
+    };
+    assert!(commands.len() <= data.len());
+    assert_eq!(streamed.len(), commands.len());
+    let mut rest = data;
+    let mut out = Vec::new();
+    for (c, s) in commands.iter().zip(&streamed) {
+        let s = s.as_ref().expect("the stream agrees");
+        assert_eq!((c.id, c.publish.is_some()), (s.id, s.publish.is_some()));
+        if let Some(p) = &c.publish {
+            assert!(p.data.as_ref().map_or(true, |d| !d.is_empty()));
+        }
+        // The same message, written again by prost, reads back the same.
+        let m = pb::Command::decode_length_delimited(&mut rest).expect("decoded above");
+        let again = pb::Command::decode(m.encode_to_vec().as_slice()).expect("re-encoded");
+        assert_eq!(m, again);
+        proto::error(&mut out, c.id, wire::BAD_REQUEST);
+    }
+    assert!(rest.is_empty(), "the commands took the whole frame");
+    let mut replies = out.as_slice();
+    let mut ids = Vec::new();
+    while !replies.is_empty() {
+        let r = pb::Reply::decode_length_delimited(&mut replies).expect("a reply");
+        assert!(r.error.is_some());
+        ids.push(r.id);
+    }
+    assert_eq!(ids, commands.iter().map(|c| c.id).collect::<Vec<_>>());
+}
+
 /// `text` as a [`Value`], to compare with what a typed decoder read from it.
 /// `None` where `Value` refuses what the typed decoder's skipping of the
 /// fields it ignores accepts (a number beyond `f64`, a lone surrogate

@@ -46,6 +46,11 @@ fn centrifuge_command_corpus() {
 }
 
 #[test]
+fn centrifuge_protobuf_corpus() {
+    replay("centrifuge_protobuf", fuzzing::centrifuge_protobuf);
+}
+
+#[test]
 fn jwt_corpus() {
     replay("jwt", fuzzing::jwt);
 }

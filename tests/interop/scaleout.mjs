@@ -18,7 +18,9 @@
 //      masters as seeds: 12 channels (4 on each master, by their slot), every
 //      publication once and in offset order everywhere, history and presence
 //      from every node, each channel's fan-out a shard channel on the master
-//      of its slot (PUBSUB SHARDCHANNELS), none on plain pub/sub.
+//      of its slot (PUBSUB SHARDCHANNELS), none on plain pub/sub;
+//   8. Redis SIGSTOPped (accepting, never answering): publish refused 503
+//      within the command timeout, /health 503; after SIGCONT, served again.
 //
 // Every check starts its own redis-server and nodes (a unique prefix each)
 // and stops them at its end; redis children are also killed when the process
@@ -940,6 +942,27 @@ async function main() {
         await pub.stop();
       }
     }, { timeoutMs: 60_000, needsBroker: true });
+
+    // ------------------------------------------------ 8. a Redis that accepts but never answers
+    await scheck(8, 'redis SIGSTOPped (its socket open, no answers): API publish refused 503 within the command timeout, /health 503; after SIGCONT publishes are acknowledged again', async (scope) => {
+      const r = await scope.redisServer();
+      const nodes = await scope.cluster(r, 1);
+      const ledger = new Ledger(uniq('chat:redis-stopped'));
+      await mustPublish(ledger, nodes[0], 'before the stop');
+      r.proc.kill('SIGSTOP');
+      let refused;
+      try {
+        refused = await apiPublish(ledger, nodes[0]);
+        assert(!refused.ok && refused.status === 503 && refused.ms <= FAIL_FAST_MS,
+          `publish while redis is stopped: ${refused.ok ? 'acknowledged' : `${refused.status} ${refused.why}`} after ${refused.ms} ms (expected 503 within ${FAIL_FAST_MS} ms)`);
+        await waitHealth(nodes, 503, 6_000, 'redis SIGSTOPped');
+      } finally {
+        r.proc.kill('SIGCONT');
+      }
+      await waitHealth(nodes, 200, 12_000, 'redis continued');
+      await mustPublish(ledger, nodes[0], 'after SIGCONT');
+      note(`redis stopped: publish refused 503 after ${refused.ms} ms; acknowledged again after SIGCONT`);
+    }, { timeoutMs: 40_000, needsBroker: true });
 
     // ------------------------------------------------ 3. a node killed
     await scheck(3, 'node SIGKILLed: its clients reconnect through the balancer and recover (recovered true), nothing lost, its presence expires within 12 s', async (scope) => {

@@ -279,6 +279,62 @@ async fn a_head_with_too_many_header_fields_gets_431() {
     still_serving(srv.addr).await;
 }
 
+/// Later heads on a kept-alive HTTP/1.1 connection are hyper's to parse,
+/// with its own limits: more than 100 header fields, or a head past its
+/// buffer (about 408 KiB; here 1 MiB), get 431 (hyper may close without
+/// one when the buffer fills mid-write), and the server goes on serving.
+#[tokio::test]
+async fn later_heads_are_bounded_by_hyper_limits() {
+    // A long header read timeout: only the size limit can end the big head
+    // within the 10 s this test waits.
+    let srv =
+        start(duplex::Config::default().with_handshake_timeout(Duration::from_secs(60))).await;
+    let kept_alive = || async {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let first = read_response(&mut s).await;
+        assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+        s
+    };
+    let mut s = kept_alive().await;
+    let mut head = String::from("GET /health HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..120 {
+        head.push_str(&format!("X-F{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (out, _) = until_closed(&mut s).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+
+    let s = kept_alive().await;
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(b"GET /health HTTP/1.1\r\nX-Big: ").await;
+        let chunk = vec![b'a'; 64 << 10];
+        for _ in 0..16 {
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        w
+    });
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut out))
+        .await
+        .expect("closed within 10 s")
+        .ok();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431 "),
+        "{text}"
+    );
+    drop(writer);
+    still_serving(srv.addr).await;
+}
+
 /// Reads one HTTP response: the head, then as many body bytes as its
 /// Content-Length says (or to the end of the stream without one).
 async fn read_response(s: &mut TcpStream) -> String {

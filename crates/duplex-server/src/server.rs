@@ -361,8 +361,7 @@ impl Session {
             match this.service {
                 Service::Echo => {
                     let shared = &this.slot.shared;
-                    count_websocket(shared, HTTP1);
-                    let open = EchoGauge::open(&shared.app);
+                    let open = EchoGauge::open(shared, HTTP1);
                     let stats = echo::run(&mut this.ws, &shared.shutdown).await;
                     drop(open);
                     let started = this.slot.started_ms;
@@ -407,8 +406,11 @@ struct EchoGauge(prometheus_client::metrics::gauge::Gauge);
 impl EchoGauge {
     const LABEL: crate::metrics::FrontLabel = crate::metrics::FrontLabel { front: "echo" };
 
-    fn open(app: &App) -> EchoGauge {
-        let m = app.hub.metrics();
+    /// Counts the socket (by the HTTP version of its handshake) and the
+    /// open echo connection; the gauge goes down when this is dropped.
+    fn open(shared: &Shared, http: &'static str) -> EchoGauge {
+        count_websocket(shared, http);
+        let m = shared.app.hub.metrics();
         m.connections_total.get_or_create(&Self::LABEL).inc();
         let g = m.connections.get_or_create(&Self::LABEL).clone();
         g.inc();
@@ -449,9 +451,8 @@ async fn serve_socket_over<S>(
 {
     match service {
         Service::Echo => {
-            count_websocket(shared, http);
             let stats = {
-                let _open = EchoGauge::open(&shared.app);
+                let _open = EchoGauge::open(shared, http);
                 echo::run(ws, &shared.shutdown).await
             };
             log_close(ws, peer, shared, started_ms, service, &stats, http);

@@ -296,6 +296,57 @@ async fn mailboxes_share_the_memory_budget() {
     );
 }
 
+/// Connections that come and go, closing cleanly, dropping their socket,
+/// or never saying `connect`, leave nothing behind: no client or channel
+/// in the hub, no alarm, nothing counted in the memory budget.
+#[tokio::test]
+async fn churn_leaves_nothing_behind() {
+    let mut c = config();
+    c.memory_budget = Some(64 << 20);
+    let srv = start(c).await;
+    let hub = srv.app.hub.clone();
+    let budget = srv.app.memory_budget.clone().unwrap();
+    for round in 0..5 {
+        let mut conns = Vec::new();
+        for i in 0..40 {
+            conns.push(connected(srv.addr, &format!("churn{}", i % 4)).await);
+        }
+        let silent = client(srv.addr).await;
+        assert_eq!(hub.clients().len(), 40, "round {round}");
+        // One alarm each (the silent socket's may not be set yet: its
+        // upgrade is answered before its loop starts).
+        let alarms = srv.app.centrifuge.pending_alarms();
+        assert!((40..=41).contains(&alarms), "{alarms} alarms");
+        hub.publish("churn0", "\"x\"".into(), None).await.unwrap();
+        for (i, mut ws) in conns.into_iter().enumerate() {
+            if i % 2 == 0 {
+                ws.close(CloseCode::NORMAL, "").await.unwrap();
+            } else {
+                drop(ws);
+            }
+        }
+        drop(silent);
+    }
+    let app = srv.app.clone();
+    let empty = move || {
+        app.hub.clients().is_empty()
+            && app.hub.local_channels().is_empty()
+            && app.centrifuge.pending_alarms() == 0
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left behind after 10 s: {} clients, {} channels, {} alarms",
+            hub.clients().len(),
+            hub.local_channels().len(),
+            srv.app.centrifuge.pending_alarms()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(budget.used(), 0, "nothing counted in the budget");
+}
+
 #[tokio::test]
 async fn bad_input_gets_the_protocol_codes() {
     let srv = start(config()).await;

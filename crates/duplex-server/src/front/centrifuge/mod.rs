@@ -134,6 +134,12 @@ impl Front {
     pub fn wake_all(&self) {
         self.alarms.ring_all();
     }
+
+    /// Alarms set and not yet rung: one per open connection, and none
+    /// left behind by connections that ended.
+    pub fn pending_alarms(&self) -> usize {
+        self.alarms.pending()
+    }
 }
 
 /// One subscription of a connection.

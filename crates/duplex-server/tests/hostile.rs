@@ -170,11 +170,24 @@ async fn invalid_utf8_closes_1007() {
 async fn megabyte_request_header_gets_431_not_a_megabyte_buffer() {
     let srv = start(duplex::Config::default()).await;
     let s = TcpStream::connect(srv.addr).await.unwrap();
-    let (mut r, mut w) = s.into_split();
-    let writer = tokio::spawn(async move {
-        let _ = w
-            .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: ")
-            .await;
+    let (mut r, w) = s.into_split();
+    let writer = megabyte_head(w, b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut resp)).await;
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+    drop(writer);
+    still_serving(srv.addr).await;
+}
+
+/// Writes `start` and then 1 MiB of one header's value, never ending the
+/// head; the task returns the write half (kept open) when done or refused.
+fn megabyte_head(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    start: &'static [u8],
+) -> tokio::task::JoinHandle<tokio::net::tcp::OwnedWriteHalf> {
+    tokio::spawn(async move {
+        let _ = w.write_all(start).await;
         let chunk = vec![b'a'; 64 << 10];
         for _ in 0..16 {
             if w.write_all(&chunk).await.is_err() {
@@ -182,13 +195,19 @@ async fn megabyte_request_header_gets_431_not_a_megabyte_buffer() {
             }
         }
         w
-    });
-    let mut resp = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut resp)).await;
-    let text = String::from_utf8_lossy(&resp);
-    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
-    drop(writer);
-    still_serving(srv.addr).await;
+    })
+}
+
+/// A connection that has had one request answered (200 from `/health`),
+/// kept alive for the next.
+async fn kept_alive(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+    s
 }
 
 /// Reads until the server closes; panics if it takes 10 s. Returns what
@@ -236,12 +255,7 @@ async fn a_tls_handshake_that_never_ends_is_closed_within_the_handshake_timeout(
 async fn a_later_head_that_never_ends_is_closed_within_the_handshake_timeout() {
     let cfg = duplex::Config::default().with_handshake_timeout(Duration::from_millis(300));
     let srv = start(cfg).await;
-    let mut s = TcpStream::connect(srv.addr).await.unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let first = read_response(&mut s).await;
-    assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
+    let mut s = kept_alive(srv.addr).await;
     // The second head: half of it, then nothing.
     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -289,16 +303,7 @@ async fn later_heads_are_bounded_by_hyper_limits() {
     // within the 10 s this test waits.
     let srv =
         start(duplex::Config::default().with_handshake_timeout(Duration::from_secs(60))).await;
-    let kept_alive = || async {
-        let mut s = TcpStream::connect(srv.addr).await.unwrap();
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let first = read_response(&mut s).await;
-        assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
-        s
-    };
-    let mut s = kept_alive().await;
+    let mut s = kept_alive(srv.addr).await;
     let mut head = String::from("GET /health HTTP/1.1\r\nHost: x\r\n");
     for i in 0..120 {
         head.push_str(&format!("X-F{i}: {i}\r\n"));
@@ -309,18 +314,8 @@ async fn later_heads_are_bounded_by_hyper_limits() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
 
-    let s = kept_alive().await;
-    let (mut r, mut w) = s.into_split();
-    let writer = tokio::spawn(async move {
-        let _ = w.write_all(b"GET /health HTTP/1.1\r\nX-Big: ").await;
-        let chunk = vec![b'a'; 64 << 10];
-        for _ in 0..16 {
-            if w.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-        w
-    });
+    let (mut r, w) = kept_alive(srv.addr).await.into_split();
+    let writer = megabyte_head(w, b"GET /health HTTP/1.1\r\nX-Big: ");
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut out))
         .await

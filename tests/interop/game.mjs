@@ -20,7 +20,11 @@
 //   5. JSON and Protobuf clients on one channel: JSON data from either
 //      reaches both (objects in JSON, the UTF-8 of the JSON in Protobuf); a
 //      binary publication reaches centrifuge-js (JSON) as null data without
-//      breaking it and /duplex.js (JSON) as the same bytes (b64data).
+//      breaking it and /duplex.js (JSON) as the same bytes (b64data);
+//   6. centrifuge-js's own Protobuf browser bundle
+//      (dist/centrifuge.protobuf.js) in a Chromium page and its Protobuf
+//      build in Node exchange binary publications, byte for byte, in order,
+//      with the same offsets.
 //
 // Everything is on loopback; every wait is on a condition with a deadline;
 // every process, proxy, page and client is closed at the end.
@@ -32,7 +36,8 @@ import { Centrifuge as CentrifugeJson } from 'centrifuge';
 import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
 import WebSocket from 'ws';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import {
   assert, assertEq, check, removeDir, skip, sleep, startDuplex, startProxy,
@@ -418,6 +423,52 @@ async function main() {
         diff('duplex.js JSON', d.map((x) => x.data), [{ from: 'json', n: 1 }, { from: 'protobuf', n: 2 }, { hex: bin.toString('hex') }]),
         json.c.state === 'connected' ? null : `centrifuge-js (JSON) ${json.c.state}`,
       ]);
+      await page.close();
+    });
+
+    // ------------------------------------------------ 6. centrifuge-js's own Protobuf browser bundle
+    await check('centrifuge-js Protobuf browser bundle (dist/centrifuge.protobuf.js) in Chromium: binary publications both ways with a Node Protobuf client, byte for byte, in order, the same offsets', async () => {
+      const chan = `pbweb-${RUN}`;
+      // The package's exports do not name its browser bundles: by path.
+      const bundle = path.join(path.dirname(fileURLToPath(import.meta.url)), 'node_modules', 'centrifuge', 'dist', 'centrifuge.protobuf.js');
+      const node = nodeClient(CentrifugeProtobuf, ws, chan);
+      const page = await newPage();
+      await page.goto(`${srv.origin}/`, { waitUntil: 'load' });
+      // Evaluated through the DevTools protocol: the page's CSP (scripts
+      // from 'self' only) is for the page's own scripts, not the test's.
+      await page.evaluate(readFileSync(bundle, 'utf8'));
+      await page.evaluate(({ url, channel }) => {
+        const toHex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+        const log = [];
+        const c = new globalThis.Centrifuge(url, { protocol: 'protobuf', minReconnectDelay: 100, maxReconnectDelay: 1000 });
+        const s = c.newSubscription(channel);
+        s.on('subscribed', () => log.push({ ev: 'subscribed' }));
+        s.on('publication', (ctx) => log.push({ ev: 'publication', offset: ctx.offset, hex: toHex(ctx.data) }));
+        window.PB = { c, s, log };
+        s.subscribe();
+        c.connect();
+      }, { url: ws, channel: chan });
+      const web = () => page.evaluate(() => window.PB.log);
+      await until(async () => (await web()).some((e) => e.ev === 'subscribed'), 8000, 'the browser bundle subscribed');
+      await node.s.ready(5000);
+      const sent = [];
+      for (let i = 0; i < 6; i++) {
+        const b = randomBytes(12);
+        b[0] = 0xfe; // never JSON: a JSON socket would get null data
+        sent.push(b.toString('hex'));
+        if (i % 2 === 0) await node.s.publish(new Uint8Array(b));
+        else await page.evaluate((h) => window.PB.s.publish(new Uint8Array(h.match(/../g).map((x) => parseInt(x, 16)))), b.toString('hex'));
+      }
+      await until(async () => (await web()).filter((e) => e.ev === 'publication').length === sent.length
+        && evs(node.log, 'publication').length === sent.length, 8000, 'every publication on both sides');
+      const got = (await web()).filter((e) => e.ev === 'publication');
+      const nodeGot = evs(node.log, 'publication');
+      fail([
+        diff('the browser bundle received', got.map((p) => p.hex), sent),
+        diff('Node received', nodeGot.map((p) => hex(p.data)), sent),
+        diff('offsets', got.map((p) => p.offset), nodeGot.map((p) => p.offset)),
+      ]);
+      await page.evaluate(() => window.PB.c.disconnect());
       await page.close();
     });
 

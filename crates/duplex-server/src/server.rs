@@ -821,6 +821,19 @@ mod tests {
         std::mem::size_of::<Task<O, R>>()
     }
 
+    /// A server's shared state with the default settings and room for one
+    /// connection.
+    async fn one_slot_server() -> Arc<Shared> {
+        Arc::new(Shared {
+            app: App::new(ServerConfig::default()).await.unwrap(),
+            shutdown: Shutdown::new(),
+            limit: Semaphore::new(1),
+            refusals: Semaphore::new(1),
+            per_ip: crate::per_ip::PerIp::new(Default::default()),
+            epoch: Instant::now(),
+        })
+    }
+
     /// tokio allocates a task as its future plus ~100 bytes of header and
     /// trailer, rounded up to 128 bytes: at most 536 bytes of future keep
     /// an idle connection's task in a 640-byte allocation. Growing past it
@@ -831,14 +844,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (accepted, client) = tokio::join!(listener.accept(), client);
         let (tcp, peer) = accepted.unwrap();
-        let shared = Arc::new(Shared {
-            app: App::new(ServerConfig::default()).await.unwrap(),
-            shutdown: Shutdown::new(),
-            limit: Semaphore::new(1),
-            refusals: Semaphore::new(1),
-            per_ip: crate::per_ip::PerIp::new(Default::default()),
-            epoch: Instant::now(),
-        });
+        let shared = one_slot_server().await;
         let slot = Slot::take(&shared, "127.0.0.1:1".parse().unwrap()).unwrap();
         let opening = Box::pin(open(tcp, peer, slot));
         let size = task_size(&opening);
@@ -866,14 +872,7 @@ mod tests {
             None,
         );
         let mut ws = WebSocket::from_parts(tcp, conn, Default::default(), None, None, None);
-        let shared = Arc::new(Shared {
-            app: App::new(ServerConfig::default()).await.unwrap(),
-            shutdown: Shutdown::new(),
-            limit: Semaphore::new(1),
-            refusals: Semaphore::new(1),
-            per_ip: crate::per_ip::PerIp::new(Default::default()),
-            epoch: Instant::now(),
-        });
+        let shared = one_slot_server().await;
         let boxed = serve_centrifuge(&mut ws, peer, &shared, 0, HTTP1);
         let size = std::mem::size_of_val(&boxed);
         assert!(size <= 448, "the centrifuge loop is {size} bytes");

@@ -111,6 +111,16 @@ async fn subscribed(mut ws: Ws, channel: &str) -> Ws {
     ws
 }
 
+/// Clients the Centrifugo front has disconnected as slow so far.
+fn slow_disconnects(hub: &duplex_server::hub::Hub) -> u64 {
+    hub.metrics()
+        .slow_disconnects
+        .get_or_create(&duplex_server::metrics::FrontLabel {
+            front: "centrifuge",
+        })
+        .get()
+}
+
 /// Reads until the connection closes; returns the close code.
 async fn closed_with(ws: &mut Ws) -> Option<u16> {
     loop {
@@ -176,14 +186,7 @@ async fn a_client_that_never_reads_is_disconnected_slow_and_others_keep_up() {
     .await;
     let mut reader = subscribed(duplex::connect_with(&url, plain).await.unwrap(), "flood").await;
     let hub = srv.app.hub.clone();
-    let slow = || {
-        hub.metrics()
-            .slow_disconnects
-            .get_or_create(&duplex_server::metrics::FrontLabel {
-                front: "centrifuge",
-            })
-            .get()
-    };
+    let slow = || slow_disconnects(&hub);
     // Incompressible (the connection may use permessage-deflate): 16 KiB
     // of pseudo-random letters per publication.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -247,14 +250,7 @@ async fn mailboxes_share_the_memory_budget() {
     let mut reader = subscribed(duplex::connect_with(&url, plain).await.unwrap(), "live").await;
     let hub = srv.app.hub.clone();
     let budget = srv.app.memory_budget.clone().unwrap();
-    let slow = || {
-        hub.metrics()
-            .slow_disconnects
-            .get_or_create(&duplex_server::metrics::FrontLabel {
-                front: "centrifuge",
-            })
-            .get()
-    };
+    let slow = || slow_disconnects(&hub);
     let payload = format!("\"{}\"", "x".repeat(16 * 1024));
     let mut round = 0u64;
     // The socket buffers of a client that does not read take about 8 MiB

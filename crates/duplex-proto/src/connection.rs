@@ -777,6 +777,23 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues the rest of a prepared message's uncompressed frame
+    /// ([`PreparedMessage::frame`]) whose first `written` bytes already
+    /// went out on this connection's transport by another path: a server
+    /// that writes a broadcast straight into an idle connection's socket
+    /// hands a partial write back this way, and the frame is completed
+    /// before anything queued after it. For a server's connection (whose
+    /// frames are not masked, so a shared frame is what it would have
+    /// sent); the caller guarantees nothing else reached the transport
+    /// since those bytes.
+    pub fn send_prepared_rest(&mut self, msg: &PreparedMessage, written: usize) {
+        debug_assert_eq!(self.role, Role::Server, "a client masks its frames");
+        let frame = msg.frame();
+        if written < frame.len() {
+            self.out.push_frame(frame.slice(written..));
+        }
+    }
+
     fn send_prepared_alone(&mut self, msg: &PreparedMessage) -> Result<(), Error> {
         let op = if msg.is_text() {
             OpCode::Text

@@ -620,3 +620,38 @@ fn a_prepared_message_is_framed_and_compressed_once_for_many_connections() {
         Some(Event::Message(Message::text(text)))
     );
 }
+
+/// A prepared frame that another writer began on the transport is finished
+/// by `send_prepared_rest`: the server queues exactly the rest, and the
+/// client reads the whole message, then what was queued after it.
+#[test]
+fn the_rest_of_a_prepared_frame_completes_what_another_writer_began() {
+    use duplex_proto::PreparedMessage;
+    let prepared = PreparedMessage::new(Message::text("x".repeat(300)));
+    let frame = prepared.frame().clone();
+    let mut p = Pair::new(Config::default().with_deflate(None), Config::default());
+    // Another writer put the first 7 bytes on the wire.
+    let mut wire = BytesMut::from(&frame[..7]);
+    p.server.send_prepared_rest(&prepared, 7);
+    assert_eq!(p.server.outbound_len(), frame.len() - 7);
+    p.server.send(Message::text("after")).unwrap();
+    let n = p.server.outbound_len();
+    let mut slices = [std::io::IoSlice::new(&[]); 8];
+    let k = p.server.outbound_slices(&mut slices);
+    for s in &slices[..k] {
+        wire.extend_from_slice(s);
+    }
+    p.server.consume_outbound(n);
+    p.client.receive(&mut wire).unwrap();
+    assert_eq!(
+        p.client.poll_event(),
+        Some(Event::Message(Message::text("x".repeat(300))))
+    );
+    assert_eq!(
+        p.client.poll_event(),
+        Some(Event::Message(Message::text("after")))
+    );
+    // Nothing left of a frame written whole.
+    p.server.send_prepared_rest(&prepared, frame.len());
+    assert_eq!(p.server.outbound_len(), 0);
+}

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod per_ip;
 pub mod router;
 pub mod server;
+pub mod shared_tcp;
 pub mod shutdown;
 pub mod tls;
 pub mod web;

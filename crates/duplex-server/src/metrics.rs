@@ -56,6 +56,13 @@ pub struct Metrics {
     pub publications: Family<SourceLabel, Counter>,
     /// Events queued to connections (one per receiving connection).
     pub deliveries: Counter,
+    /// Bursts of a channel's publications the hub wrote straight into an
+    /// idle subscriber's socket (one per socket and burst).
+    pub direct_writes: Counter,
+    /// Bursts meant for a direct write that went, whole or in part, to the
+    /// connection's mailbox instead: its socket was full, or it woke
+    /// meanwhile.
+    pub direct_handbacks: Counter,
     /// Events serialised and framed, by front (once per event and front,
     /// however many receivers).
     pub encodings: Family<FrontLabel, Counter>,
@@ -143,6 +150,16 @@ impl Metrics {
             "deliveries",
             "Events queued to connections",
             self.deliveries.clone(),
+        );
+        r.register(
+            "direct_writes",
+            "Bursts of publications written straight into idle subscribers' sockets",
+            self.direct_writes.clone(),
+        );
+        r.register(
+            "direct_handbacks",
+            "Bursts meant for a direct write that went, whole or in part, to the connection's mailbox (a full socket, or the connection woke)",
+            self.direct_handbacks.clone(),
         );
         r.register(
             "encodings",

@@ -21,6 +21,7 @@ use crate::echo::{self, EchoStats};
 use crate::front::centrifuge;
 use crate::http::{Rewind, UpgradeSlot};
 use crate::router::{self, Route};
+use crate::shared_tcp::SharedTcp;
 use crate::shutdown::{Shutdown, Stage};
 use duplex::tls::TlsAcceptor;
 use duplex::{Handshake, WebSocket};
@@ -325,11 +326,20 @@ impl Service {
 }
 
 /// An open plain-TCP WebSocket: what an idle connection's task holds.
-struct Session {
-    ws: WebSocket<TcpStream>,
+/// The echo service owns its `TcpStream`; the Centrifugo front shares it
+/// with the hub, which writes broadcasts into it while the connection is
+/// idle ([`SharedTcp`]).
+struct Session<S> {
+    ws: WebSocket<S>,
     peer: SocketAddr,
     slot: Slot,
-    service: Service,
+}
+
+/// The session an opening phase ends in (the two are different futures,
+/// and [`Task`] holds either in place, under its own tag).
+enum Opened<E, H> {
+    Echo(E),
+    Hub(H),
 }
 
 /// Gives a counted address's place back when the opening phase ends
@@ -350,51 +360,61 @@ impl Drop for IpCount {
     }
 }
 
-impl Session {
-    /// Serves, then logs. A plain function returning an `async move`
-    /// block, not an `async fn`: an `async fn` stores its by-value
-    /// arguments twice (as argument and as local), which here would be the
-    /// whole session.
+impl<S> Session<S> {
+    /// The address's place (a session ends here, or with the runtime at
+    /// exit).
+    fn release(&self) {
+        if self.slot.state == SlotState::AdmittedCounted {
+            let shared = &self.slot.shared;
+            shared.per_ip.release(crate::per_ip::key(self.peer.ip()));
+        }
+    }
+}
+
+impl Session<TcpStream> {
+    /// Serves the echo service, then logs. A plain function returning an
+    /// `async move` block, not an `async fn`: an `async fn` stores its
+    /// by-value arguments twice (as argument and as local), which here
+    /// would be the whole session.
     fn run(self) -> impl Future<Output = ()> {
         let mut this = self;
         async move {
-            match this.service {
-                Service::Echo => {
-                    let shared = &this.slot.shared;
-                    let open = EchoGauge::open(shared, HTTP1);
-                    let stats = echo::run(&mut this.ws, &shared.shutdown).await;
-                    drop(open);
-                    let started = this.slot.started_ms;
-                    log_close(
-                        &this.ws,
-                        this.peer,
-                        shared,
-                        started,
-                        Service::Echo,
-                        &stats,
-                        HTTP1,
-                    );
-                }
-                // Boxed: an idle echo connection must not carry the
-                // centrifuge loop's state (nor this one the echo's).
-                Service::Centrifuge => {
-                    let slot = &this.slot;
-                    Box::pin(serve_centrifuge(
-                        &mut this.ws,
-                        this.peer,
-                        &slot.shared,
-                        slot.started_ms,
-                        HTTP1,
-                    ))
-                    .await
-                }
-            }
-            // The address's place (a session ends here, or with the
-            // runtime at exit).
-            if this.slot.state == SlotState::AdmittedCounted {
-                let shared = &this.slot.shared;
-                shared.per_ip.release(crate::per_ip::key(this.peer.ip()));
-            }
+            let shared = &this.slot.shared;
+            let open = EchoGauge::open(shared, HTTP1);
+            let stats = echo::run(&mut this.ws, &shared.shutdown).await;
+            drop(open);
+            let started = this.slot.started_ms;
+            log_close(
+                &this.ws,
+                this.peer,
+                shared,
+                started,
+                Service::Echo,
+                &stats,
+                HTTP1,
+            );
+            this.release();
+        }
+    }
+}
+
+impl Session<SharedTcp> {
+    /// Serves the Centrifugo front, then logs (as [`Session::run`]).
+    fn run(self) -> impl Future<Output = ()> {
+        let mut this = self;
+        async move {
+            // Boxed: an idle echo connection must not carry the centrifuge
+            // loop's state (nor this one the echo's).
+            let slot = &this.slot;
+            Box::pin(serve_centrifuge(
+                &mut this.ws,
+                this.peer,
+                &slot.shared,
+                slot.started_ms,
+                HTTP1,
+            ))
+            .await;
+            this.release();
         }
     }
 }
@@ -428,7 +448,7 @@ impl Drop for EchoGauge {
 /// Centrifugo front on the fast path), then logs.
 async fn serve_socket<S>(ws: &mut WebSocket<S>, service: Service, peer: SocketAddr, slot: &Slot)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     serve_socket_over(ws, service, peer, &slot.shared, slot.started_ms, HTTP1).await;
 }
@@ -447,7 +467,7 @@ async fn serve_socket_over<S>(
     started_ms: u32,
     http: &'static str,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     match service {
         Service::Echo => {
@@ -474,7 +494,7 @@ fn serve_centrifuge<'a, S>(
     http: &'static str,
 ) -> impl Future<Output = ()> + 'a
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     async move {
         count_websocket(shared, http);
@@ -508,17 +528,19 @@ pin_project_lite::pin_project! {
     /// place (so the session is not stored twice, as it would be in an
     /// `async` block that awaits one and then the other).
     #[project = TaskProj]
-    enum Task<O, R> {
+    enum Task<O, E, H> {
         Opening { opening: Pin<Box<O>> },
-        Serving { #[pin] session: R },
+        Echo { #[pin] session: E },
+        Hub { #[pin] session: H },
         Done,
     }
 }
 
-impl<O, R> Future for Task<O, R>
+impl<O, E, H> Future for Task<O, E, H>
 where
-    O: Future<Output = Option<R>>,
-    R: Future<Output = ()>,
+    O: Future<Output = Option<Opened<E, H>>>,
+    E: Future<Output = ()>,
+    H: Future<Output = ()>,
 {
     type Output = ();
 
@@ -526,13 +548,19 @@ where
         loop {
             match self.as_mut().project() {
                 TaskProj::Opening { opening } => match ready!(opening.as_mut().poll(cx)) {
-                    Some(session) => self.set(Task::Serving { session }),
+                    Some(Opened::Echo(session)) => self.set(Task::Echo { session }),
+                    Some(Opened::Hub(session)) => self.set(Task::Hub { session }),
                     None => {
                         self.set(Task::Done);
                         return Poll::Ready(());
                     }
                 },
-                TaskProj::Serving { session } => {
+                TaskProj::Echo { session } => {
+                    ready!(session.poll(cx));
+                    self.set(Task::Done);
+                    return Poll::Ready(());
+                }
+                TaskProj::Hub { session } => {
                     ready!(session.poll(cx));
                     self.set(Task::Done);
                     return Poll::Ready(());
@@ -546,7 +574,11 @@ where
 /// Reads and answers the request; returns the session's future if a plain
 /// socket was opened. TLS connections are served to the end in here
 /// (their state is several KiB anyway).
-async fn open(tcp: TcpStream, peer: SocketAddr, slot: Slot) -> Option<impl Future<Output = ()>> {
+async fn open(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+) -> Option<Opened<impl Future<Output = ()>, impl Future<Output = ()>>> {
     let _ = tcp.set_nodelay(true);
     let mut count = IpCount {
         shared: slot.shared.clone(),
@@ -561,15 +593,17 @@ async fn open(tcp: TcpStream, peer: SocketAddr, slot: Slot) -> Option<impl Futur
     }
     let (ws, service) = route(tcp, peer, &slot).await?;
     count.armed = false;
-    Some(
-        Session {
-            ws,
-            peer,
-            slot,
-            service,
-        }
-        .run(),
-    )
+    Some(match service {
+        Service::Echo => Opened::Echo(Session { ws, peer, slot }.run()),
+        Service::Centrifuge => Opened::Hub(
+            Session {
+                ws: ws.map_stream(SharedTcp::new),
+                peer,
+                slot,
+            }
+            .run(),
+        ),
+    })
 }
 
 /// A TLS connection, from the TLS handshake to the end.
@@ -814,11 +848,11 @@ mod tests {
     use super::*;
 
     /// The size of the task an open, idle connection lives in.
-    fn task_size<O, R>(_: &Pin<Box<O>>) -> usize
+    fn task_size<O, E, H>(_: &Pin<Box<O>>) -> usize
     where
-        O: Future<Output = Option<R>>,
+        O: Future<Output = Option<Opened<E, H>>>,
     {
-        std::mem::size_of::<Task<O, R>>()
+        std::mem::size_of::<Task<O, E, H>>()
     }
 
     /// A server's shared state with the default settings and room for one

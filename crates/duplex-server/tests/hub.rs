@@ -729,3 +729,87 @@ async fn a_socket_that_never_connects_is_closed_stale_and_one_that_never_answers
     }
     assert!(polite.close_code().is_none());
 }
+
+/// Idle subscribers get each burst written by the hub straight into their
+/// sockets, and those that agreed on permessage-deflate get it through
+/// their mailboxes, in the same channel. One subscriber has a 4 KiB receive
+/// buffer and reads nothing until the publisher is done, so its socket
+/// fills in the middle of a burst: the rest of that frame and the burst's
+/// later publications go through its mailbox. Every subscriber must still
+/// get every publication whole and in order.
+#[tokio::test]
+async fn bursts_written_into_idle_sockets_arrive_whole_and_in_order() {
+    let mut c = config();
+    // Room for what the slow client's socket cannot take.
+    c.centrifuge.mailbox_bytes = 32 << 20;
+    let srv = start(c).await;
+    let hub = srv.app.hub.clone();
+    let url = format!("ws://{}/connection/websocket", srv.addr);
+    let plain = || duplex::ClientOptions {
+        config: duplex::Config::default().with_deflate(None),
+        ..Default::default()
+    };
+    let mut readers = Vec::new();
+    for i in 0..8 {
+        let ws = match i % 2 {
+            0 => duplex::connect_with(&url, plain()).await.unwrap(),
+            _ => client(srv.addr).await,
+        };
+        let ws = subscribed(ws, "room").await;
+        assert_eq!(ws.extensions().is_empty(), i % 2 == 0);
+        readers.push(ws);
+    }
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(srv.addr).await.unwrap();
+    let slow = duplex::client_handshake(duplex::MaybeTlsStream::Plain(tcp), &url, plain())
+        .await
+        .unwrap();
+    let mut slow = subscribed(slow, "room").await;
+
+    // 200 publications of 60 kB: 12 MB, past what the slow socket's
+    // buffers take (the kernel's send buffer grows to 4 MiB at most).
+    let body = "x".repeat(60_000);
+    let publisher = {
+        let hub = hub.clone();
+        let body = body.clone();
+        tokio::spawn(async move {
+            for n in 0..200 {
+                let data = format!("{{\"n\":{n},\"b\":\"{body}\"}}");
+                hub.publish("room", data.into(), None).await.unwrap();
+                if n % 10 == 9 {
+                    // Bursts of about ten.
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    for ws in &mut readers {
+        for n in 0..200 {
+            let v = &next(ws).await[0];
+            assert_eq!(v["push"]["pub"]["data"]["n"], n);
+        }
+    }
+    publisher.await.unwrap();
+    for n in 0..200 {
+        let v = &next(&mut slow).await[0];
+        assert_eq!(v["push"]["channel"], "room");
+        assert_eq!(v["push"]["pub"]["data"]["n"], n, "in order");
+        assert_eq!(v["push"]["pub"]["data"]["b"], body.as_str(), "whole");
+    }
+    let m = hub.metrics();
+    assert!(m.direct_writes.get() > 0, "the hub wrote into idle sockets");
+    assert!(
+        m.direct_handbacks.get() > 0,
+        "the slow socket filled during a direct write"
+    );
+    assert_eq!(m.deliveries.get(), 1800);
+    assert_eq!(slow_disconnects(&hub), 0);
+    // Still usable: a command gets its reply after all that.
+    let r = call(
+        &mut slow,
+        &[json!({"id": 9, "presence_stats": {"channel": "room"}})],
+    )
+    .await;
+    assert_eq!(r[0]["id"], 9, "{r:?}");
+}

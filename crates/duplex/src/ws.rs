@@ -338,6 +338,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Ok(())
     }
 
+    /// Queues the rest of a prepared message's frame whose first `written`
+    /// bytes another path already wrote into this socket
+    /// ([`Connection::send_prepared_rest`](duplex_proto::Connection::send_prepared_rest)):
+    /// for a server that writes broadcasts straight into idle connections'
+    /// sockets and hands a partial write back.
+    pub fn start_send_prepared_rest(
+        &mut self,
+        msg: &duplex_proto::PreparedMessage,
+        written: usize,
+    ) {
+        self.conn.send_prepared_rest(msg, written);
+    }
+
     /// Sends a prepared message and flushes.
     pub async fn send_prepared(&mut self, msg: &duplex_proto::PreparedMessage) -> Result<()> {
         std::future::poll_fn(|cx| self.poll_ready(cx)).await?;
@@ -666,6 +679,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         &self.stream
+    }
+
+    /// The same connection over `f(stream)`: for wrapping the stream after
+    /// the handshake (e.g. to share the socket), with nothing read or
+    /// queued lost.
+    pub fn map_stream<T>(self, f: impl FnOnce(S) -> T) -> WebSocket<T> {
+        let WebSocket {
+            stream,
+            conn,
+            rbuf,
+            extra,
+            timer_use,
+            phase,
+            transport_closed,
+            reported_error,
+            recv_wait,
+        } = self;
+        WebSocket {
+            stream: f(stream),
+            conn,
+            rbuf,
+            extra,
+            timer_use,
+            phase,
+            transport_closed,
+            reported_error,
+            recv_wait,
+        }
     }
 }
 

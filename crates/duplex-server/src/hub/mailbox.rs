@@ -6,13 +6,28 @@
 //! connection, which then disconnects its client ("slow", 3008 on the
 //! Centrifugo front): a client that does not read never grows server
 //! memory past its mailbox, and never slows the publisher or the others.
+//!
+//! **Direct writes.** A connection over plain TCP may also lend the hub its
+//! socket ([`set_direct`](Mailbox::set_direct)). While it is idle — nothing
+//! queued here, nothing of its own to write — it grants the hub the right
+//! to write ([`grant`](Mailbox::grant)); the hub then writes a burst of
+//! publications straight into the socket in one system call
+//! ([`write_direct`](Mailbox::write_direct)), with no queueing, no wake-up
+//! and no task switch for that subscriber. The connection takes the grant
+//! back, under this mailbox's lock, each time it is polled
+//! ([`poll_signals`](Mailbox::poll_signals)), so it never writes while the
+//! hub does; any push into the queue takes it back too, so events stay in
+//! order. A write the socket takes only in part leaves the rest of its
+//! frame as the mailbox's *tail*, which the connection queues before
+//! anything else, and the burst's later events in the queue.
 
-use super::Delivery;
+use super::{Delivery, FrontKind};
 use atomic_waker::AtomicWaker;
 use duplex_proto::MemoryBudget;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use tokio::net::TcpStream;
 
 /// A connection's mailbox.
 #[derive(Debug)]
@@ -34,18 +49,94 @@ struct State {
     /// that starts again from nothing is given at once, instead of growing
     /// 4, 8, 16, ... for every burst.
     last_take: u16,
+    /// The hub may write into `direct`'s socket now.
+    granted: bool,
+    /// Grants made so far: a write prepared under one grant is made only
+    /// if no other came since (the connection did something between).
+    grants: u32,
+    /// The connection's socket and how it frames events, if it lent them.
+    direct: Option<(Arc<TcpStream>, FrontKind)>,
+    /// A frame the hub wrote only in part: the delivery and the bytes of
+    /// its frame that went out.
+    tail: Option<(Arc<Delivery>, usize)>,
+}
+
+impl State {
+    /// Queues `d` (the push's bookkeeping, under the lock). The caller
+    /// wakes the connection when this returns `Ok(true)` (the queue was
+    /// empty) or an overflow.
+    fn push(&mut self, d: Arc<Delivery>, limit: usize) -> Result<bool, PushError> {
+        if self.closed || self.overflowed {
+            return Err(PushError::Closed);
+        }
+        // Whatever the hub writes next must come after this.
+        self.granted = false;
+        let cost = d.cost();
+        let limit = match d.is_charged() {
+            true => limit,
+            false => limit.min(MemoryBudget::UNCHARGED),
+        };
+        if self.bytes + cost > limit {
+            self.overflowed = true;
+            self.queue = VecDeque::new();
+            self.bytes = 0;
+            return Err(PushError::Overflow);
+        }
+        self.bytes += cost;
+        if self.queue.capacity() == 0 {
+            let room = usize::from(self.last_take).max(1);
+            self.queue.reserve_exact(room);
+        }
+        self.queue.push_back(d);
+        Ok(self.queue.len() == 1)
+    }
+}
+
+impl Offer {
+    /// How many events were queued.
+    pub fn queued(self) -> usize {
+        match self {
+            Offer::Queued(n) | Offer::Overflowed(n) => n,
+            Offer::Direct { .. } => 0,
+        }
+    }
+}
+
+/// What a mailbox offers the hub for a burst of events
+/// ([`Mailbox::offer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// The events were queued (this many; fewer if the mailbox was closed
+    /// or had overflowed before).
+    Queued(usize),
+    /// This many were queued, then the mailbox passed its bound: the
+    /// client is disconnected.
+    Overflowed(usize),
+    /// The hub may write the burst into the socket itself: framed as
+    /// `front` does, under grant number `grant`
+    /// ([`Mailbox::write_direct`]).
+    Direct {
+        /// How the connection frames events.
+        front: FrontKind,
+        /// The grant the write is made under.
+        grant: u32,
+    },
 }
 
 /// Events taken from a mailbox, oldest first.
 pub type Events = VecDeque<Arc<Delivery>>;
 
 /// What [`Mailbox::poll_signals`] found.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Signals {
     /// The bound was passed: disconnect the client.
     pub overflowed: bool,
     /// The connection's alarm rang since the last look (cleared by it).
     pub rung: bool,
+    /// The rest of a frame the hub wrote in part: the delivery and how many
+    /// bytes of its frame went out. Queue the rest before anything else
+    /// (`WebSocket::start_send_prepared_rest`).
+    pub tail: Option<(Arc<Delivery>, usize)>,
 }
 
 /// What the connection finds when it looks at its mailbox.
@@ -85,34 +176,151 @@ impl Mailbox {
     /// clients that keep up still take it.
     pub fn push(&self, d: Arc<Delivery>) -> Result<(), PushError> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.closed || s.overflowed {
-            return Err(PushError::Closed);
-        }
-        let cost = d.cost();
-        let limit = match d.is_charged() {
-            true => self.limit,
-            false => self.limit.min(MemoryBudget::UNCHARGED),
-        };
-        if s.bytes + cost > limit {
-            s.overflowed = true;
-            s.queue = VecDeque::new();
-            s.bytes = 0;
-            drop(s);
-            self.waker.wake();
-            return Err(PushError::Overflow);
-        }
-        s.bytes += cost;
-        if s.queue.capacity() == 0 {
-            let room = usize::from(s.last_take).max(1);
-            s.queue.reserve_exact(room);
-        }
-        s.queue.push_back(d);
-        let first = s.queue.len() == 1;
+        let r = s.push(d, self.limit);
         drop(s);
-        if first {
+        match r {
+            Ok(first) => {
+                if first {
+                    self.waker.wake();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if e == PushError::Overflow {
+                    self.waker.wake();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Lends the hub the connection's socket for direct writes of events
+    /// framed as `front` frames them (see the module's notes). Writes start
+    /// with the first [`grant`](Self::grant).
+    pub fn set_direct(&self, socket: Arc<TcpStream>, front: FrontKind) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.closed {
+            s.direct = Some((socket, front));
+        }
+    }
+
+    /// The connection is idle (it has written everything it had, and
+    /// waits): the hub may write into its socket until the connection is
+    /// polled again or anything is pushed. Refused (`false`) while events
+    /// are queued or a frame's tail is pending, and without a socket.
+    pub fn grant(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ok = s.direct.is_some()
+            && s.queue.is_empty()
+            && s.tail.is_none()
+            && !s.overflowed
+            && !s.closed;
+        if ok && !s.granted {
+            s.granted = true;
+            s.grants = s.grants.wrapping_add(1);
+        }
+        ok
+    }
+
+    /// Offers a burst of one channel's events: if the connection granted
+    /// direct writes and `may_write` (the burst is of publications only,
+    /// which every subscriber frames alike), the hub writes them itself
+    /// ([`Offer::Direct`]); otherwise they are queued as by
+    /// [`push`](Self::push).
+    pub fn offer(&self, events: &[Arc<Delivery>], may_write: bool) -> Offer {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if may_write && s.granted {
+            if let Some((_, front)) = &s.direct {
+                return Offer::Direct {
+                    front: *front,
+                    grant: s.grants,
+                };
+            }
+        }
+        self.queue_locked(s, events)
+    }
+
+    /// Queues `events` as [`push`](Self::push) does, in order; returns how
+    /// many were queued.
+    pub fn queue(&self, events: &[Arc<Delivery>]) -> usize {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.queue_locked(s, events).queued()
+    }
+
+    /// Queues `events` under the held lock, waking the connection if the
+    /// queue was empty or it overflowed.
+    fn queue_locked(
+        &self,
+        mut s: std::sync::MutexGuard<'_, State>,
+        events: &[Arc<Delivery>],
+    ) -> Offer {
+        let (mut n, mut wake, mut overflowed) = (0, false, false);
+        for d in events {
+            match s.push(d.clone(), self.limit) {
+                Ok(first) => {
+                    n += 1;
+                    wake |= first;
+                }
+                Err(PushError::Overflow) => {
+                    (wake, overflowed) = (true, true);
+                    break;
+                }
+                Err(PushError::Closed) => break,
+            }
+        }
+        drop(s);
+        if wake {
             self.waker.wake();
         }
-        Ok(())
+        match overflowed {
+            true => Offer::Overflowed(n),
+            false => Offer::Queued(n),
+        }
+    }
+
+    /// Writes `bytes` — the frames of `events`, concatenated, the i-th
+    /// ending at `ends[i]` — into the connection's socket, if grant number
+    /// `grant` still holds; otherwise, or if the socket takes none of it,
+    /// queues the events. A write taken in part leaves the rest of its
+    /// frame as the tail and queues the events after it, and ends the
+    /// grant. Returns how many events the hub wrote (whole, or begun: the
+    /// tail's), and how many it queued.
+    pub fn write_direct(
+        &self,
+        grant: u32,
+        events: &[Arc<Delivery>],
+        bytes: &[u8],
+        ends: &[usize],
+    ) -> (usize, usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let socket = match &s.direct {
+            Some((socket, _)) if s.granted && s.grants == grant => socket,
+            _ => return (0, self.queue_locked(s, events).queued()),
+        };
+        let written = match socket.try_write(bytes) {
+            Ok(n) if n == bytes.len() => return (events.len(), 0),
+            Ok(n) => n,
+            // Would block, or the socket failed: the connection writes
+            // (and finds the error) itself.
+            Err(_) => 0,
+        };
+        s.granted = false;
+        // The first event not written whole, and where its frame starts.
+        let i = ends.partition_point(|&end| end <= written);
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        let rest = match written > start {
+            true => {
+                s.tail = Some((events[i].clone(), written - start));
+                i + 1
+            }
+            false => i,
+        };
+        let woken_by_tail = s.tail.is_some();
+        let queued = self.queue_locked(s, &events[rest..]).queued();
+        if woken_by_tail {
+            self.waker.wake();
+        }
+        (rest, queued)
     }
 
     /// Takes up to `max` queued events, or registers the task to be woken.
@@ -159,12 +367,18 @@ impl Mailbox {
     /// connection looks at this before anything else each time it is
     /// polled, so a client that does not read is disconnected as soon as
     /// its mailbox overflows, whatever its socket does.
+    ///
+    /// It also ends the connection's grant of direct writes: the
+    /// connection is busy from here until it grants again, and writes
+    /// first the tail of a frame the hub wrote in part, if there is one.
     pub fn poll_signals(&self, cx: &mut Context<'_>) -> Signals {
         self.waker.register(cx.waker());
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.granted = false;
         Signals {
             overflowed: s.overflowed,
             rung: std::mem::take(&mut s.rung),
+            tail: s.tail.take(),
         }
     }
 
@@ -181,6 +395,9 @@ impl Mailbox {
         s.closed = true;
         s.queue = VecDeque::new();
         s.bytes = 0;
+        s.granted = false;
+        s.direct = None;
+        s.tail = None;
     }
 
     /// Bytes queued.
@@ -192,7 +409,7 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Event, Publication};
+    use crate::hub::{Event, FrontKind, Publication};
     use bytes::Bytes;
     use std::task::Waker;
 
@@ -271,5 +488,133 @@ mod tests {
         assert_eq!(e.len(), 1);
         m.push(delivery(10)).unwrap();
         assert_eq!(capacity(&m), 1, "and for one after a take of one");
+    }
+
+    /// A direct write the socket takes only in part: the rest of the frame
+    /// is the tail, the later events are queued, the grant ends, and the
+    /// bytes written then the tail's rest then the queued frames are
+    /// exactly the burst.
+    #[tokio::test]
+    async fn a_direct_write_taken_in_part_leaves_the_rest_in_order() {
+        use duplex_proto::{Message, PreparedMessage};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let (client, accepted) = tokio::join!(sock.connect(l.local_addr().unwrap()), l.accept());
+        let mut client = client.unwrap();
+        let server = Arc::new(accepted.unwrap().0);
+        // No send-buffer autotuning: the burst cannot all fit.
+        socket2::SockRef::from(&*server)
+            .set_send_buffer_size(8192)
+            .unwrap();
+        let m = Mailbox::new(1 << 20);
+        assert!(!m.grant(), "no socket lent yet");
+        m.set_direct(server.clone(), FrontKind::Centrifuge);
+        let events: Vec<_> = (0..60).map(|_| delivery(10_000)).collect();
+        let frame = |d: &Arc<Delivery>| {
+            d.encoded(FrontKind::Centrifuge, |e| match e {
+                Event::Publication { publication, .. } => {
+                    PreparedMessage::new(Message::binary(publication.data.clone()))
+                }
+                _ => unreachable!(),
+            })
+            .frame()
+            .clone()
+        };
+        let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+        for d in &events {
+            bytes.extend_from_slice(&frame(d));
+            ends.push(bytes.len());
+        }
+        assert!(m.grant());
+        let Offer::Direct { grant, front } = m.offer(&events, true) else {
+            panic!("granted")
+        };
+        assert_eq!(front, FrontKind::Centrifuge);
+        let (by_hub, queued) = m.write_direct(grant, &events, &bytes, &ends);
+        assert!(by_hub >= 1 && by_hub < events.len(), "{by_hub} written");
+        assert_eq!(by_hub + queued, events.len());
+        assert!(!m.grant(), "busy until the connection has written the rest");
+        assert!(
+            matches!(m.offer(&events[..1], true), Offer::Queued(1)),
+            "no direct write while busy"
+        );
+
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let signals = m.poll_signals(&mut cx);
+        let mut rest = Vec::new();
+        if let Some((d, written)) = &signals.tail {
+            assert!(Arc::ptr_eq(d, &events[by_hub - 1]), "the last begun");
+            rest.extend_from_slice(&frame(d)[*written..]);
+        }
+        let Some(Next::Events(q)) = m.take(1000) else {
+            panic!("the rest is queued")
+        };
+        assert_eq!(
+            q.len(),
+            queued + 1,
+            "the burst's rest and the event offered since"
+        );
+        for d in q.iter().take(queued) {
+            rest.extend_from_slice(&frame(d));
+        }
+        let head = bytes.len() - rest.len();
+        assert_eq!(&bytes[head..], &rest[..], "nothing lost or repeated");
+
+        // The connection writes the rest while the peer reads it all.
+        let writer = tokio::spawn(async move {
+            let mut off = 0;
+            while off < rest.len() {
+                server.writable().await.unwrap();
+                match server.try_write(&rest[off..]) {
+                    Ok(n) => off += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+        let mut got = vec![0u8; bytes.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
+            .await
+            .unwrap();
+        writer.await.unwrap();
+        assert!(got == bytes, "the peer read exactly the burst");
+    }
+
+    #[test]
+    fn a_push_ends_the_grant_and_a_closed_mailbox_lends_nothing() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let (_c, a) = tokio::join!(
+                tokio::net::TcpStream::connect(l.local_addr().unwrap()),
+                l.accept()
+            );
+            let m = Mailbox::new(1 << 20);
+            m.set_direct(Arc::new(a.unwrap().0), FrontKind::Centrifuge);
+            assert!(m.grant());
+            let Offer::Direct { grant, .. } = m.offer(&[delivery(1)], true) else {
+                panic!("granted")
+            };
+            m.push(delivery(1)).unwrap();
+            let late = [delivery(2)];
+            assert_eq!(
+                m.write_direct(grant, &late, b"xx", &[2]),
+                (0, 1),
+                "the grant ended with the push: queued behind it"
+            );
+            assert!(!m.grant(), "events wait in the queue");
+            assert!(matches!(m.take(10), Some(Next::Events(e)) if e.len() == 2));
+            assert!(m.grant());
+            assert!(
+                matches!(m.offer(&[delivery(1)], false), Offer::Queued(1)),
+                "a burst with other events than publications is queued"
+            );
+            m.close();
+            assert!(!m.grant(), "closed: nothing lent");
+        });
     }
 }

@@ -8,6 +8,17 @@
 //! serialised once per front ([`Delivery::encoded`]), however many
 //! connections receive it.
 //!
+//! **The writer.** Once [`Hub::start_writer`] runs (the server starts it), a
+//! channel's events are not handed to its subscribers one by one as they
+//! arrive: they gather in the channel's pending list, and one task per hub
+//! hands each channel's burst out at once. A subscriber whose connection is
+//! idle over plain TCP gets the whole burst written straight into its
+//! socket, framed once for all of them, in one system call
+//! ([`Mailbox::write_direct`]) — the work of a raw TCP fan-out, with no
+//! wake-up or poll of its task; the others get the burst queued in their
+//! mailbox as before. Without the writer (tests, embedders that do not
+//! start it), each event is queued at once.
+//!
 //! Positions: every publication in a channel with history gets an `offset`
 //! (+1 per publication) within an `epoch` (a random string that changes when
 //! the channel's history is lost). [`Hub::subscribe`] with a position gives
@@ -141,6 +152,19 @@ pub enum FrontKind {
 }
 
 const FRONTS: usize = 2;
+
+impl FrontKind {
+    /// The front's label in the metrics.
+    pub fn label(self) -> crate::metrics::FrontLabel {
+        crate::metrics::FrontLabel {
+            front: "centrifuge",
+        }
+    }
+}
+
+/// How a front frames an event for its connections (see
+/// [`Hub::set_encoder`]).
+pub type Encoder = fn(&Event) -> PreparedMessage;
 
 /// An event as queued to every receiving connection: shared, and encoded
 /// at most once per front.
@@ -405,6 +429,56 @@ const SHARDS: usize = 32;
 /// their events go.
 type Subscribers = HashMap<Arc<str>, (Arc<Mailbox>, Arc<ClientInfo>)>;
 
+/// Most bytes of events (by [`Delivery::cost`]) a channel gathers for the
+/// writer while it is still handing out the channel's previous burst. Past
+/// it the subscribers are told to recover from history (an unsubscribe
+/// with [`UNSUBSCRIBE_RECOVER`]) and further events wait for them there.
+pub const PENDING_BYTES_MAX: usize = 16 << 20;
+
+/// A channel on this node.
+#[derive(Debug)]
+struct Channel {
+    /// Its name (the map's key, shared).
+    name: Arc<str>,
+    subs: Subscribers,
+    /// Events for the writer to hand out, oldest first (non-empty: the
+    /// channel is in the writer's list).
+    pending: Vec<Arc<Delivery>>,
+    pending_bytes: usize,
+    /// The pending list passed its bound: the subscribers are told to
+    /// recover, and events are dropped until the writer takes the list.
+    lost: bool,
+}
+
+impl Channel {
+    fn new(name: Arc<str>) -> Self {
+        Channel {
+            name,
+            subs: Subscribers::default(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            lost: false,
+        }
+    }
+}
+
+type Shard = Mutex<HashMap<Arc<str>, Channel>>;
+
+/// The hub's writer task's work list.
+#[derive(Debug, Default)]
+struct Writer {
+    /// Channels with pending events.
+    dirty: Mutex<Vec<Arc<str>>>,
+    /// Wakes the writer.
+    wake: Arc<tokio::sync::Notify>,
+    /// Events gathered so far (the writer waits while this grows).
+    gathered: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Most times the writer lets the publishers run again before it hands a
+/// burst out, while they keep adding to it.
+const GATHER_ROUNDS: usize = 16;
+
 /// A client known to the hub (for the API's disconnect and unsubscribe).
 #[derive(Debug, Clone)]
 struct Registered {
@@ -418,7 +492,7 @@ pub struct Hub {
     broker: Arc<dyn Broker>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    channels: Vec<Mutex<HashMap<Arc<str>, Subscribers>>>,
+    channels: Vec<Shard>,
     clients: Mutex<HashMap<Arc<str>, Registered>>,
     users: Mutex<HashMap<Arc<str>, HashSet<Arc<str>>>>,
     hasher: RandomState,
@@ -426,6 +500,19 @@ pub struct Hub {
     node: OnceLock<(String, String, std::time::Instant)>,
     /// The server's memory budget, which deliveries are counted in.
     budget: OnceLock<Arc<MemoryBudget>>,
+    /// Set when the writer task runs.
+    writer: OnceLock<Writer>,
+    /// How each front frames events, for direct writes.
+    encoders: [OnceLock<Encoder>; FRONTS],
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // The writer holds the hub weakly: it wakes, finds it gone, ends.
+        if let Some(w) = self.writer.get() {
+            w.wake.notify_one();
+        }
+    }
 }
 
 impl std::fmt::Debug for Hub {
@@ -459,6 +546,8 @@ impl Hub {
             hasher: RandomState::new(),
             node: OnceLock::new(),
             budget: OnceLock::new(),
+            writer: OnceLock::new(),
+            encoders: Default::default(),
         });
         let handler: Arc<dyn BrokerHandler> = hub.clone();
         hub.broker.set_handler(Arc::downgrade(&handler));
@@ -503,7 +592,46 @@ impl Hub {
         })
     }
 
-    fn shard(&self, channel: &str) -> &Mutex<HashMap<Arc<str>, Subscribers>> {
+    /// Starts the writer task (on the current tokio runtime): from now on
+    /// events gather per channel and go out in bursts, written straight
+    /// into idle subscribers' sockets where they lent them (see the
+    /// module's notes). Once; later calls do nothing.
+    pub fn start_writer(self: &Arc<Self>) {
+        if self.writer.set(Writer::default()).is_err() {
+            return;
+        }
+        let w = self.writer.get().expect("set above");
+        let (wake, gathered) = (w.wake.clone(), w.gathered.clone());
+        let hub = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                wake.notified().await;
+                // Let the publishers that are ready run first, as long as
+                // they add to the burst: one system call per subscriber
+                // carries them all (an HTTP connection with pipelined
+                // publishes, for one, yields every 16 requests).
+                let mut seen = gathered.load(Ordering::Relaxed);
+                for _ in 0..GATHER_ROUNDS {
+                    tokio::task::yield_now().await;
+                    let now = gathered.load(Ordering::Relaxed);
+                    if now == seen {
+                        break;
+                    }
+                    seen = now;
+                }
+                let Some(hub) = hub.upgrade() else { return };
+                hub.write_pending().await;
+            }
+        });
+    }
+
+    /// Registers how `front` frames events, so the writer can frame them
+    /// for that front's idle connections. Once per front.
+    pub fn set_encoder(&self, front: FrontKind, encode: Encoder) {
+        let _ = self.encoders[front as usize].set(encode);
+    }
+
+    fn shard(&self, channel: &str) -> &Shard {
         &self.channels[(self.hasher.hash_one(channel) as usize) % SHARDS]
     }
 
@@ -545,15 +673,13 @@ impl Hub {
         let mut out = Subscribed::default();
         let first = {
             let mut shard = lock(self.shard(channel));
-            match shard.get_key_value(channel) {
-                Some((name, _)) => out.name = Some(name.clone()),
-                None => {
-                    let name: Arc<str> = channel.into();
-                    out.name = Some(name.clone());
-                    shard.insert(name, Subscribers::default());
-                }
+            if !shard.contains_key(channel) {
+                let name: Arc<str> = channel.into();
+                shard.insert(name.clone(), Channel::new(name));
             }
-            let subs = shard.get_mut(channel).expect("inserted above");
+            let ch = shard.get_mut(channel).expect("inserted above");
+            out.name = Some(ch.name.clone());
+            let subs = &mut ch.subs;
             if subs.contains_key(&info.client) {
                 return Err(HubError::AlreadySubscribed);
             }
@@ -631,11 +757,11 @@ impl Hub {
 
     fn remove_subscriber(&self, channel: &str, client: &str) -> (bool, bool) {
         let mut shard = lock(self.shard(channel));
-        let Some(subs) = shard.get_mut(channel) else {
+        let Some(ch) = shard.get_mut(channel) else {
             return (false, false);
         };
-        let removed = subs.remove(client).is_some();
-        let last = subs.is_empty();
+        let removed = ch.subs.remove(client).is_some();
+        let last = ch.subs.is_empty();
         if last {
             shard.remove(channel);
         }
@@ -651,12 +777,33 @@ impl Hub {
 
     /// Unsubscribes a client; announces its leave where join/leave is on.
     /// Best effort: broker errors are logged, the local state is removed
-    /// whatever happens.
-    pub async fn unsubscribe(&self, info: &Arc<ClientInfo>, channel: &str) {
+    /// whatever happens. The client stops receiving the channel's events
+    /// when this is called, before the returned future is first polled.
+    pub fn unsubscribe<'a>(
+        &'a self,
+        info: &'a Arc<ClientInfo>,
+        channel: &'a str,
+    ) -> impl std::future::Future<Output = ()> + 'a {
         let (removed, last) = self.remove_subscriber(channel, &info.client);
-        if !removed {
-            return;
+        async move {
+            if removed {
+                self.after_unsubscribe(info, channel, last).await;
+            }
         }
+    }
+
+    /// Like [`unsubscribe`](Self::unsubscribe), from code that cannot wait:
+    /// the client stops receiving the channel's events now, and the rest
+    /// (presence, leave, the broker) runs in a task of its own.
+    pub fn unsubscribe_detached(self: &Arc<Self>, info: Arc<ClientInfo>, channel: Arc<str>) {
+        let (removed, last) = self.remove_subscriber(&channel, &info.client);
+        if removed {
+            let hub = self.clone();
+            tokio::spawn(async move { hub.after_unsubscribe(&info, &channel, last).await });
+        }
+    }
+
+    async fn after_unsubscribe(&self, info: &Arc<ClientInfo>, channel: &str, last: bool) {
         let Ok(opts) = self.options(channel) else {
             return;
         };
@@ -698,9 +845,13 @@ impl Hub {
     pub async fn refresh_all_presence(&self) -> Result<usize, HubError> {
         let mut entries = Vec::new();
         for s in &self.channels {
-            for (name, subs) in lock(s).iter() {
+            for (name, ch) in lock(s).iter() {
                 if self.options(name).is_ok_and(|o| o.presence) {
-                    entries.extend(subs.values().map(|(_, info)| (name.clone(), info.clone())));
+                    entries.extend(
+                        ch.subs
+                            .values()
+                            .map(|(_, info)| (name.clone(), info.clone())),
+                    );
                 }
             }
         }
@@ -868,7 +1019,7 @@ impl Hub {
             out.extend(
                 lock(s)
                     .iter()
-                    .map(|(name, subs)| (name.clone(), subs.len())),
+                    .map(|(name, ch)| (name.clone(), ch.subs.len())),
             );
         }
         out
@@ -928,27 +1079,184 @@ impl Hub {
             .collect()
     }
 
-    /// Queues `event` (made with the hub's own copy of the channel's
-    /// name, so nothing is allocated for it and a connection can match it
-    /// by pointer) for every local subscriber of `channel`.
+    /// Hands `event` (made with the hub's own copy of the channel's name,
+    /// so nothing is allocated for it and a connection can match it by
+    /// pointer) to every local subscriber of `channel`: into the channel's
+    /// pending list for the writer, or, without one, into every mailbox at
+    /// once.
     fn deliver(&self, channel: &str, event: impl FnOnce(Arc<str>) -> Event) {
-        let shard = lock(self.shard(channel));
-        let Some((name, subs)) = shard.get_key_value(channel) else {
+        let mut shard = lock(self.shard(channel));
+        let Some(ch) = shard.get_mut(channel) else {
             return;
         };
-        let d = Delivery::charged(event(name.clone()), self.budget.get());
-        let mut n = 0u64;
-        for (client, (mailbox, _)) in subs {
-            match mailbox.push(d.clone()) {
-                Ok(()) => n += 1,
-                Err(mailbox::PushError::Overflow) => {
-                    tracing::info!(channel, %client, "mailbox full: disconnecting a slow client");
+        let mut d = Delivery::charged(event(ch.name.clone()), self.budget.get());
+        let Some(writer) = self.writer.get() else {
+            let n = hand_out(channel, &ch.subs, &[d], None);
+            self.metrics.deliveries.inc_by(n as u64);
+            return;
+        };
+        if ch.lost {
+            return;
+        }
+        let first = ch.pending.is_empty();
+        let cost = d.cost();
+        if ch.pending_bytes + cost > PENDING_BYTES_MAX && !first {
+            tracing::warn!(
+                channel,
+                "events arrive faster than they are handed out: subscribers recover"
+            );
+            ch.lost = true;
+            d = Delivery::new(Event::Unsubscribe {
+                channel: ch.name.clone(),
+                code: UNSUBSCRIBE_RECOVER,
+            });
+        }
+        ch.pending_bytes += cost;
+        ch.pending.push(d);
+        writer.gathered.fetch_add(1, Ordering::Relaxed);
+        if first {
+            let name = ch.name.clone();
+            drop(shard);
+            lock(&writer.dirty).push(name);
+            writer.wake.notify_one();
+        }
+    }
+
+    /// The writer's round: every channel with pending events hands its
+    /// burst out.
+    async fn write_pending(&self) {
+        let Some(writer) = self.writer.get() else {
+            return;
+        };
+        let dirty = std::mem::take(&mut *lock(&writer.dirty));
+        for name in dirty {
+            self.write_channel(&name).await;
+        }
+    }
+
+    /// Hands out one channel's pending burst: queued into the mailboxes of
+    /// busy connections under the shard's lock (as `deliver` would),
+    /// then written into the idle ones' sockets outside it, framed once.
+    /// Nothing else hands this channel's events out meanwhile (only the
+    /// writer does), so each subscriber gets them in order.
+    async fn write_channel(&self, name: &str) {
+        let mut direct = Vec::new();
+        let (events, queued) = {
+            let mut shard = lock(self.shard(name));
+            let Some(ch) = shard.get_mut(name) else {
+                return;
+            };
+            let events = std::mem::take(&mut ch.pending);
+            ch.pending_bytes = 0;
+            ch.lost = false;
+            if events.is_empty() {
+                return;
+            }
+            let n = hand_out(name, &ch.subs, &events, Some(&mut direct));
+            (events, n)
+        };
+        let mut delivered = queued;
+        if !direct.is_empty() {
+            delivered += self.write_direct(&events, direct).await;
+        }
+        self.metrics.deliveries.inc_by(delivered as u64);
+    }
+
+    /// Writes a burst into the sockets of the connections that granted it
+    /// (frames made once per front, concatenated once); returns how many
+    /// events were written or, where the grant had ended, queued.
+    async fn write_direct(
+        &self,
+        events: &[Arc<Delivery>],
+        direct: Vec<(Arc<Mailbox>, FrontKind, u32)>,
+    ) -> usize {
+        let mut framed: [Option<(Vec<u8>, Vec<usize>)>; FRONTS] = Default::default();
+        let payload: usize = events
+            .iter()
+            .map(|d| match &d.event {
+                Event::Publication { publication, .. } => publication.data.len(),
+                _ => 0,
+            })
+            .sum();
+        let mut delivered = 0;
+        let mut written = [0u64; FRONTS];
+        for (i, (mailbox, front, grant)) in direct.into_iter().enumerate() {
+            let k = front as usize;
+            let Some(encode) = self.encoders[k].get().copied() else {
+                delivered += mailbox.queue(events);
+                continue;
+            };
+            let (bytes, ends) = framed[k].get_or_insert_with(|| {
+                let encodings = self.metrics.encodings.get_or_create(&front.label());
+                let mut bytes = Vec::new();
+                let mut ends = Vec::with_capacity(events.len());
+                for d in events {
+                    let m = d.encoded(front, |e| {
+                        encodings.inc();
+                        encode(e)
+                    });
+                    bytes.extend_from_slice(m.frame());
+                    ends.push(bytes.len());
                 }
-                Err(mailbox::PushError::Closed) => {}
+                (bytes, ends)
+            });
+            let (by_hub, queued) = mailbox.write_direct(grant, events, bytes, ends);
+            delivered += by_hub + queued;
+            if by_hub == events.len() {
+                written[k] += 1;
+            } else {
+                self.metrics.direct_handbacks.inc();
+            }
+            // A long burst (thousands of subscribers) lets the other tasks
+            // of this thread run now and then.
+            if i % 64 == 63 {
+                tokio::task::yield_now().await;
             }
         }
-        self.metrics.deliveries.inc_by(n);
+        self.metrics.direct_writes.inc_by(written.iter().sum());
+        for (k, n) in written.iter().enumerate() {
+            if *n > 0 {
+                let front = [FrontKind::Centrifuge, FrontKind::CentrifugeProtobuf][k];
+                self.metrics
+                    .bytes_out
+                    .get_or_create(&front.label())
+                    .inc_by(n * payload as u64);
+            }
+        }
+        delivered
     }
+}
+
+/// Hands `events` (one channel's, in order) to `subs`: queued into each
+/// mailbox, or — with `direct`, for a burst of publications only —
+/// collected there for a direct write where the connection granted it.
+/// Returns how many events were queued.
+fn hand_out(
+    channel: &str,
+    subs: &Subscribers,
+    events: &[Arc<Delivery>],
+    mut direct: Option<&mut Vec<(Arc<Mailbox>, FrontKind, u32)>>,
+) -> usize {
+    let may_write = direct.is_some()
+        && events
+            .iter()
+            .all(|d| matches!(d.event, Event::Publication { .. }));
+    let mut n = 0;
+    for (client, (mailbox, _)) in subs {
+        match mailbox.offer(events, may_write) {
+            mailbox::Offer::Queued(k) => n += k,
+            mailbox::Offer::Overflowed(k) => {
+                n += k;
+                tracing::info!(channel, %client, "mailbox full: disconnecting a slow client");
+            }
+            mailbox::Offer::Direct { front, grant } => {
+                if let Some(d) = direct.as_deref_mut() {
+                    d.push((mailbox.clone(), front, grant));
+                }
+            }
+        }
+    }
+    n
 }
 
 /// Whether a history read after `since` recovers exactly what was missed:

@@ -560,3 +560,77 @@ fn client_ids_look_like_uuids() {
     assert_eq!(id.as_bytes()[14], b'4');
     assert_ne!(new_client_id(), id);
 }
+
+/// Drains `m` until `n` events came out, waiting for the writer's pushes
+/// (up to 10 s).
+async fn drain_n(m: &Mailbox, n: usize) -> Vec<(String, u64, String)> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            out.extend(drain(m));
+            if out.len() >= n {
+                return;
+            }
+            std::future::poll_fn(|cx| {
+                // Registers for the next push, then looks.
+                let overflowed = m.poll_signals(cx).overflowed;
+                match overflowed || m.queued_bytes() > 0 {
+                    true => Poll::Ready(()),
+                    false => Poll::Pending,
+                }
+            })
+            .await;
+        }
+    })
+    .await
+    .expect("the events within 10 s");
+    out
+}
+
+/// With the writer running, a channel's events gather and go out in
+/// bursts, in order, to every subscriber; those without a socket to lend
+/// get them queued.
+#[tokio::test]
+async fn the_writer_hands_out_bursts_in_order() {
+    let f = fixture(history_opts());
+    f.hub.start_writer();
+    let (a, ma) = client("a", "u1");
+    f.hub.subscribe(&a, &ma, "news", None).await.unwrap();
+    let mut got = drain_n(&ma, 1).await;
+    assert_eq!(got[0].0, "join", "its own join, through the writer");
+    publish_n(&f.hub, "news", 5).await;
+    assert!(
+        drain(&ma).is_empty(),
+        "nothing yet: the burst waits for the writer's turn"
+    );
+    got = drain_n(&ma, 5).await;
+    assert_eq!(pubs(&got), [1, 2, 3, 4, 5]);
+    assert_eq!(f.hub.metrics().deliveries.get(), 6);
+}
+
+/// Events that gather faster than the writer hands them out are bounded:
+/// past `PENDING_BYTES_MAX` the subscribers are told to recover (2500)
+/// instead, and what they missed is in history.
+#[tokio::test]
+async fn a_pending_burst_past_its_bound_tells_subscribers_to_recover() {
+    let mut opts = history_opts();
+    opts.history_size = 1000;
+    let f = fixture(opts);
+    f.hub.start_writer();
+    let (a, _) = client("a", "u1");
+    let ma = Arc::new(Mailbox::new(64 << 20));
+    f.hub.subscribe(&a, &ma, "news", None).await.unwrap();
+    drain_n(&ma, 1).await;
+    // 300 publications of 60 kB, published without yielding: the writer
+    // has no turn, so they all gather (18 MB past a 16 MiB bound).
+    let big = Bytes::from(vec![b'x'; 60_000]);
+    for _ in 0..300 {
+        f.hub.publish("news", big.clone(), None).await.unwrap();
+    }
+    let got = drain_n(&ma, 1).await;
+    let n = got.iter().filter(|e| e.0 == "pub").count();
+    assert!((250..300).contains(&n), "{n} publications before the bound");
+    assert_eq!(got.len(), n + 1);
+    assert_eq!(got[n].0, "unsub", "then told to recover");
+    assert_eq!(pubs(&got), (1..=n as u64).collect::<Vec<_>>());
+}

@@ -25,9 +25,10 @@ use crate::auth::{Auth, TokenError};
 use crate::hub::mailbox::{Events, Next};
 use crate::hub::namespace::{PublishRule, SubscribeRule};
 use crate::hub::{
-    ClientInfo, Event, Hub, Mailbox, StreamPosition, Subscribed, UNSUBSCRIBE_RECOVER,
+    ClientInfo, Event, FrontKind, Hub, Mailbox, StreamPosition, Subscribed, UNSUBSCRIBE_RECOVER,
 };
 use crate::metrics::{FrontLabel, MethodLabel};
+use crate::shared_tcp::SharedTcp;
 use crate::shutdown::{Shutdown, Stage};
 use bytes::Bytes;
 use calls::hub_error;
@@ -114,6 +115,12 @@ struct Counters {
 impl Front {
     /// The front over `hub`.
     pub fn new(hub: Arc<Hub>, auth: Arc<Auth>, config: CentrifugeConfig) -> Front {
+        hub.set_encoder(FrontKind::Centrifuge, |e| {
+            reply::encode_event(e, Encoding::Json)
+        });
+        hub.set_encoder(FrontKind::CentrifugeProtobuf, |e| {
+            reply::encode_event(e, Encoding::Protobuf)
+        });
         let m = hub.metrics();
         let counters = Counters {
             encodings: m.encodings.get_or_create(&FRONT).clone(),
@@ -174,6 +181,8 @@ struct Client<'f> {
     refilled: Instant,
     /// Where the connection's alarm is set, if it is.
     armed: Option<Slot>,
+    /// The socket is lent to the hub for direct writes while idle.
+    direct: bool,
 }
 
 /// Why the loop stopped.
@@ -220,9 +229,13 @@ fn unix_now() -> u64 {
 /// Serves one connection until it closes, fails, or the server shuts down
 /// (then disconnects the client with 3001 "shutdown", which advises a
 /// reconnect).
+///
+/// Over a plain TCP socket ([`SharedTcp`]) without permessage-deflate, the
+/// connection lends the hub its socket: while it is idle, the hub writes
+/// the channels' bursts straight into it ([`Mailbox`]'s direct writes).
 pub async fn serve<S>(front: &Front, ws: &mut WebSocket<S>, shutdown: &Shutdown)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let hub = &front.hub;
     hub.metrics().connections.get_or_create(&FRONT).inc();
@@ -240,7 +253,14 @@ where
         tokens: f64::from(front.config.command_burst),
         refilled: now,
         armed: None,
+        direct: false,
     };
+    let shared = (ws.get_ref() as &dyn std::any::Any).downcast_ref::<SharedTcp>();
+    if let Some(tcp) = shared.filter(|_| ws.extensions().is_empty()) {
+        c.mailbox
+            .set_direct(tcp.socket().clone(), c.encoding.front_kind());
+        c.direct = true;
+    }
     let disconnect = c.run(ws, shutdown).await;
     if let Some(d) = disconnect {
         if d == wire::SLOW {
@@ -274,11 +294,22 @@ impl Client<'_> {
                 return Some(wire::SHUTDOWN);
             }
             let connected = self.info.is_some();
+            // Direct writes skip the per-subscription filter, so they wait
+            // until no subscription has recovered publications to skip.
+            let may_grant =
+                self.direct && connected && self.subs.values().all(|s| s.skip_until == 0);
+            let encoding = self.encoding;
             let wake = poll_fn(|cx| {
                 // An overflow is seen whatever the socket does (the push
                 // that overflowed woke this task); the alarm rang for a
-                // deadline, or for the shutdown.
+                // deadline, or for the shutdown. This also takes back the
+                // hub's grant to write into the socket.
                 let signals = self.mailbox.poll_signals(cx);
+                if let Some((d, written)) = &signals.tail {
+                    // The rest of a frame the hub began: before all else.
+                    let m = d.encoded(encoding.front_kind(), |e| reply::encode_event(e, encoding));
+                    ws.start_send_prepared_rest(m, *written);
+                }
                 if signals.overflowed {
                     return Poll::Ready(Wake::Overflow);
                 }
@@ -301,6 +332,15 @@ impl Client<'_> {
                     Poll::Ready(Some(Ok(m))) => return Poll::Ready(Wake::Frame(m)),
                     Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Wake::Closed),
                     Poll::Pending => {}
+                }
+                // Idle: everything written, waiting for the client. The hub
+                // may write into the socket until this task runs again (a
+                // push, an alarm or the socket wakes it).
+                if may_grant
+                    && ws.buffered_amount() == 0
+                    && ws.ready_state() == duplex::ReadyState::Open
+                {
+                    self.mailbox.grant();
                 }
                 Poll::Pending
             })
@@ -451,11 +491,16 @@ impl Client<'_> {
                     channel,
                     publication,
                 } => {
-                    let Some(sub) = self.subs.get(channel) else {
+                    let Some(sub) = self.subs.get_mut(channel) else {
                         continue;
                     };
-                    if publication.offset != 0 && publication.offset <= sub.skip_until {
-                        continue;
+                    if publication.offset != 0 {
+                        if publication.offset <= sub.skip_until {
+                            continue;
+                        }
+                        // Past what recovery gave: nothing later is at or
+                        // below it (a channel's publications come in order).
+                        sub.skip_until = 0;
                     }
                     channel
                 }
@@ -468,9 +513,11 @@ impl Client<'_> {
                 Event::Unsubscribe { channel, code } => {
                     let (channel, code) = (channel.clone(), *code);
                     if let Some(sub) = self.subs.remove(&channel) {
-                        let hub = self.front.hub.clone();
-                        let gone = channel.clone();
-                        tokio::spawn(async move { hub.unsubscribe(&sub.info, &gone).await });
+                        // Out of the channel now: the hub must not write
+                        // its events into this socket once it idles again.
+                        self.front
+                            .hub
+                            .unsubscribe_detached(sub.info, channel.clone());
                         let reason = if code >= UNSUBSCRIBE_RECOVER {
                             "insufficient state"
                         } else {

@@ -777,18 +777,38 @@ impl Connection {
         Ok(())
     }
 
-    /// Queues the rest of a prepared message's uncompressed frame
-    /// ([`PreparedMessage::frame`]) whose first `written` bytes already
-    /// went out on this connection's transport by another path: a server
-    /// that writes a broadcast straight into an idle connection's socket
-    /// hands a partial write back this way, and the frame is completed
-    /// before anything queued after it. For a server's connection (whose
-    /// frames are not masked, so a shared frame is what it would have
-    /// sent); the caller guarantees nothing else reached the transport
-    /// since those bytes.
-    pub fn send_prepared_rest(&mut self, msg: &PreparedMessage, written: usize) {
+    /// How this connection frames a [`PreparedMessage`] when it queues the
+    /// shared bytes ([`PreparedMessage::frame_for`]): `None` for a client
+    /// (it masks), and with permessage-deflate and server context takeover
+    /// (each message is compressed with this connection's history).
+    pub fn shared_framing(&self) -> Option<crate::SharedFraming> {
+        if self.role == Role::Client {
+            return None;
+        }
+        match &self.codec {
+            None => Some(crate::SharedFraming::Plain),
+            Some(c) => {
+                let (level, window_bits) = c.deflater.shared_params()?;
+                Some(crate::SharedFraming::Deflate {
+                    level,
+                    window_bits,
+                    min_size: u32::try_from(c.min_compress_size).unwrap_or(u32::MAX),
+                })
+            }
+        }
+    }
+
+    /// Queues the rest of a prepared message's shared frame (the bytes
+    /// [`PreparedMessage::frame_for`] gives for this connection's
+    /// [`shared_framing`](Self::shared_framing)) whose first `written`
+    /// bytes already went out on this connection's transport by another
+    /// path: a server that writes a broadcast straight into an idle
+    /// connection's socket hands a partial write back this way, and the
+    /// frame is completed before anything queued after it. The caller
+    /// guarantees nothing else reached the transport since those bytes;
+    /// `frame` is those shared bytes.
+    pub fn send_prepared_rest(&mut self, frame: &Bytes, written: usize) {
         debug_assert_eq!(self.role, Role::Server, "a client masks its frames");
-        let frame = msg.frame();
         if written < frame.len() {
             self.out.push_frame(frame.slice(written..));
         }

@@ -59,5 +59,5 @@ pub use config::{Config, DeflateConfig};
 pub use connection::{Connection, Role, State};
 pub use error::{Error, HeaderError};
 pub use message::{Event, Message};
-pub use prepared::PreparedMessage;
+pub use prepared::{PreparedMessage, SharedFraming};
 pub use utf8::Utf8Bytes;

@@ -14,6 +14,28 @@ use crate::{DeflateConfig, Error, Message};
 use bytes::{Bytes, BytesMut};
 use std::sync::{Arc, OnceLock};
 
+/// How a server connection frames a [`PreparedMessage`] when it queues the
+/// shared bytes rather than framing the message for itself
+/// ([`Connection::shared_framing`](crate::Connection::shared_framing)):
+/// connections with equal values send identical bytes for the same
+/// message ([`PreparedMessage::frame_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedFraming {
+    /// The uncompressed frame.
+    Plain,
+    /// permessage-deflate without server context takeover: the frame
+    /// compressed at `level` with `window_bits`, for payloads of
+    /// `min_size` bytes and more (shorter ones plain).
+    Deflate {
+        /// zlib level.
+        level: u32,
+        /// The compressor's window.
+        window_bits: u8,
+        /// Shorter payloads are sent uncompressed.
+        min_size: u32,
+    },
+}
+
 /// A data message framed for sending by a server, shared by cloning.
 ///
 /// Cost: one allocation for the frame (header and payload together); the
@@ -90,6 +112,25 @@ impl PreparedMessage {
             (level, window_bits, r)
         });
         (*l == level && *w == window_bits).then(|| r.clone())
+    }
+
+    /// The bytes a server connection with `framing` queues for this message
+    /// ([`Connection::send_prepared`](crate::Connection::send_prepared)):
+    /// the plain frame, or the compressed one made once for every receiver.
+    /// `None` if the message was compressed first for another level or
+    /// window (such a connection compresses it on its own).
+    pub fn frame_for(&self, framing: SharedFraming) -> Option<Result<Bytes, Error>> {
+        match framing {
+            SharedFraming::Plain => Some(Ok(self.inner.plain.clone())),
+            SharedFraming::Deflate { min_size, .. }
+                if self.inner.payload.len() < min_size as usize =>
+            {
+                Some(Ok(self.inner.plain.clone()))
+            }
+            SharedFraming::Deflate {
+                level, window_bits, ..
+            } => self.compressed(level, window_bits),
+        }
     }
 
     /// How many connections hold this message (for tests of sharing).

@@ -597,7 +597,10 @@ async fn open(
         Service::Echo => Opened::Echo(Session { ws, peer, slot }.run()),
         Service::Centrifuge => Opened::Hub(
             Session {
-                ws: ws.map_stream(SharedTcp::new),
+                ws: {
+                    let framing = ws.connection().shared_framing();
+                    ws.map_stream(|tcp| SharedTcp::new(tcp, framing))
+                },
                 peer,
                 slot,
             }

@@ -9,6 +9,7 @@
 //! under that lock before it writes anything. The socket stays open until
 //! the last holder lets go, so a write never reaches a reused descriptor.
 
+use duplex_proto::SharedFraming;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,16 +19,40 @@ use tokio::net::TcpStream;
 
 /// A `TcpStream` behind an `Arc`, readable and writable as a stream.
 #[derive(Debug, Clone)]
-pub struct SharedTcp(Arc<TcpStream>);
+pub struct SharedTcp(Arc<DirectSocket>);
+
+/// The shared socket, and the bytes its WebSocket sends for a shared
+/// (prepared) message.
+#[derive(Debug)]
+pub struct DirectSocket {
+    tcp: TcpStream,
+    framing: Option<SharedFraming>,
+}
+
+impl DirectSocket {
+    /// The socket.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// How the connection frames a shared message
+    /// ([`Connection::shared_framing`](duplex_proto::Connection::shared_framing)):
+    /// `None` if it frames each for itself, and then nobody else may write
+    /// its frames.
+    pub fn framing(&self) -> Option<SharedFraming> {
+        self.framing
+    }
+}
 
 impl SharedTcp {
-    /// Shares `tcp`.
-    pub fn new(tcp: TcpStream) -> Self {
-        SharedTcp(Arc::new(tcp))
+    /// Shares `tcp`, whose WebSocket frames shared messages as `framing`
+    /// says.
+    pub fn new(tcp: TcpStream, framing: Option<SharedFraming>) -> Self {
+        SharedTcp(Arc::new(DirectSocket { tcp, framing }))
     }
 
     /// The socket, for another writer.
-    pub fn socket(&self) -> &Arc<TcpStream> {
+    pub fn socket(&self) -> &Arc<DirectSocket> {
         &self.0
     }
 }
@@ -39,8 +64,8 @@ impl AsyncRead for SharedTcp {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read_buf(buf) {
+            ready!(self.0.tcp.poll_read_ready(cx))?;
+            match self.0.tcp.try_read_buf(buf) {
                 Ok(_) => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
@@ -56,8 +81,8 @@ impl AsyncWrite for SharedTcp {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
+            ready!(self.0.tcp.poll_write_ready(cx))?;
+            match self.0.tcp.try_write(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
             }
@@ -70,8 +95,8 @@ impl AsyncWrite for SharedTcp {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
+            ready!(self.0.tcp.poll_write_ready(cx))?;
+            match self.0.tcp.try_write_vectored(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
             }
@@ -87,7 +112,7 @@ impl AsyncWrite for SharedTcp {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write);
+        let r = socket2::SockRef::from(&self.0.tcp).shutdown(std::net::Shutdown::Write);
         match r {
             // Already shut down or reset: nothing left to do.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
@@ -106,14 +131,18 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (tcp, _) = l.accept().await.unwrap();
-        let mut s = SharedTcp::new(tcp);
+        let mut s = SharedTcp::new(tcp, None);
         let other = s.socket().clone();
         client.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         s.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
         s.write_all(b"one ").await.unwrap();
-        assert_eq!(other.try_write(b"two").unwrap(), 3, "the other writer");
+        assert_eq!(
+            other.tcp().try_write(b"two").unwrap(),
+            3,
+            "the other writer"
+        );
         s.shutdown().await.unwrap();
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();

@@ -731,8 +731,8 @@ async fn a_socket_that_never_connects_is_closed_stale_and_one_that_never_answers
 }
 
 /// Idle subscribers get each burst written by the hub straight into their
-/// sockets, and those that agreed on permessage-deflate get it through
-/// their mailboxes, in the same channel. One subscriber has a 4 KiB receive
+/// sockets, those with permessage-deflate (no context takeover: the
+/// server's default) compressed once for all of them, in the same channel. One subscriber has a 4 KiB receive
 /// buffer and reads nothing until the publisher is done, so its socket
 /// fills in the middle of a burst: the rest of that frame and the burst's
 /// later publications go through its mailbox. Every subscriber must still
@@ -756,7 +756,12 @@ async fn bursts_written_into_idle_sockets_arrive_whole_and_in_order() {
             _ => client(srv.addr).await,
         };
         let ws = subscribed(ws, "room").await;
-        assert_eq!(ws.extensions().is_empty(), i % 2 == 0);
+        assert_eq!(
+            ws.extensions().is_empty(),
+            i % 2 == 0,
+            "{}",
+            ws.extensions()
+        );
         readers.push(ws);
     }
     let sock = tokio::net::TcpSocket::new_v4().unwrap();

@@ -338,17 +338,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Ok(())
     }
 
-    /// Queues the rest of a prepared message's frame whose first `written`
-    /// bytes another path already wrote into this socket
+    /// Queues the rest of a prepared message's shared frame (`frame`, as
+    /// [`PreparedMessage::frame_for`](duplex_proto::PreparedMessage::frame_for)
+    /// gives it for this connection) whose first `written` bytes another
+    /// path already wrote into this socket
     /// ([`Connection::send_prepared_rest`](duplex_proto::Connection::send_prepared_rest)):
     /// for a server that writes broadcasts straight into idle connections'
     /// sockets and hands a partial write back.
-    pub fn start_send_prepared_rest(
-        &mut self,
-        msg: &duplex_proto::PreparedMessage,
-        written: usize,
-    ) {
-        self.conn.send_prepared_rest(msg, written);
+    pub fn start_send_prepared_rest(&mut self, frame: &bytes::Bytes, written: usize) {
+        self.conn.send_prepared_rest(frame, written);
     }
 
     /// Sends a prepared message and flushes.

@@ -34,7 +34,7 @@ use crate::broker::{Broker, BrokerError, BrokerHandler, Control, HistoryQuery, H
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use duplex_proto::MemoryBudget;
-use duplex_proto::PreparedMessage;
+use duplex_proto::{PreparedMessage, SharedFraming};
 pub use history::HistoryLimits;
 pub use mailbox::Mailbox;
 use namespace::{ChannelError, ChannelOptions, Namespaces};
@@ -143,7 +143,7 @@ pub const UNSUBSCRIBE_RECOVER: u16 = 2500;
 
 /// Fronts that encode deliveries (an index into [`Delivery`]'s cache).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
+#[repr(u8)]
 pub enum FrontKind {
     /// The Centrifugo client protocol (JSON).
     Centrifuge = 0,
@@ -1163,14 +1163,13 @@ impl Hub {
     }
 
     /// Writes a burst into the sockets of the connections that granted it
-    /// (frames made once per front, concatenated once); returns how many
-    /// events were written or, where the grant had ended, queued.
-    async fn write_direct(
-        &self,
-        events: &[Arc<Delivery>],
-        direct: Vec<(Arc<Mailbox>, FrontKind, u32)>,
-    ) -> usize {
-        let mut framed: [Option<(Vec<u8>, Vec<usize>)>; FRONTS] = Default::default();
+    /// (frames made once per front and framing, concatenated once);
+    /// returns how many events were written or, where the grant had ended
+    /// or the frames cannot be shared, queued.
+    async fn write_direct(&self, events: &[Arc<Delivery>], direct: Vec<DirectTarget>) -> usize {
+        // One entry per (front, framing) met: the burst's bytes and where
+        // each event's frame ends, or `None` if they cannot be shared.
+        let mut framed: Vec<(FrontKind, SharedFraming, Option<Burst>)> = Vec::new();
         let payload: usize = events
             .iter()
             .map(|d| match &d.event {
@@ -1180,30 +1179,25 @@ impl Hub {
             .sum();
         let mut delivered = 0;
         let mut written = [0u64; FRONTS];
-        for (i, (mailbox, front, grant)) in direct.into_iter().enumerate() {
-            let k = front as usize;
-            let Some(encode) = self.encoders[k].get().copied() else {
+        for (i, (mailbox, front, framing, grant)) in direct.into_iter().enumerate() {
+            let k = match framed
+                .iter()
+                .position(|(f, g, _)| *f == front && *g == framing)
+            {
+                Some(k) => k,
+                None => {
+                    framed.push((front, framing, self.frame_burst(events, front, framing)));
+                    framed.len() - 1
+                }
+            };
+            let Some((bytes, ends)) = &framed[k].2 else {
                 delivered += mailbox.queue(events);
                 continue;
             };
-            let (bytes, ends) = framed[k].get_or_insert_with(|| {
-                let encodings = self.metrics.encodings.get_or_create(&front.label());
-                let mut bytes = Vec::new();
-                let mut ends = Vec::with_capacity(events.len());
-                for d in events {
-                    let m = d.encoded(front, |e| {
-                        encodings.inc();
-                        encode(e)
-                    });
-                    bytes.extend_from_slice(m.frame());
-                    ends.push(bytes.len());
-                }
-                (bytes, ends)
-            });
             let (by_hub, queued) = mailbox.write_direct(grant, events, bytes, ends);
             delivered += by_hub + queued;
             if by_hub == events.len() {
-                written[k] += 1;
+                written[front as usize] += 1;
             } else {
                 self.metrics.direct_handbacks.inc();
             }
@@ -1225,7 +1219,38 @@ impl Hub {
         }
         delivered
     }
+
+    /// A burst's frames as `front` with `framing` sends them, concatenated,
+    /// and where each ends; `None` if the front has no encoder or a frame
+    /// cannot be shared (compressed first for other parameters).
+    fn frame_burst(
+        &self,
+        events: &[Arc<Delivery>],
+        front: FrontKind,
+        framing: SharedFraming,
+    ) -> Option<Burst> {
+        let encode = *self.encoders[front as usize].get()?;
+        let encodings = self.metrics.encodings.get_or_create(&front.label());
+        let mut bytes = Vec::new();
+        let mut ends = Vec::with_capacity(events.len());
+        for d in events {
+            let m = d.encoded(front, |e| {
+                encodings.inc();
+                encode(e)
+            });
+            bytes.extend_from_slice(&m.frame_for(framing)?.ok()?);
+            ends.push(bytes.len());
+        }
+        Some((bytes, ends))
+    }
 }
+
+/// A burst's frames, concatenated, and where each ends.
+type Burst = (Vec<u8>, Vec<usize>);
+
+/// A connection the writer may write a burst into: its mailbox, how it
+/// frames events, and the grant.
+type DirectTarget = (Arc<Mailbox>, FrontKind, SharedFraming, u32);
 
 /// Hands `events` (one channel's, in order) to `subs`: queued into each
 /// mailbox, or — with `direct`, for a burst of publications only —
@@ -1235,7 +1260,7 @@ fn hand_out(
     channel: &str,
     subs: &Subscribers,
     events: &[Arc<Delivery>],
-    mut direct: Option<&mut Vec<(Arc<Mailbox>, FrontKind, u32)>>,
+    mut direct: Option<&mut Vec<DirectTarget>>,
 ) -> usize {
     let may_write = direct.is_some()
         && events
@@ -1249,9 +1274,13 @@ fn hand_out(
                 n += k;
                 tracing::info!(channel, %client, "mailbox full: disconnecting a slow client");
             }
-            mailbox::Offer::Direct { front, grant } => {
+            mailbox::Offer::Direct {
+                front,
+                framing,
+                grant,
+            } => {
                 if let Some(d) = direct.as_deref_mut() {
-                    d.push((mailbox.clone(), front, grant));
+                    d.push((mailbox.clone(), front, framing, grant));
                 }
             }
         }

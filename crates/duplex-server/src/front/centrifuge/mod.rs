@@ -230,9 +230,11 @@ fn unix_now() -> u64 {
 /// (then disconnects the client with 3001 "shutdown", which advises a
 /// reconnect).
 ///
-/// Over a plain TCP socket ([`SharedTcp`]) without permessage-deflate, the
-/// connection lends the hub its socket: while it is idle, the hub writes
-/// the channels' bursts straight into it ([`Mailbox`]'s direct writes).
+/// Over a plain TCP socket ([`SharedTcp`]) whose messages can be framed
+/// once for many (no permessage-deflate, or no server context takeover),
+/// the connection lends the hub its socket: while it is idle, the hub
+/// writes the channels' bursts straight into it ([`Mailbox`]'s direct
+/// writes).
 pub async fn serve<S>(front: &Front, ws: &mut WebSocket<S>, shutdown: &Shutdown)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -256,7 +258,7 @@ where
         direct: false,
     };
     let shared = (ws.get_ref() as &dyn std::any::Any).downcast_ref::<SharedTcp>();
-    if let Some(tcp) = shared.filter(|_| ws.extensions().is_empty()) {
+    if let Some(tcp) = shared.filter(|t| t.socket().framing().is_some()) {
         c.mailbox
             .set_direct(tcp.socket().clone(), c.encoding.front_kind());
         c.direct = true;
@@ -308,7 +310,15 @@ impl Client<'_> {
                 if let Some((d, written)) = &signals.tail {
                     // The rest of a frame the hub began: before all else.
                     let m = d.encoded(encoding.front_kind(), |e| reply::encode_event(e, encoding));
-                    ws.start_send_prepared_rest(m, *written);
+                    let frame = ws
+                        .connection()
+                        .shared_framing()
+                        .and_then(|f| m.frame_for(f));
+                    match frame {
+                        Some(Ok(frame)) => ws.start_send_prepared_rest(&frame, *written),
+                        // The hub wrote the beginning of exactly these bytes.
+                        _ => return Poll::Ready(Wake::Closed),
+                    }
                 }
                 if signals.overflowed {
                     return Poll::Ready(Wake::Overflow);

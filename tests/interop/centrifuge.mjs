@@ -361,7 +361,7 @@ async function main() {
     });
 
     // ------------------------------------------------ 2. publish order
-    await ccheck('subscribe; 50 publications from one client reach both subscribers, in order, complete', async () => {
+    await ccheck('subscribe; 50 publications from one client reach both subscribers, in order, complete (bursts written by the hub straight into the idle sockets)', async () => {
       const ch = uniq('chat:order');
       const a = client(url, { token: connToken('alice') }, 'alice');
       const b = client(url, { token: connToken('bob') }, 'bob');
@@ -380,6 +380,12 @@ async function main() {
       // Nothing more than the N: a sentinel through the API arrives right after.
       await apiOk(hub, 'publish', { channel: ch, data: { n: N + 1 } });
       assertSeq(await pubsAtLeast(sb, N + 1), [...ns, N + 1], 'after sentinel');
+      // The SDK's sockets (permessage-deflate agreed, no server context
+      // takeover) were idle between publications: the hub wrote the bursts
+      // straight into them, compressed once.
+      const m = await (await fetch(`http://127.0.0.1:${hub.port}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+      const direct = Number((m.match(/^duplex_direct_writes_total (\d+)/m) || [])[1] || 0);
+      if (!(direct > 0)) throw new Error(`no direct writes in /metrics (${direct})`);
     });
 
     // ------------------------------------------------ 3. presence, join/leave

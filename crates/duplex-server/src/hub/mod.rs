@@ -477,7 +477,12 @@ struct Writer {
 
 /// Most times the writer lets the publishers run again before it hands a
 /// burst out, while they keep adding to it.
-const GATHER_ROUNDS: usize = 16;
+const GATHER_ROUNDS: usize = 64;
+
+/// The writer hands the burst out once this many turns in a row added
+/// nothing to it (one is not enough: a publisher whose next requests need
+/// another read from its socket misses a turn).
+const GATHER_QUIET: usize = 3;
 
 /// A client known to the hub (for the API's disconnect and unsubscribe).
 #[derive(Debug, Clone)]
@@ -610,11 +615,12 @@ impl Hub {
                 // they add to the burst: one system call per subscriber
                 // carries them all (an HTTP connection with pipelined
                 // publishes, for one, yields every 16 requests).
-                let mut seen = gathered.load(Ordering::Relaxed);
+                let (mut seen, mut quiet) = (gathered.load(Ordering::Relaxed), 0);
                 for _ in 0..GATHER_ROUNDS {
                     tokio::task::yield_now().await;
                     let now = gathered.load(Ordering::Relaxed);
-                    if now == seen {
+                    quiet = if now == seen { quiet + 1 } else { 0 };
+                    if quiet == GATHER_QUIET {
                         break;
                     }
                     seen = now;

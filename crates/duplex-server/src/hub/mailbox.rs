@@ -51,9 +51,6 @@ struct State {
     last_take: u16,
     /// The hub may write into `direct`'s socket now.
     granted: bool,
-    /// Grants made so far: a write prepared under one grant is made only
-    /// if no other came since (the connection did something between).
-    grants: u32,
     /// The connection's socket, if it lent it, and how it frames events.
     direct: Option<Arc<DirectSocket>>,
     front: FrontKind,
@@ -96,37 +93,19 @@ impl State {
     }
 }
 
-impl Offer {
-    /// How many events were queued.
-    pub fn queued(self) -> usize {
-        match self {
-            Offer::Queued(n) | Offer::Overflowed(n) => n,
-            Offer::Direct { .. } => 0,
-        }
-    }
-}
-
-/// What a mailbox offers the hub for a burst of events
-/// ([`Mailbox::offer`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offer {
-    /// The events were queued (this many; fewer if the mailbox was closed
-    /// or had overflowed before).
-    Queued(usize),
-    /// This many were queued, then the mailbox passed its bound: the
-    /// client is disconnected.
-    Overflowed(usize),
-    /// The hub may write the burst into the socket itself: framed as
-    /// `front` does, under grant number `grant`
-    /// ([`Mailbox::write_direct`]).
-    Direct {
-        /// How the connection frames events.
-        front: FrontKind,
-        /// How its WebSocket frames a shared message.
-        framing: SharedFraming,
-        /// The grant the write is made under.
-        grant: u32,
-    },
+/// What became of a burst handed to a mailbox ([`Mailbox::hand_over`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handed {
+    /// Events the hub wrote into the socket (whole, or begun: the tail's).
+    pub written: usize,
+    /// Events queued.
+    pub queued: usize,
+    /// The mailbox passed its bound with this burst: the client is
+    /// disconnected.
+    pub overflowed: bool,
+    /// A direct write that the socket took only in part (or not at all):
+    /// the rest went to the queue.
+    pub handed_back: bool,
 }
 
 /// Events taken from a mailbox, oldest first.
@@ -175,7 +154,6 @@ impl Mailbox {
                 rung: false,
                 last_take: 0,
                 granted: false,
-                grants: 0,
                 direct: None,
                 front: FrontKind::Centrifuge,
                 limit: u32::try_from(limit).unwrap_or(u32::MAX),
@@ -235,96 +213,46 @@ impl Mailbox {
             && s.tail.is_none()
             && !s.overflowed
             && !s.closed;
-        if ok && !s.granted {
-            s.granted = true;
-            s.grants = s.grants.wrapping_add(1);
-        }
+        s.granted = ok;
         ok
     }
 
-    /// Offers a burst of one channel's events: if the connection granted
-    /// direct writes and `may_write` (the burst is of publications only,
-    /// which every subscriber frames alike), the hub writes them itself
-    /// ([`Offer::Direct`]); otherwise they are queued as by
-    /// [`push`](Self::push).
-    pub fn offer(&self, events: &[Arc<Delivery>], may_write: bool) -> Offer {
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if may_write && s.granted {
-            if let Some(framing) = s.direct.as_ref().and_then(|d| d.framing()) {
-                return Offer::Direct {
-                    front: s.front,
-                    framing,
-                    grant: s.grants,
-                };
-            }
-        }
-        self.queue_locked(s, events)
-    }
-
-    /// Queues `events` as [`push`](Self::push) does, in order; returns how
-    /// many were queued.
-    pub fn queue(&self, events: &[Arc<Delivery>]) -> usize {
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.queue_locked(s, events).queued()
-    }
-
-    /// Queues `events` under the held lock, waking the connection if the
-    /// queue was empty or it overflowed.
-    fn queue_locked(
+    /// Hands over a burst of one channel's events. If the connection
+    /// granted direct writes, `may_write` (the burst is of publications
+    /// only, which every subscriber frames alike) and `frames` gives the
+    /// burst's bytes for the connection's front and framing — the frames
+    /// concatenated, the i-th ending at `ends[i]` —, they are written
+    /// straight into its socket. Otherwise, or if the socket takes none of
+    /// them, the events are queued as by [`push`](Self::push). A write
+    /// taken in part leaves the rest of its frame as the tail, queues the
+    /// events after it and ends the grant.
+    pub fn hand_over<'b>(
         &self,
-        mut s: std::sync::MutexGuard<'_, State>,
         events: &[Arc<Delivery>],
-    ) -> Offer {
-        let (mut n, mut wake, mut overflowed) = (0, false, false);
-        for d in events {
-            match s.push(d.clone()) {
-                Ok(first) => {
-                    n += 1;
-                    wake |= first;
-                }
-                Err(PushError::Overflow) => {
-                    (wake, overflowed) = (true, true);
-                    break;
-                }
-                Err(PushError::Closed) => break,
-            }
-        }
-        drop(s);
-        if wake {
-            self.waker.wake();
-        }
-        match overflowed {
-            true => Offer::Overflowed(n),
-            false => Offer::Queued(n),
-        }
-    }
-
-    /// Writes `bytes` — the frames of `events`, concatenated, the i-th
-    /// ending at `ends[i]` — into the connection's socket, if grant number
-    /// `grant` still holds; otherwise, or if the socket takes none of it,
-    /// queues the events. A write taken in part leaves the rest of its
-    /// frame as the tail and queues the events after it, and ends the
-    /// grant. Returns how many events the hub wrote (whole, or begun: the
-    /// tail's), and how many it queued.
-    pub fn write_direct(
-        &self,
-        grant: u32,
-        events: &[Arc<Delivery>],
-        bytes: &[u8],
-        ends: &[usize],
-    ) -> (usize, usize) {
+        may_write: bool,
+        frames: impl FnOnce(FrontKind, SharedFraming) -> Option<(&'b [u8], &'b [usize])>,
+    ) -> Handed {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let socket = match &s.direct {
-            Some(socket) if s.granted && s.grants == grant => socket,
-            _ => return (0, self.queue_locked(s, events).queued()),
+        let framing = match &s.direct {
+            Some(d) if may_write && s.granted => d.framing(),
+            _ => None,
         };
+        let Some((bytes, ends)) = framing.and_then(|f| frames(s.front, f)) else {
+            return self.queue_locked(s, events);
+        };
+        let socket = s.direct.as_ref().expect("checked above").tcp();
         // Straight to the kernel, not through tokio's readiness cache
         // (`try_write` reads it first: one more cold cache line per
         // socket). A stale cache is harmless: the connection finds out on
         // its next write, as it would after any other writer.
-        let sent = socket2::SockRef::from(socket.tcp()).send_with_flags(bytes, libc::MSG_NOSIGNAL);
+        let sent = socket2::SockRef::from(socket).send_with_flags(bytes, libc::MSG_NOSIGNAL);
         let written = match sent {
-            Ok(n) if n == bytes.len() => return (events.len(), 0),
+            Ok(n) if n == bytes.len() => {
+                return Handed {
+                    written: events.len(),
+                    ..Handed::default()
+                }
+            }
             Ok(n) => n,
             // Would block, or the socket failed: the connection writes
             // (and finds the error) itself.
@@ -342,11 +270,48 @@ impl Mailbox {
             false => i,
         };
         let woken_by_tail = s.tail.is_some();
-        let queued = self.queue_locked(s, &events[rest..]).queued();
+        let mut handed = self.queue_locked(s, &events[rest..]);
         if woken_by_tail {
             self.waker.wake();
         }
-        (rest, queued)
+        handed.written = rest;
+        handed.handed_back = true;
+        handed
+    }
+
+    /// Queues `events` as [`push`](Self::push) does, in order.
+    pub fn queue(&self, events: &[Arc<Delivery>]) -> Handed {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.queue_locked(s, events)
+    }
+
+    /// Queues `events` under the held lock, waking the connection if the
+    /// queue was empty or it overflowed.
+    fn queue_locked(
+        &self,
+        mut s: std::sync::MutexGuard<'_, State>,
+        events: &[Arc<Delivery>],
+    ) -> Handed {
+        let mut h = Handed::default();
+        let mut wake = false;
+        for d in events {
+            match s.push(d.clone()) {
+                Ok(first) => {
+                    h.queued += 1;
+                    wake |= first;
+                }
+                Err(PushError::Overflow) => {
+                    (wake, h.overflowed) = (true, true);
+                    break;
+                }
+                Err(PushError::Closed) => break,
+            }
+        }
+        drop(s);
+        if wake {
+            self.waker.wake();
+        }
+        h
     }
 
     /// Takes up to `max` queued events, or registers the task to be woken.
@@ -555,24 +520,20 @@ mod tests {
             ends.push(bytes.len());
         }
         assert!(m.grant());
-        let Offer::Direct {
-            grant,
-            front,
-            framing,
-        } = m.offer(&events, true)
-        else {
-            panic!("granted")
-        };
-        assert_eq!(front, FrontKind::Centrifuge);
-        assert_eq!(framing, SharedFraming::Plain);
-        let (by_hub, queued) = m.write_direct(grant, &events, &bytes, &ends);
+        let h = m.hand_over(&events, true, |front, framing| {
+            assert_eq!(front, FrontKind::Centrifuge);
+            assert_eq!(framing, SharedFraming::Plain);
+            Some((&bytes[..], &ends[..]))
+        });
+        let (by_hub, queued) = (h.written, h.queued);
         assert!(by_hub >= 1 && by_hub < events.len(), "{by_hub} written");
         assert_eq!(by_hub + queued, events.len());
+        assert!(h.handed_back && !h.overflowed);
         assert!(!m.grant(), "busy until the connection has written the rest");
-        assert!(
-            matches!(m.offer(&events[..1], true), Offer::Queued(1)),
-            "no direct write while busy"
-        );
+        let h = m.hand_over(&events[..1], true, |_, _| {
+            panic!("no direct write while busy")
+        });
+        assert_eq!(h.queued, 1);
 
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let signals = m.poll_signals(&mut cx);
@@ -640,23 +601,22 @@ mod tests {
                 crate::shared_tcp::SharedTcp::new(a2.unwrap().0, Some(SharedFraming::Plain));
             m.set_direct(plain.socket().clone(), FrontKind::Centrifuge);
             assert!(m.grant());
-            let Offer::Direct { grant, .. } = m.offer(&[delivery(1)], true) else {
-                panic!("granted")
-            };
             m.push(delivery(1)).unwrap();
             let late = [delivery(2)];
-            assert_eq!(
-                m.write_direct(grant, &late, b"xx", &[2]),
-                (0, 1),
-                "the grant ended with the push: queued behind it"
-            );
+            let h = m.hand_over(&late, true, |_, _| panic!("the push ended the grant"));
+            assert_eq!(h.queued, 1, "queued behind the push");
             assert!(!m.grant(), "events wait in the queue");
             assert!(matches!(m.take(10), Some(Next::Events(e)) if e.len() == 2));
             assert!(m.grant());
-            assert!(
-                matches!(m.offer(&[delivery(1)], false), Offer::Queued(1)),
-                "a burst with other events than publications is queued"
-            );
+            let h = m.hand_over(&[delivery(1)], false, |_, _| {
+                panic!("a burst with other events than publications is queued")
+            });
+            assert_eq!(h.queued, 1);
+            assert!(matches!(m.take(10), Some(Next::Events(e)) if e.len() == 1));
+            assert!(m.grant());
+            let (bytes, ends) = (b"xx", [2]);
+            let h = m.hand_over(&late, true, |_, _| Some((&bytes[..], &ends[..])));
+            assert_eq!((h.written, h.queued), (1, 0), "written while granted");
             m.close();
             assert!(!m.grant(), "closed: nothing lent");
         });

@@ -1097,7 +1097,7 @@ impl Hub {
         };
         let mut d = Delivery::charged(event(ch.name.clone()), self.budget.get());
         let Some(writer) = self.writer.get() else {
-            let n = hand_out(channel, &ch.subs, &[d], None);
+            let n = hand_out(channel, &ch.subs, &[d]);
             self.metrics.deliveries.inc_by(n as u64);
             return;
         };
@@ -1140,14 +1140,15 @@ impl Hub {
         }
     }
 
-    /// Hands out one channel's pending burst: queued into the mailboxes of
-    /// busy connections under the shard's lock (as `deliver` would),
-    /// then written into the idle ones' sockets outside it, framed once.
-    /// Nothing else hands this channel's events out meanwhile (only the
-    /// writer does), so each subscriber gets them in order.
+    /// Hands out one channel's pending burst to its subscribers as they
+    /// are when it is taken: written into the sockets of those that granted
+    /// it (framed once per front and framing), queued into the mailboxes
+    /// of the others. The mailboxes are handed the burst outside the
+    /// shard's lock; nothing else hands this channel's events out
+    /// meanwhile (only the writer does), so each subscriber gets them in
+    /// order.
     async fn write_channel(&self, name: &str) {
-        let mut direct = Vec::new();
-        let (events, queued) = {
+        let (events, targets) = {
             let mut shard = lock(self.shard(name));
             let Some(ch) = shard.get_mut(name) else {
                 return;
@@ -1158,54 +1159,41 @@ impl Hub {
             if events.is_empty() {
                 return;
             }
-            let n = hand_out(name, &ch.subs, &events, Some(&mut direct));
-            (events, n)
+            let targets: Vec<Arc<Mailbox>> = ch.subs.values().map(|(m, _)| m.clone()).collect();
+            (events, targets)
         };
-        let mut delivered = queued;
-        if !direct.is_empty() {
-            delivered += self.write_direct(&events, direct).await;
-        }
-        self.metrics.deliveries.inc_by(delivered as u64);
-    }
-
-    /// Writes a burst into the sockets of the connections that granted it
-    /// (frames made once per front and framing, concatenated once);
-    /// returns how many events were written or, where the grant had ended
-    /// or the frames cannot be shared, queued.
-    async fn write_direct(&self, events: &[Arc<Delivery>], direct: Vec<DirectTarget>) -> usize {
+        let may_write = events
+            .iter()
+            .all(|d| matches!(d.event, Event::Publication { .. }));
         // One entry per (front, framing) met: the burst's bytes and where
         // each event's frame ends, or `None` if they cannot be shared.
         let mut framed: Vec<(FrontKind, SharedFraming, Option<Burst>)> = Vec::new();
-        let payload: usize = events
-            .iter()
-            .map(|d| match &d.event {
-                Event::Publication { publication, .. } => publication.data.len(),
-                _ => 0,
-            })
-            .sum();
         let mut delivered = 0;
         let mut written = [0u64; FRONTS];
-        for (i, (mailbox, front, framing, grant)) in direct.into_iter().enumerate() {
-            let k = match framed
-                .iter()
-                .position(|(f, g, _)| *f == front && *g == framing)
-            {
-                Some(k) => k,
-                None => {
-                    framed.push((front, framing, self.frame_burst(events, front, framing)));
-                    framed.len() - 1
-                }
-            };
-            let Some((bytes, ends)) = &framed[k].2 else {
-                delivered += mailbox.queue(events);
-                continue;
-            };
-            let (by_hub, queued) = mailbox.write_direct(grant, events, bytes, ends);
-            delivered += by_hub + queued;
-            if by_hub == events.len() {
-                written[front as usize] += 1;
-            } else {
+        for (i, mailbox) in targets.iter().enumerate() {
+            let mut front_written = None;
+            let h = mailbox.hand_over(&events, may_write, |front, framing| {
+                let k = match framed
+                    .iter()
+                    .position(|(f, g, _)| *f == front && *g == framing)
+                {
+                    Some(k) => k,
+                    None => {
+                        framed.push((front, framing, self.frame_burst(&events, front, framing)));
+                        framed.len() - 1
+                    }
+                };
+                front_written = Some(front);
+                framed[k].2.as_ref().map(|(b, e)| (&b[..], &e[..]))
+            });
+            delivered += h.written + h.queued;
+            if h.handed_back {
                 self.metrics.direct_handbacks.inc();
+            } else if let Some(front) = front_written.filter(|_| h.written == events.len()) {
+                written[front as usize] += 1;
+            }
+            if h.overflowed {
+                tracing::info!(channel = name, "mailbox full: disconnecting a slow client");
             }
             // A long burst (thousands of subscribers) lets the other tasks
             // of this thread run now and then.
@@ -1213,7 +1201,15 @@ impl Hub {
                 tokio::task::yield_now().await;
             }
         }
+        self.metrics.deliveries.inc_by(delivered as u64);
         self.metrics.direct_writes.inc_by(written.iter().sum());
+        let payload: usize = events
+            .iter()
+            .map(|d| match &d.event {
+                Event::Publication { publication, .. } => publication.data.len(),
+                _ => 0,
+            })
+            .sum();
         for (k, n) in written.iter().enumerate() {
             if *n > 0 {
                 let front = [FrontKind::Centrifuge, FrontKind::CentrifugeProtobuf][k];
@@ -1223,7 +1219,6 @@ impl Hub {
                     .inc_by(n * payload as u64);
             }
         }
-        delivered
     }
 
     /// A burst's frames as `front` with `framing` sends them, concatenated,
@@ -1254,41 +1249,15 @@ impl Hub {
 /// A burst's frames, concatenated, and where each ends.
 type Burst = (Vec<u8>, Vec<usize>);
 
-/// A connection the writer may write a burst into: its mailbox, how it
-/// frames events, and the grant.
-type DirectTarget = (Arc<Mailbox>, FrontKind, SharedFraming, u32);
-
-/// Hands `events` (one channel's, in order) to `subs`: queued into each
-/// mailbox, or — with `direct`, for a burst of publications only —
-/// collected there for a direct write where the connection granted it.
-/// Returns how many events were queued.
-fn hand_out(
-    channel: &str,
-    subs: &Subscribers,
-    events: &[Arc<Delivery>],
-    mut direct: Option<&mut Vec<DirectTarget>>,
-) -> usize {
-    let may_write = direct.is_some()
-        && events
-            .iter()
-            .all(|d| matches!(d.event, Event::Publication { .. }));
+/// Queues `events` (one channel's, in order) into every subscriber's
+/// mailbox; returns how many were queued.
+fn hand_out(channel: &str, subs: &Subscribers, events: &[Arc<Delivery>]) -> usize {
     let mut n = 0;
     for (client, (mailbox, _)) in subs {
-        match mailbox.offer(events, may_write) {
-            mailbox::Offer::Queued(k) => n += k,
-            mailbox::Offer::Overflowed(k) => {
-                n += k;
-                tracing::info!(channel, %client, "mailbox full: disconnecting a slow client");
-            }
-            mailbox::Offer::Direct {
-                front,
-                framing,
-                grant,
-            } => {
-                if let Some(d) = direct.as_deref_mut() {
-                    d.push((mailbox.clone(), front, framing, grant));
-                }
-            }
+        let h = mailbox.queue(events);
+        n += h.queued;
+        if h.overflowed {
+            tracing::info!(channel, %client, "mailbox full: disconnecting a slow client");
         }
     }
     n

@@ -324,8 +324,14 @@ def broadcast_targets(by, key, n):
     c = med(vals(by, key, BCAST_DUPLEX, "server_cpu_us_per_delivery"))
     t = med(vals(by, key, BCAST_REF, "server_cpu_us_per_delivery"))
     detail = "" if c is None or t is None else f" ({c:.3f} vs {t:.3f} µs per delivery)"
+    # A median under the line with rounds above it is not claimed: the
+    # target is then within the spread.
+    rs = bcast_ratios(by, key, BCAST_DUPLEX)
+    met = m is not None and m <= 1.3
+    if met and rs and max(rs) > 1.3:
+        met = "within the spread"
     rows.append(("Server CPU per delivery ≤ 1.3 × raw TCP fan-out",
-                 "–" if m is None else f"{m:.2f}{detail}", m is not None and m <= 1.3))
+                 "–" if m is None else f"{m:.2f}{detail}", met))
     d = med(vals(by, key, BCAST_DUPLEX, "deliveries_per_s"))
     peers = [(s, med(vals(by, key, s, "deliveries_per_s"))) for s in BCAST_WS_PEERS]
     tcp = med(vals(by, key, BCAST_REF, "deliveries_per_s"))
@@ -350,7 +356,7 @@ def broadcast_table(L, by, key, servers, args):
     L.append("| target (issue 10) | measured | met |")
     L.append("|---|---|---|")
     for t, m, ok in broadcast_targets(by, key, n):
-        L.append(f"| {t} | {m} | {'yes' if ok else '**no**'} |")
+        L.append(f"| {t} | {m} | {ok if isinstance(ok, str) else ('yes' if ok else '**no**')} |")
     L.append("")
     L.append("| server | deliveries/s | server CPU µs/delivery | × TCP fan-out | p50 µs | p99 µs | p99.9 µs "
              "| RSS per subscribed connection, B | publications/s | server core | generator core | lost | errors |")
@@ -474,7 +480,7 @@ def write_report(results, scen, meta, path, merge=False):
     L.append("| target | measured | met |")
     L.append("|---|---|---|")
     for t, m, ok in targets(by):
-        L.append(f"| {t} | {m} | {'yes' if ok else '**no**'} |")
+        L.append(f"| {t} | {m} | {ok if isinstance(ok, str) else ('yes' if ok else '**no**')} |")
     L.append("")
     sections = {}
     for key, title, mode, servers, args in scen:

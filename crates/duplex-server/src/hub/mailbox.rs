@@ -12,7 +12,7 @@
 //! queued here, nothing of its own to write — it grants the hub the right
 //! to write ([`grant`](Mailbox::grant)); the hub then writes a burst of
 //! publications straight into the socket in one system call
-//! ([`write_direct`](Mailbox::write_direct)), with no queueing, no wake-up
+//! ([`hand_over`](Mailbox::hand_over)), with no queueing, no wake-up
 //! and no task switch for that subscriber. The connection takes the grant
 //! back, under this mailbox's lock, each time it is polled
 //! ([`poll_signals`](Mailbox::poll_signals)), so it never writes while the

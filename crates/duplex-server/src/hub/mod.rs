@@ -14,7 +14,7 @@
 //! hands each channel's burst out at once. A subscriber whose connection is
 //! idle over plain TCP gets the whole burst written straight into its
 //! socket, framed once for all of them, in one system call
-//! ([`Mailbox::write_direct`]) — the work of a raw TCP fan-out, with no
+//! ([`Mailbox::hand_over`]) — the work of a raw TCP fan-out, with no
 //! wake-up or poll of its task; the others get the burst queued in their
 //! mailbox as before. Without the writer (tests, embedders that do not
 //! start it), each event is queued at once.

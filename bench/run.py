@@ -2,14 +2,17 @@
 """Side-by-side WebSocket server benchmarks; writes BENCHMARKS.md.
 
 One command builds everything (release), then for every scenario and every
-server starts a fresh server process pinned to CPU 0 and runs `duplex bench`
-pinned to CPU 1, rounds interleaved across servers, and writes medians,
+server starts a fresh server process pinned to CPU 0 and runs the load
+generator pinned to CPU 1 (`duplex bench`, and for the echo and handshake
+scenarios also `fws-load`, an independent generator built on the
+fastwebsockets client), rounds interleaved across servers, and writes medians,
 spreads (min-max) and ratios to the raw TCP echo of the same round into
 BENCHMARKS.md at the repository root, with an SVG chart in bench/chart.svg.
 
     python3 bench/run.py            # full run (about 10 minutes)
     python3 bench/run.py --quick    # smoke run: short windows, 1 round
     python3 bench/run.py --only broadcast --merge   # one scenario, spliced into BENCHMARKS.md
+    python3 bench/run.py --generators fws-load      # echo and handshake with fws-load only
 
 Raw results (one JSON line per run) go to bench/results/ (not committed).
 Standard library only.
@@ -31,6 +34,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 DUPLEX = os.path.join(ROOT, "target", "release", "duplex")
 PEERS = os.path.join(BENCH, "target", "release")
+# Load generators: `duplex bench` runs every scenario; `fws-load`
+# (bench/peers/src/bin/fws-load.rs, on the fastwebsockets client) the echo
+# and handshake ones, so that no echo figure rests on one client alone.
+GENERATORS = {"duplex bench": [DUPLEX, "bench"], "fws-load": [os.path.join(PEERS, "fws-load")]}
+GEN_MODES = {"duplex bench": {"echo", "idle", "handshake", "broadcast"}, "fws-load": {"echo", "handshake"}}
 BROADCAST_CONFIG = os.path.join(BENCH, "duplex-broadcast.toml")
 ADDR = "127.0.0.1:9001"
 SERVER_CPU = "0"
@@ -45,6 +53,7 @@ SERVERS = {
     "fastwebsockets": ([os.path.join(PEERS, "fastwebsockets-echo"), ADDR], False, {}),
     "tokio-tungstenite": ([os.path.join(PEERS, "tungstenite-echo"), ADDR], False, {}),
     "node ws": (["node", os.path.join(BENCH, "node", "echo.js"), ADDR], False, {}),
+    "uwebsockets": (["node", os.path.join(BENCH, "node", "uws-echo.js"), ADDR], False, {}),
     "raw TCP echo": ([os.path.join(PEERS, "tcp-echo"), ADDR], True, {}),
     "duplex (centrifuge)": ([DUPLEX, "serve", "--listen", ADDR, "--no-deflate", "--config", BROADCAST_CONFIG],
                             False, {"DUPLEX_LOG": "warn"}),
@@ -59,8 +68,8 @@ BROADCAST_GEN = {
     "python websockets broadcast": ("/", ["--protocol", "plain"]),
     "raw TCP fan-out": ("/", ["--protocol", "plain"]),
 }
-ECHO_SERVERS = ["duplex", "fastwebsockets", "tokio-tungstenite", "node ws", "raw TCP echo"]
-WS_SERVERS = ["duplex", "fastwebsockets", "tokio-tungstenite", "node ws"]
+ECHO_SERVERS = ["duplex", "fastwebsockets", "uwebsockets", "tokio-tungstenite", "node ws", "raw TCP echo"]
+WS_SERVERS = ["duplex", "fastwebsockets", "uwebsockets", "tokio-tungstenite", "node ws"]
 BROADCAST_SERVERS = ["duplex (centrifuge)", "node ws broadcast", "python websockets broadcast", "raw TCP fan-out"]
 
 
@@ -82,7 +91,7 @@ def scenarios(quick):
         ("idle", f"{int(idle_n):,} idle connections", "idle", WS_SERVERS,
          ["-c", idle_n, "--concurrency", "64", "--duration", "2"]),
         ("idle-used", f"{int(idle_n):,} idle connections, each after one echoed message", "idle",
-         ["duplex", "fastwebsockets", "tokio-tungstenite", "node ws"],
+         ["duplex", "fastwebsockets", "uwebsockets", "tokio-tungstenite", "node ws"],
          ["-c", idle_n, "--concurrency", "64", "--duration", "2", "--messages", "1"]),
         ("idle-deflate", f"{int(idle_n):,} idle connections, permessage-deflate agreed, "
          "each after one compressed message echoed", "idle",
@@ -134,7 +143,7 @@ def port_in_use(addr):
         return False
 
 
-def run_one(server, mode, args, timeout):
+def run_one(server, mode, args, timeout, generator="duplex bench"):
     cmd, raw, env_add = SERVERS[server]
     if port_in_use(ADDR):
         # Never measure whatever else is listening there.
@@ -146,7 +155,7 @@ def run_one(server, mode, args, timeout):
         wait_port(ADDR, proc)
         path, extra = BROADCAST_GEN.get(server, ("/echo", [])) if mode == "broadcast" else ("/echo", [])
         url = f"ws://{ADDR}{path}"
-        gen = ["taskset", "-c", CLIENT_CPU, DUPLEX, "bench", mode, url,
+        gen = ["taskset", "-c", CLIENT_CPU] + GENERATORS[generator] + [mode, url,
                "--server-pid", str(proc.pid), "--label", server] + args + extra
         if raw:
             gen.append("--raw-tcp-peer")
@@ -209,11 +218,18 @@ def cpu_digits(v):
     return 3 if v < 1 else 2 if v < 100 else 0
 
 
+def gen_key(key, generator):
+    """The key a scenario's results are filed under for one generator:
+    `duplex bench`'s under the scenario's own key (as before there were
+    two), the others' under KEY@GENERATOR."""
+    return key if generator == "duplex bench" else f"{key}@{generator}"
+
+
 def summarise(results, quick):
-    """results: list of dicts with key, server, round, json."""
+    """results: list of dicts with key, server, round, json (and gen)."""
     by = {}
     for r in results:
-        by.setdefault((r["key"], r["server"]), []).append(r)
+        by.setdefault((gen_key(r["key"], r.get("gen", "duplex bench")), r["server"]), []).append(r)
     return by
 
 
@@ -307,6 +323,41 @@ def targets(by):
     return rows
 
 
+ECHO_PEERS = ["fastwebsockets", "uwebsockets", "tokio-tungstenite", "node ws"]
+
+
+def peer_targets(by, generators):
+    """(target, measured, met) rows from issue 13: per generator, Duplex's
+    server CPU per message at or below the best peer's (both as multiples
+    of the raw TCP echo of the same round), and handshakes/s."""
+    rows = []
+    for g in generators:
+        for key, label in [("text20", "20 B text, depth 1"), ("bin20d16", "20 B binary, depth 16"),
+                           ("64k", "64 KiB"), ("16m", "16 MiB")]:
+            k = gen_key(key, g)
+            d = ratios(by, k, "duplex")
+            peers = [(p, ratios(by, k, p)) for p in ECHO_PEERS if ratios(by, k, p)]
+            if not d or not peers:
+                continue
+            best, br = min(peers, key=lambda pr: med(pr[1]))
+            met = med(d) <= med(br)
+            # Rounds of the two overlapping: the medians' order is within
+            # the spread, not a result either way.
+            if (met and max(d) > min(br)) or (not met and min(d) <= max(br)):
+                met = "within the spread"
+            rows.append((f"`{g}`, {label}: ≤ best peer × TCP",
+                         f"{med(d):.2f} ({min(d):.2f}–{max(d):.2f}) vs {best} {med(br):.2f} "
+                         f"({min(br):.2f}–{max(br):.2f})", met))
+        k = gen_key("handshake", g)
+        d = vals(by, k, "duplex", "handshakes_per_s")
+        f = vals(by, k, "fastwebsockets", "handshakes_per_s")
+        if d and f and None not in d and None not in f:
+            r = med(d) / med(f)
+            rows.append((f"`{g}`, handshakes/s ≥ 1.1 × fastwebsockets",
+                         f"{med(d):,.0f} vs {med(f):,.0f}/s = {r:.2f} ×", r >= 1.1))
+    return rows
+
+
 BCAST_REF = "raw TCP fan-out"
 BCAST_DUPLEX = "duplex (centrifuge)"
 BCAST_WS_PEERS = ["node ws broadcast", "python websockets broadcast"]
@@ -384,7 +435,7 @@ def svg_chart(by, scen, path):
     """Three panels of horizontal bars, hand-written SVG."""
     colors = {"duplex": "#2b6cb0", "duplex (deflate)": "#63b3ed",
               "duplex (deflate, context takeover)": "#90cdf4", "fastwebsockets": "#dd6b20",
-              "tokio-tungstenite": "#38a169", "node ws": "#805ad5", "raw TCP echo": "#718096",
+              "tokio-tungstenite": "#38a169", "node ws": "#805ad5", "uwebsockets": "#c53030", "raw TCP echo": "#718096",
               "duplex (centrifuge)": "#2b6cb0", "node ws broadcast": "#805ad5",
               "python websockets broadcast": "#d69e2e"}
     panels = []
@@ -460,7 +511,10 @@ def write_report(results, scen, meta, path, merge=False):
              f"(load average {meta['load_before']} before, {meta['load_after']} after), so absolute "
              "rates move between runs; ratios within one round move less.  ")
     L.append(f"- Each server: a fresh process per measurement, `taskset -c {SERVER_CPU}`; the load "
-             f"generator `duplex bench`: one thread, `taskset -c {CLIENT_CPU}`. "
+             f"generator: one thread, `taskset -c {CLIENT_CPU}` — "
+             + " and ".join(f"`{g}`" for g in meta.get("generators", ["duplex bench"]))
+             + " (`fws-load`, built on the fastwebsockets client, runs the echo and handshake scenarios; "
+             "`bench/README.md` says how the two differ). "
              f"{meta['rounds']} round(s), servers interleaved within each round.  ")
     L.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "  ")
     L.append("- Duplex runs as `duplex serve --no-deflate` (release build); peers have no compression. "
@@ -482,6 +536,15 @@ def write_report(results, scen, meta, path, merge=False):
     for t, m, ok in targets(by):
         L.append(f"| {t} | {m} | {ok if isinstance(ok, str) else ('yes' if ok else '**no**')} |")
     L.append("")
+    pt = peer_targets(by, meta.get("generators", ["duplex bench"]))
+    if pt:
+        L.append("## Targets (issue 13): at or below the best peer, with both generators")
+        L.append("")
+        L.append("| target | Duplex vs the best peer, × raw TCP, median (range) | met |")
+        L.append("|---|---|---|")
+        for t, m, ok in pt:
+            L.append(f"| {t} | {m} | {ok if isinstance(ok, str) else ('yes' if ok else '**no**')} |")
+        L.append("")
     sections = {}
     for key, title, mode, servers, args in scen:
         start = len(L)
@@ -494,52 +557,9 @@ def write_report(results, scen, meta, path, merge=False):
                      f"{meta['load_before']} before, {meta['load_after']} after; "
                      + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "._")
             L.append("")
-        L.append(f"`duplex bench {mode} URL {' '.join(args)}`")
-        L.append("")
-        if mode == "echo":
-            L.append("| server | server CPU µs/msg | × TCP | msgs/s | MB/s | p50 µs | p99 µs | server core | generator core | errors |")
-            L.append("|---|---|---|---|---|---|---|---|---|---|")
-            for s in servers:
-                cpu = vals(by, key, s, "server_cpu_us_per_msg")
-                rt = ratios(by, key, s)
-                n, first = errors_of(by, key, s)
-                L.append("| " + " | ".join([
-                    s, fmt_ms(cpu, cpu_digits(med(cpu))),
-                    "1" if s == "raw TCP echo" else fmt_ms(rt, 2),
-                    fmt_ms(vals(by, key, s, "msgs_per_s")),
-                    fmt_ms(vals(by, key, s, "mb_per_s"), 1),
-                    fmt_ms(vals(by, key, s, "p50_us")),
-                    fmt_ms(vals(by, key, s, "p99_us")),
-                    pct(med(vals(by, key, s, "server_cpu_util"))),
-                    pct(med(vals(by, key, s, "generator_cpu_util"))),
-                    str(n) + (f" ({esc(first)})" if first else "")]) + " |")
-        elif mode == "idle":
-            L.append("| server | RSS growth per connection, bytes | opened | deflate agreed | open time, s | server CPU µs per connection opened | errors |")
-            L.append("|---|---|---|---|---|---|---|")
-            for s in servers:
-                n, first = errors_of(by, key, s)
-                L.append("| " + " | ".join([
-                    s, fmt_ms(vals(by, key, s, "rss_bytes_per_conn")),
-                    fmt(med(vals(by, key, s, "opened"))),
-                    fmt(med(vals(by, key, s, "deflate_negotiated"))),
-                    fmt_ms(vals(by, key, s, "open_s"), 2),
-                    fmt_ms(vals(by, key, s, "server_cpu_us_per_conn"), 1),
-                    str(n) + (f" ({esc(first)})" if first else "")]) + " |")
-        elif mode == "broadcast":
-            broadcast_table(L, by, key, servers, args)
-        else:
-            L.append("| server | handshakes/s | upgrade p50 µs | p99 µs | server CPU µs per handshake | server core | generator core | errors |")
-            L.append("|---|---|---|---|---|---|---|---|")
-            for s in servers:
-                n, first = errors_of(by, key, s)
-                L.append("| " + " | ".join([
-                    s, fmt_ms(vals(by, key, s, "handshakes_per_s")),
-                    fmt_ms(vals(by, key, s, "p50_us")),
-                    fmt_ms(vals(by, key, s, "p99_us")),
-                    fmt_ms(vals(by, key, s, "server_cpu_us_per_handshake"), 1),
-                    pct(med(vals(by, key, s, "server_cpu_util"))),
-                    pct(med(vals(by, key, s, "generator_cpu_util"))),
-                    str(n) + (f" ({esc(first)})" if first else "")]) + " |")
+        gens = [g for g in meta.get("generators", ["duplex bench"]) if mode in GEN_MODES[g]]
+        for g in gens:
+            section_table(L, by, key, title, mode, servers, args, g, len(gens) > 1)
         L.append(f"<!-- /scenario:{key} -->")
         L.append("")
         sections[key] = (title, L[start:])
@@ -556,6 +576,60 @@ def write_report(results, scen, meta, path, merge=False):
         L.append("")
     with open(path, "w") as f:
         f.write("\n".join(L))
+
+
+def section_table(L, by, key, title, mode, servers, args, g, several):
+    """One scenario's table for the results of generator `g`."""
+    cmd = f"`{g} {mode} URL {' '.join(args)}`"
+    L.append(f"Generator **`{g}`**: {cmd}" if several else cmd)
+    L.append("")
+    key = gen_key(key, g)
+    if mode == "echo":
+        L.append("| server | server CPU µs/msg | × TCP | msgs/s | MB/s | p50 µs | p99 µs | server core | generator core | errors |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        for s in servers:
+            cpu = vals(by, key, s, "server_cpu_us_per_msg")
+            rt = ratios(by, key, s)
+            n, first = errors_of(by, key, s)
+            L.append("| " + " | ".join([
+                s, fmt_ms(cpu, cpu_digits(med(cpu))),
+                "1" if s == "raw TCP echo" else fmt_ms(rt, 2),
+                fmt_ms(vals(by, key, s, "msgs_per_s")),
+                fmt_ms(vals(by, key, s, "mb_per_s"), 1),
+                fmt_ms(vals(by, key, s, "p50_us")),
+                fmt_ms(vals(by, key, s, "p99_us")),
+                pct(med(vals(by, key, s, "server_cpu_util"))),
+                pct(med(vals(by, key, s, "generator_cpu_util"))),
+                str(n) + (f" ({esc(first)})" if first else "")]) + " |")
+    elif mode == "idle":
+        L.append("| server | RSS growth per connection, bytes | opened | deflate agreed | open time, s | server CPU µs per connection opened | errors |")
+        L.append("|---|---|---|---|---|---|---|")
+        for s in servers:
+            n, first = errors_of(by, key, s)
+            L.append("| " + " | ".join([
+                s, fmt_ms(vals(by, key, s, "rss_bytes_per_conn")),
+                fmt(med(vals(by, key, s, "opened"))),
+                fmt(med(vals(by, key, s, "deflate_negotiated"))),
+                fmt_ms(vals(by, key, s, "open_s"), 2),
+                fmt_ms(vals(by, key, s, "server_cpu_us_per_conn"), 1),
+                str(n) + (f" ({esc(first)})" if first else "")]) + " |")
+    elif mode == "broadcast":
+        broadcast_table(L, by, key, servers, args)
+    else:
+        L.append("| server | handshakes/s | upgrade p50 µs | p99 µs | server CPU µs per handshake | server core | generator core | errors |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for s in servers:
+            n, first = errors_of(by, key, s)
+            L.append("| " + " | ".join([
+                s, fmt_ms(vals(by, key, s, "handshakes_per_s")),
+                fmt_ms(vals(by, key, s, "p50_us")),
+                fmt_ms(vals(by, key, s, "p99_us")),
+                fmt_ms(vals(by, key, s, "server_cpu_us_per_handshake"), 1),
+                pct(med(vals(by, key, s, "server_cpu_util"))),
+                pct(med(vals(by, key, s, "generator_cpu_util"))),
+                str(n) + (f" ({esc(first)})" if first else "")]) + " |")
+
+    L.append("")
 
 
 def splice(old, sections, notes_text):
@@ -611,9 +685,18 @@ def main():
     ap.add_argument("--merge", action="store_true",
                     help="splice the scenarios run into the existing report instead of rewriting it "
                          "(with --only; the chart is left as it is)")
+    ap.add_argument("--generators", default="duplex,fws-load",
+                    help="comma-separated: duplex (`duplex bench`, every scenario) and fws-load "
+                         "(echo and handshake only); default both")
     ap.add_argument("--report-only", metavar="JSONL",
                     help="rewrite the report from a previous run's bench/results/*.jsonl")
     a = ap.parse_args()
+    generators = []
+    for g in a.generators.split(","):
+        g = "duplex bench" if g.strip() == "duplex" else g.strip()
+        if g not in GENERATORS:
+            ap.error(f"unknown generator {g!r} (duplex, fws-load)")
+        generators.append(g)
     rounds = a.rounds or (1 if a.quick else 3)
     if a.report_only:
         meta = json.load(open(a.report_only.replace(".jsonl", ".meta.json")))
@@ -632,7 +715,7 @@ def main():
     t0 = time.time()
     meta = {"quick": a.quick, "rounds": rounds, "load_before": loadavg(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine(), "versions": tool_versions()}
+            "machine": machine(), "versions": tool_versions(), "generators": generators}
     os.makedirs(os.path.join(BENCH, "results"), exist_ok=True)
     raw_path = os.path.join(BENCH, "results", time.strftime("run-%Y%m%d-%H%M%S.jsonl"))
     results = []
@@ -641,14 +724,15 @@ def main():
             for key, title, mode, servers, args in scen:
                 # Rotate the order each round so no server always runs first.
                 order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
-                for s in order:
-                    log(f"[round {rnd + 1}/{rounds}] {title}: {s}")
-                    timeout = 120 if mode in ("idle", "broadcast") else 60
-                    j = run_one(s, mode, args, timeout)
-                    rec = {"key": key, "server": s, "round": rnd, "json": j}
-                    results.append(rec)
-                    raw.write(json.dumps(rec) + "\n")
-                    raw.flush()
+                for g in [g for g in generators if mode in GEN_MODES[g]]:
+                    for s in order:
+                        log(f"[round {rnd + 1}/{rounds}] {title}: {s} ({g})")
+                        timeout = 120 if mode in ("idle", "broadcast") else 60
+                        j = run_one(s, mode, args, timeout, g)
+                        rec = {"key": key, "server": s, "round": rnd, "gen": g, "json": j}
+                        results.append(rec)
+                        raw.write(json.dumps(rec) + "\n")
+                        raw.flush()
     meta["elapsed"] = time.time() - t0
     meta["load_after"] = loadavg()
     with open(raw_path.replace(".jsonl", ".meta.json"), "w") as f:

@@ -25,8 +25,8 @@ const BUDGET_MIB: u64 = 256;
 /// What the server may hold beyond the budget, in MiB
 /// (`docs/defaults.md`, "Server-wide memory budget"): the first 16 KiB
 /// each connection reads free of charge (2,000 × 16 KiB = 31 MiB), the
-/// connections' own state (a few KiB each), a warm buffer per worker
-/// thread (at most 32 MiB each) and memory freed by refused connections in
+/// connections' own state (a few KiB each), the warm buffers kept for
+/// large frames (at most 80 MiB for the process) and memory freed by refused connections in
 /// the last second or so, which jemalloc has not yet given back. Measured:
 /// the peak stays under the budget itself (229–242 MiB), since buffers are
 /// charged by capacity.

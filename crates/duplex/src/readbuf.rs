@@ -17,6 +17,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
@@ -25,8 +26,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 const SCRATCH: usize = 64 << 10;
 /// Smallest reservation while a frame is incomplete.
 const READ_MIN: usize = 8 << 10;
-/// First growth step for a partial frame.
-const READ_KEEP: usize = 64 << 10;
+/// First growth step for a partial frame, and the least room the first read
+/// of a frame gets: a 64 KiB message (65,550 bytes with its header) whose
+/// first 16 KiB came through the scratch arrives in two reads, not three.
+const READ_KEEP: usize = 128 << 10;
 /// A partial frame grows the buffer by at most this many times what has
 /// arrived (and never past what the frame still needs): a 16 MiB message
 /// takes 3 reallocations (each a copy) instead of 8 with doubling, while a
@@ -34,56 +37,111 @@ const READ_KEEP: usize = 64 << 10;
 /// proportional to what it sent.
 const GROWTH: usize = 4;
 
-/// Frames at least this large may take the thread's warm buffer.
+/// Room left past the end of a frame being read: the read that completes
+/// the frame then takes less than the buffer could, which tells the runtime
+/// the socket is drained (no read that finds nothing follows), and a next
+/// frame's header that already arrived comes in the same read.
+const READ_SLACK: usize = 4 << 10;
+/// Frames at least this large may take a warm buffer.
 const LARGE_MIN: usize = 1 << 20;
-/// The largest buffer a thread keeps warm; larger ones are freed.
+/// The largest buffer kept warm; larger ones are freed.
 const LARGE_KEEP: usize = 32 << 20;
+/// What the process keeps warm in all: room for four connections receiving
+/// 16 MiB messages at once (each buffer a little over 16 MiB: the frame's
+/// header and the allocator's rounding) to reuse one buffer each.
+const WARM_TOTAL: usize = 80 << 20;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
-    /// The buffer of the largest recent frame on this thread (one at most,
-    /// [`LARGE_KEEP`] at most), given back by the connection that received
-    /// it when it waits for input again, and lent to the next connection
-    /// that receives a frame it can hold. Memory already faulted in and
-    /// grown: a run of large messages costs no reallocation copies and no
-    /// page faults, while an idle connection still holds no buffer.
-    static WARM: RefCell<Option<BytesMut>> = const { RefCell::new(None) };
+}
+
+/// The buffers of recent large frames (each [`LARGE_MIN`]..=[`LARGE_KEEP`],
+/// [`WARM_TOTAL`] in all), given back by the connections that received
+/// them when they wait for input again, and lent to the next connections
+/// that receive frames they can hold. Memory already faulted in and grown:
+/// a run of large messages costs no reallocation copies and no page faults
+/// — on every connection receiving them, not only one — while an idle
+/// connection still holds no buffer. One pool for the process: a lock per
+/// frame of at least 1 MiB costs nothing beside the frame, and the bound
+/// does not grow with the number of runtime threads.
+static WARM: Mutex<WarmPool> = Mutex::new(WarmPool::new(WARM_TOTAL));
+
+/// Warm buffers, bounded in total capacity.
+struct WarmPool {
+    bufs: Vec<BytesMut>,
+    total: usize,
+    limit: usize,
+}
+
+impl WarmPool {
+    const fn new(limit: usize) -> Self {
+        WarmPool {
+            bufs: Vec::new(),
+            total: 0,
+            limit,
+        }
+    }
+
+    /// Keeps `b` (unshared, empty, within the size bounds), making room by
+    /// dropping smaller buffers; drops `b` if only larger ones are kept.
+    fn keep(&mut self, b: BytesMut) {
+        let cap = b.capacity();
+        while self.total + cap > self.limit {
+            let smallest = self
+                .bufs
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, x)| x.capacity())
+                .map(|(i, x)| (i, x.capacity()));
+            match smallest {
+                Some((i, c)) if c < cap => {
+                    self.bufs.swap_remove(i);
+                    self.total -= c;
+                }
+                _ => return,
+            }
+        }
+        self.total += cap;
+        self.bufs.push(b);
+    }
+
+    /// The smallest kept buffer with room for `need` bytes.
+    fn take(&mut self, need: u64) -> Option<BytesMut> {
+        let i = self
+            .bufs
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.capacity() as u64 >= need)
+            .min_by_key(|(_, x)| x.capacity())
+            .map(|(i, _)| i)?;
+        let b = self.bufs.swap_remove(i);
+        self.total -= b.capacity();
+        Some(b)
+    }
+}
+
+fn warm_pool() -> std::sync::MutexGuard<'static, WarmPool> {
+    // The pool holds plain buffers: a panic elsewhere leaves it consistent.
+    WARM.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Before a wait: if `buf` held a large frame and no message shares its
-/// storage any more, the storage becomes the thread's warm buffer (when it
-/// is larger than the one kept).
+/// storage any more, the storage goes to the warm pool.
 fn keep_warm(buf: &mut BytesMut) {
     if !buf.try_reclaim(LARGE_MIN) || buf.capacity() > LARGE_KEEP {
         return;
     }
     let b = std::mem::take(buf);
-    let _ = WARM.try_with(|w| {
-        let mut w = w.borrow_mut();
-        if !w
-            .as_ref()
-            .is_some_and(|kept| kept.capacity() >= b.capacity())
-        {
-            *w = Some(b);
-        }
-    });
+    warm_pool().keep(b);
 }
 
-/// The thread's warm buffer if it has room for `need` bytes. Only memory
-/// that exists already: a declared length picks it, never allocates it.
+/// A warm buffer with room for `need` bytes. Only memory that exists
+/// already: a declared length picks one, never allocates it.
 fn take_warm(need: u64) -> Option<BytesMut> {
     if need < LARGE_MIN as u64 {
         return None;
     }
-    WARM.try_with(|w| {
-        let mut w = w.borrow_mut();
-        match w.as_ref() {
-            Some(b) if b.capacity() as u64 >= need => w.take(),
-            _ => None,
-        }
-    })
-    .ok()
-    .flatten()
+    warm_pool().take(need)
 }
 
 /// Reads once from `stream` into `buf`; `pending_frame` is how many bytes
@@ -163,10 +221,7 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
             *buf = w;
             return poll_read_buf(stream, buf, cx);
         }
-        let want = pending_frame
-            .min(buf.len().saturating_mul(GROWTH).max(READ_KEEP))
-            .max(READ_MIN);
-        buf.reserve(want);
+        buf.reserve(growth(buf.len(), pending_frame));
     }
     poll_read_buf(stream, buf, cx)
 }
@@ -230,9 +285,7 @@ fn poll_read_budgeted<R: AsyncRead + Unpin>(
     if buf.capacity() - buf.len() < READ_MIN / 2 {
         let len = buf.len();
         let need = (len as u64).saturating_add(pending_frame as u64);
-        let want = pending_frame
-            .min(len.saturating_mul(GROWTH).max(READ_KEEP))
-            .max(READ_MIN);
+        let want = growth(len, pending_frame);
         let mut warm = take_warm(need);
         // The old buffer and the new one while the first is copied (which
         // `reserve` may avoid, growing in place): at most twice the old
@@ -270,13 +323,32 @@ fn poll_read_budgeted<R: AsyncRead + Unpin>(
 /// allocation still follows what arrived, not what the peer declared.
 fn first_allocation(got: &[u8]) -> usize {
     match frame_len(got) {
-        Some(frame) => {
-            let bounded = frame.min(got.len().saturating_mul(GROWTH) as u64) as usize;
-            bounded.max(got.len())
+        Some(frame) if frame > got.len() as u64 => {
+            let bound = got.len().saturating_mul(GROWTH).max(READ_KEEP);
+            if frame <= bound as u64 {
+                frame as usize + READ_SLACK
+            } else {
+                bound
+            }
         }
+        Some(_) => got.len(),
         // A partial or bad header: the connection reads or rejects it.
         None => got.len(),
     }
+}
+
+/// How much more room a buffer holding `len` bytes of a frame that still
+/// needs `pending_frame` takes: up to [`GROWTH`] times what arrived (at
+/// least [`READ_KEEP`]), or the rest of the frame and [`READ_SLACK`] when
+/// that is less.
+fn growth(len: usize, pending_frame: usize) -> usize {
+    let bound = len.saturating_mul(GROWTH).max(READ_KEEP);
+    let want = if pending_frame < bound {
+        pending_frame + READ_SLACK
+    } else {
+        bound
+    };
+    want.max(READ_MIN)
 }
 
 /// The length, header included, that the frame starting `b` declares.
@@ -325,36 +397,67 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     #[test]
-    fn a_large_frame_buffer_is_kept_warm_for_the_thread_once_unshared() {
+    fn a_large_frame_buffer_is_kept_warm_once_unshared() {
         let mut buf = BytesMut::with_capacity(2 << 20);
         buf.resize(2 << 20, 7);
         let start = buf.as_ptr();
         let message = buf.split_to(2 << 20).freeze();
         // Still shared with a message being written: nothing is kept, and
-        // the connection's buffer keeps nothing either once replaced.
+        // the connection's buffer keeps its (shared) storage.
         keep_warm(&mut buf);
-        assert!(take_warm(2 << 20).is_none());
         drop(message);
         keep_warm(&mut buf);
         assert_eq!(buf.capacity(), 0, "the connection gave the storage up");
-        // Small frames and frames it cannot hold do not take it.
+        // Small frames do not take it. (The pool is the process's: other
+        // tests may lend and take buffers meanwhile, so what is taken is
+        // found by its address.)
         assert!(take_warm(64 << 10).is_none());
-        assert!(take_warm(3 << 20).is_none());
-        let warm = take_warm(2 << 20).expect("the warm buffer");
-        assert_eq!(
-            warm.as_ptr(),
-            start,
-            "the same memory, not a new allocation"
-        );
-        assert!(warm.is_empty() && warm.capacity() >= 2 << 20);
+        let mut taken = Vec::new();
+        while let Some(w) = take_warm(2 << 20) {
+            assert!(w.is_empty() && w.capacity() >= 2 << 20);
+            taken.push(w);
+        }
         assert!(
-            take_warm(1 << 20).is_none(),
-            "lent to one connection at a time"
+            taken.iter().any(|w| w.as_ptr() == start),
+            "the same memory, not a new allocation"
         );
         // A small buffer is never kept.
         let mut small = BytesMut::with_capacity(4096);
         keep_warm(&mut small);
-        assert!(take_warm(LARGE_MIN as u64).is_none());
+        assert_eq!(small.capacity(), 4096);
+    }
+
+    #[test]
+    fn the_warm_pool_lends_the_smallest_fit_and_stays_within_its_bound() {
+        let mut pool = WarmPool::new(10 << 20);
+        let buf = |mib: usize| BytesMut::with_capacity(mib << 20);
+        pool.keep(buf(2));
+        pool.keep(buf(4));
+        pool.keep(buf(3));
+        assert_eq!(pool.total, 9 << 20);
+        // The smallest that holds the frame, lent to one connection.
+        let b = pool.take(3 << 20).unwrap();
+        assert!(b.capacity() >= 3 << 20 && b.capacity() < 4 << 20);
+        assert!(pool.take(5 << 20).is_none());
+        pool.keep(b);
+        // Room is made by dropping smaller buffers for a larger one...
+        pool.keep(buf(5));
+        assert!(pool.total <= 10 << 20, "{}", pool.total);
+        assert!(pool.take(5 << 20).is_some());
+        // ...never larger ones for a smaller one.
+        let mut pool = WarmPool::new(8 << 20);
+        pool.keep(buf(8));
+        pool.keep(buf(1));
+        assert_eq!(pool.bufs.len(), 1);
+        assert_eq!(pool.total, pool.bufs[0].capacity());
+        // Several connections each get a buffer of their own.
+        let mut pool = WarmPool::new(64 << 20);
+        for _ in 0..4 {
+            pool.keep(buf(16));
+        }
+        let lent: Vec<_> = (0..4).map(|_| pool.take(16 << 20).unwrap()).collect();
+        assert_eq!(lent.len(), 4);
+        assert_eq!(pool.total, 0);
     }
 
     #[test]
@@ -365,22 +468,36 @@ mod tests {
             h.extend_from_slice(&[1, 2, 3, 4]);
             h
         };
-        // 60,000 of a 65,550-byte frame: room for exactly the whole frame.
+        // 60,000 of a 65,550-byte frame: room for the whole frame and a
+        // little more, so that the read that completes it is not full.
         let mut got = header(65_536);
         got.resize(60_000, 0);
-        assert_eq!(first_allocation(&got), 65_550);
-        // 1,000 bytes of it: at most 4x what arrived.
+        assert_eq!(first_allocation(&got), 65_550 + READ_SLACK);
+        // 1,000 bytes of it: the same, within the least first step.
         got.truncate(1_000);
-        assert_eq!(first_allocation(&got), 4_000);
+        assert_eq!(first_allocation(&got), 65_550 + READ_SLACK);
+        // 1,000 bytes of a 1 MiB frame: the least first step.
+        let mut big = header(1 << 20);
+        big.resize(1_000, 0);
+        assert_eq!(first_allocation(&big), READ_KEEP);
+        // 60,000 of it: at most 4x what arrived.
+        big.resize(60_000, 0);
+        assert_eq!(first_allocation(&big), 240_000);
         // A declared 2^62 bytes changes nothing beyond that bound.
         let mut huge = header(1 << 62);
         huge.resize(100, 0);
-        assert_eq!(first_allocation(&huge), 400);
+        assert_eq!(first_allocation(&huge), READ_KEEP);
         // Whole small frames, partial and bad headers: what arrived.
         let two = [0x81, 0x80, 1, 2, 3, 4, 0x81, 0x80, 1, 2, 3, 4];
         assert_eq!(first_allocation(&two), two.len());
         assert_eq!(first_allocation(&[0x82]), 1);
         assert_eq!(first_allocation(&[0x83, 0x80, 0, 0, 0, 0]), 6);
+        // Growing for the rest of a frame: the rest and the slack when that
+        // is within the bound, else the bound.
+        assert_eq!(growth(100_000, 20_000), 20_000 + READ_SLACK);
+        assert_eq!(growth(100_000, 10 << 20), 400_000);
+        assert_eq!(growth(1_000, 10), READ_MIN);
+        assert_eq!(growth(1_000, 1 << 30), READ_KEEP);
     }
 
     #[tokio::test]

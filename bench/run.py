@@ -537,7 +537,10 @@ def write_report(results, scen, meta, path, merge=False):
         L.append(f"| {t} | {m} | {ok if isinstance(ok, str) else ('yes' if ok else '**no**')} |")
     L.append("")
     pt = peer_targets(by, meta.get("generators", ["duplex bench"]))
+    sections = {}
     if pt:
+        start = len(L)
+        L.append("<!-- scenario:targets13 -->")
         L.append("## Targets (issue 13): at or below the best peer, with both generators")
         L.append("")
         L.append("| target | Duplex vs the best peer, × raw TCP, median (range) | met |")
@@ -545,7 +548,12 @@ def write_report(results, scen, meta, path, merge=False):
         for t, m, ok in pt:
             L.append(f"| {t} | {m} | {ok if isinstance(ok, str) else ('yes' if ok else '**no**')} |")
         L.append("")
-    sections = {}
+        if merge:
+            L.append(f"_From the run of {meta['date']} (`--merge`): the scenarios it measured._")
+            L.append("")
+        L.append("<!-- /scenario:targets13 -->")
+        L.append("")
+        sections["targets13"] = ("Targets (issue 13): at or below the best peer, with both generators", L[start:])
     for key, title, mode, servers, args in scen:
         start = len(L)
         L.append(f"<!-- scenario:{key} -->")
@@ -652,6 +660,9 @@ def splice(old, sections, notes_text):
             while j < len(old) and not (old[j].startswith("## ") or old[j].startswith("<!-- scenario:")
                                         or old[j].startswith("Total run time:")):
                 j += 1
+        elif key == "targets13":
+            # Before the first scenario.
+            i = j = next((n for n, line in enumerate(old) if line.startswith("<!-- scenario:")), tail_at())
         else:
             i = j = tail_at()
         old[i:j] = lines

@@ -818,3 +818,55 @@ async fn bursts_written_into_idle_sockets_arrive_whole_and_in_order() {
     .await;
     assert_eq!(r[0]["id"], 9, "{r:?}");
 }
+
+/// A subscribe racing a stream of publications: the reply's offset is where
+/// the client stands, so the first publication after it is exactly the next
+/// one — never one at or below it (delivered twice) and never a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_racing_publications_sees_each_one_once() {
+    let srv = start(config()).await;
+    let hub = srv.app.hub.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (hub, stop) = (hub.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                hub.publish("h:race", "1".into(), None).await.unwrap();
+                n += 1;
+                if n % 4 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            n
+        })
+    };
+    for round in 0..300 {
+        let mut ws = client(srv.addr).await;
+        let mut lines = call(
+            &mut ws,
+            &[
+                json!({"id": 1, "connect": {}}),
+                json!({"id": 2, "subscribe": {"channel": "h:race"}}),
+            ],
+        )
+        .await
+        .into_iter();
+        let mut at = None;
+        let first = loop {
+            let Some(v) = lines.next() else {
+                lines = next(&mut ws).await.into_iter();
+                continue;
+            };
+            if v["id"] == 2 {
+                at = Some(v["subscribe"]["offset"].as_u64().unwrap_or(0));
+            } else if let Some(off) = v["push"]["pub"]["offset"].as_u64() {
+                break off;
+            }
+        };
+        let at = at.expect("the subscribe reply comes before any publication");
+        assert_eq!(first, at + 1, "round {round}: subscribed at {at}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(publisher.await.unwrap() > 300);
+}

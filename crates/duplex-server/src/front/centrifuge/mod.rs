@@ -153,8 +153,9 @@ impl Front {
 struct Sub {
     /// Who the client is in this channel (with its channel info).
     info: Arc<ClientInfo>,
-    /// Publications at or below this offset came with the subscribe
-    /// reply (recovery): skip them when they come out of the mailbox.
+    /// Publications at or below this offset are covered by the subscribe
+    /// reply (its position, and what recovery gave): skip them when they
+    /// come out of the mailbox.
     skip_until: u64,
     /// When the subscription token expires (Unix seconds).
     expires_at: Option<u64>,
@@ -781,10 +782,11 @@ impl Client<'_> {
             .subscribe(&info, &self.mailbox, channel, recover)
             .await
             .map_err(|e| hub_error(&e))?;
-        let skip_until = match s.recovered {
-            true => s.position.as_ref().map_or(0, |p| p.offset),
-            false => 0,
-        };
+        // Delivery into the mailbox began before the hub read the stream's
+        // position, so publications at or below it may still come out of
+        // the mailbox: the reply (or the recovered publications) covers
+        // them, whether or not this subscribe recovered.
+        let skip_until = s.position.as_ref().map_or(0, |p| p.offset);
         let name = s.name.clone().unwrap_or_else(|| channel.into());
         self.subs.insert(
             name,

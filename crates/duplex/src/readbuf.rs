@@ -11,7 +11,7 @@
 //! incomplete, reads go straight into the connection's buffer, which grows
 //! with the bytes that have arrived (never with a length the peer declared).
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use duplex_proto::{Connection, MemoryBudget};
 use std::cell::RefCell;
 use std::future::Future;
@@ -40,7 +40,8 @@ const GROWTH: usize = 4;
 /// Room left past the end of a frame being read: the read that completes
 /// the frame then takes less than the buffer could, which tells the runtime
 /// the socket is drained (no read that finds nothing follows), and a next
-/// frame's header that already arrived comes in the same read.
+/// frame's header that already arrived comes in the same read. Frames of
+/// [`LARGE_MIN`] or more get none (see [`slack`]).
 const READ_SLACK: usize = 4 << 10;
 /// Frames at least this large may take a warm buffer.
 const LARGE_MIN: usize = 1 << 20;
@@ -57,7 +58,8 @@ thread_local! {
 
 /// The buffers of recent large frames (each [`LARGE_MIN`]..=[`LARGE_KEEP`],
 /// [`WARM_TOTAL`] in all), given back by the connections that received
-/// them when they wait for input again, and lent to the next connections
+/// them when they wait for input again (or by the write side, once the
+/// message that still shared one is written: [`recycle`]), and lent to the next connections
 /// that receive frames they can hold. Memory already faulted in and grown:
 /// a run of large messages costs no reallocation copies and no page faults
 /// — on every connection receiving them, not only one — while an idle
@@ -126,13 +128,84 @@ fn warm_pool() -> std::sync::MutexGuard<'static, WarmPool> {
 }
 
 /// Before a wait: if `buf` held a large frame and no message shares its
-/// storage any more, the storage goes to the warm pool.
+/// storage any more, the whole storage goes to the warm pool; `buf` is left
+/// empty either way.
 fn keep_warm(buf: &mut BytesMut) {
-    if !buf.try_reclaim(LARGE_MIN) || buf.capacity() > LARGE_KEEP {
+    if let Some(whole) = reclaim_whole(std::mem::take(buf)) {
+        if (LARGE_MIN..=LARGE_KEEP).contains(&whole.capacity()) {
+            warm_pool().keep(whole);
+        }
+    }
+}
+
+/// All of `buf`'s storage, emptied, if nothing else shares it. `buf` is
+/// often the tail left after frames were split off the front: its own
+/// capacity is only what is past them, so the storage is taken back whole
+/// (a tail lent as a buffer would be too small for the frame it held).
+fn reclaim_whole(buf: BytesMut) -> Option<BytesMut> {
+    let mut whole = buf.freeze().try_into_mut().ok()?;
+    whole.clear();
+    // Asks for more than the tail holds: succeeds by moving the start back
+    // to the beginning of the storage (nothing to copy); fails only if the
+    // buffer starts there already, which is then whole.
+    let _ = whole.try_reclaim(whole.capacity() + 1);
+    Some(whole)
+}
+
+/// Makes room for `want` more bytes in `buf`. A large buffer grows to
+/// exactly that (by a new allocation and one copy, as a reallocation
+/// would), not to the double a `Vec` grows to, so a 16 MiB frame's buffer
+/// is 16 MiB, not 32 (the warm pool then holds twice as many).
+fn grow(buf: &mut BytesMut, want: usize) {
+    if buf.capacity() - buf.len() >= want {
         return;
     }
-    let b = std::mem::take(buf);
-    warm_pool().keep(b);
+    if buf.len() < LARGE_MIN || want >= buf.capacity() {
+        buf.reserve(want);
+        return;
+    }
+    let mut exact = BytesMut::with_capacity(buf.len() + want);
+    exact.extend_from_slice(buf);
+    *buf = exact;
+}
+
+/// Marks `n` bytes of `conn`'s outbound queue written. A large payload
+/// written whole goes to [`recycle`] instead of being dropped.
+pub(crate) fn consume_written(conn: &mut Connection, mut n: usize) {
+    while n >= LARGE_MIN {
+        let first = conn.outbound().len();
+        if first == 0 || first > n {
+            break;
+        }
+        if first >= LARGE_MIN {
+            if let Some(b) = conn.take_outbound_chunk() {
+                n -= b.len();
+                recycle(b);
+                continue;
+            }
+        }
+        conn.consume_outbound(first);
+        n -= first;
+    }
+    if n > 0 {
+        conn.consume_outbound(n);
+    }
+}
+
+/// A large payload the write side is done with: if nothing else shares its
+/// storage, the storage goes to the warm pool. An echo of a large message
+/// gives its read buffer back this way: the buffer was still being written
+/// out when its connection began to wait for the next frame, too early for
+/// [`keep_warm`], and would otherwise be freed (its pages with it) just
+/// before the next large frame needs one.
+fn recycle(b: Bytes) {
+    if b.len() < LARGE_MIN {
+        return;
+    }
+    if let Ok(mut m) = b.try_into_mut() {
+        m.clear();
+        keep_warm(&mut m);
+    }
 }
 
 /// A warm buffer with room for `need` bytes. Only memory that exists
@@ -189,8 +262,7 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
         }
         // Nothing waiting: give the memory back and wait through the scratch.
         // Unconditionally: an empty buffer may still share (and keep alive)
-        // the storage of the frames split off it. A large one is kept warm
-        // for the thread.
+        // the storage of the frames split off it. A large one is kept warm.
         keep_warm(buf);
         *buf = BytesMut::new();
         return SCRATCH_BUF.with(|s| {
@@ -221,7 +293,7 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
             *buf = w;
             return poll_read_buf(stream, buf, cx);
         }
-        buf.reserve(growth(buf.len(), pending_frame));
+        grow(buf, growth(buf.len(), pending_frame));
     }
     poll_read_buf(stream, buf, cx)
 }
@@ -305,7 +377,7 @@ fn poll_read_budgeted<R: AsyncRead + Unpin>(
                 w.extend_from_slice(buf);
                 *buf = w;
             }
-            None => buf.reserve(want),
+            None => grow(buf, want),
         }
     }
     // The whole buffer, the bytes about to be read into it included.
@@ -326,7 +398,7 @@ fn first_allocation(got: &[u8]) -> usize {
         Some(frame) if frame > got.len() as u64 => {
             let bound = got.len().saturating_mul(GROWTH).max(READ_KEEP);
             if frame <= bound as u64 {
-                frame as usize + READ_SLACK
+                frame as usize + slack(frame as usize)
             } else {
                 bound
             }
@@ -344,11 +416,26 @@ fn first_allocation(got: &[u8]) -> usize {
 fn growth(len: usize, pending_frame: usize) -> usize {
     let bound = len.saturating_mul(GROWTH).max(READ_KEEP);
     let want = if pending_frame < bound {
-        pending_frame + READ_SLACK
+        pending_frame + slack(len.saturating_add(pending_frame))
     } else {
         bound
     };
     want.max(READ_MIN)
+}
+
+/// The room to leave past a frame of `frame` bytes: [`READ_SLACK`], or none
+/// for a large frame. Reads into the room past a large frame would start
+/// the next frame in the tail of a buffer the message just received may
+/// still share (an echo still writing it out), so the next frame could not
+/// take that buffer back, nor a warm one: it would grow a new one by
+/// reallocations, each a copy and fresh pages. An empty read after a large
+/// frame costs nothing beside it.
+fn slack(frame: usize) -> usize {
+    if frame < LARGE_MIN {
+        READ_SLACK
+    } else {
+        0
+    }
 }
 
 /// The length, header included, that the frame starting `b` declares.
@@ -398,33 +485,67 @@ mod tests {
 
     #[test]
     fn a_large_frame_buffer_is_kept_warm_once_unshared() {
-        let mut buf = BytesMut::with_capacity(2 << 20);
+        // The pool is the process's: other tests may lend and take buffers
+        // meanwhile, so what is taken is found by its address.
+        fn taken_back(start: *const u8, need: usize) -> Option<BytesMut> {
+            let mut taken = Vec::new();
+            while let Some(w) = take_warm(need as u64) {
+                assert!(w.is_empty() && w.capacity() >= need);
+                taken.push(w);
+            }
+            taken.into_iter().find(|w| w.as_ptr() == start)
+        }
+        // Unshared: the connection's buffer is the tail past the frame split
+        // off its front; the storage is kept whole, not the tail.
+        let mut buf = BytesMut::with_capacity(4 << 20);
         buf.resize(2 << 20, 7);
         let start = buf.as_ptr();
-        let message = buf.split_to(2 << 20).freeze();
-        // Still shared with a message being written: nothing is kept, and
-        // the connection's buffer keeps its (shared) storage.
-        keep_warm(&mut buf);
-        drop(message);
+        drop(buf.split_to(2 << 20));
         keep_warm(&mut buf);
         assert_eq!(buf.capacity(), 0, "the connection gave the storage up");
-        // Small frames do not take it. (The pool is the process's: other
-        // tests may lend and take buffers meanwhile, so what is taken is
-        // found by its address.)
-        assert!(take_warm(64 << 10).is_none());
-        let mut taken = Vec::new();
-        while let Some(w) = take_warm(2 << 20) {
-            assert!(w.is_empty() && w.capacity() >= 2 << 20);
-            taken.push(w);
-        }
-        assert!(
-            taken.iter().any(|w| w.as_ptr() == start),
-            "the same memory, not a new allocation"
+        assert!(take_warm(64 << 10).is_none(), "small frames do not take it");
+        let w = taken_back(start, 3 << 20).expect("the same memory, whole");
+        assert!(w.capacity() >= 4 << 20);
+
+        // Still shared with a message being written: the connection gives
+        // its share up, and the write side hands the storage over once the
+        // message is written.
+        let mut buf = w;
+        buf.resize(2 << 20, 7);
+        let message = buf.split_to(2 << 20).freeze();
+        keep_warm(&mut buf);
+        assert_eq!(buf.capacity(), 0);
+        assert!(taken_back(start, 1 << 20).is_none(), "not while shared");
+        let mut conn = Connection::new(
+            duplex_proto::Role::Server,
+            duplex_proto::Config::default(),
+            None,
         );
+        conn.send(duplex_proto::Message::binary(message)).unwrap();
+        let queued = conn.outbound_len();
+        // A partial write keeps it queued; the rest hands it over.
+        consume_written(&mut conn, 1 << 20);
+        assert!(taken_back(start, 1 << 20).is_none(), "not while queued");
+        consume_written(&mut conn, queued - (1 << 20));
+        assert_eq!(conn.outbound_len(), 0);
+        assert!(taken_back(start, 3 << 20).is_some(), "the same memory");
+
         // A small buffer is never kept.
         let mut small = BytesMut::with_capacity(4096);
+        let start = small.as_ptr();
         keep_warm(&mut small);
-        assert_eq!(small.capacity(), 4096);
+        assert!(taken_back(start, LARGE_MIN).is_none());
+    }
+
+    #[test]
+    fn a_large_buffer_grows_to_exactly_what_is_wanted() {
+        let mut buf = BytesMut::with_capacity(2 << 20);
+        buf.resize(2 << 20, 1);
+        grow(&mut buf, 1 << 20);
+        assert_eq!(buf.capacity(), 3 << 20, "not the double a Vec takes");
+        assert!(buf.iter().all(|&b| b == 1) && buf.len() == 2 << 20);
+        grow(&mut buf, 1 << 20);
+        assert_eq!(buf.capacity(), 3 << 20, "room already there");
     }
 
     #[test]

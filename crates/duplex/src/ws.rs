@@ -288,7 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     return Poll::Ready(Err(Error::Io(std::io::ErrorKind::WriteZero.into())))
                 }
                 Poll::Ready(Ok(n)) => {
-                    self.conn.consume_outbound(n);
+                    crate::readbuf::consume_written(&mut self.conn, n);
                     self.disarm(Timer::Write);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),

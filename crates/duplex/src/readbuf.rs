@@ -59,11 +59,11 @@ thread_local! {
 /// The buffers of recent large frames (each [`LARGE_MIN`]..=[`LARGE_KEEP`],
 /// [`WARM_TOTAL`] in all), given back by the connections that received
 /// them when they wait for input again (or by the write side, once the
-/// message that still shared one is written: [`recycle`]), and lent to the next connections
-/// that receive frames they can hold. Memory already faulted in and grown:
-/// a run of large messages costs no reallocation copies and no page faults
-/// — on every connection receiving them, not only one — while an idle
-/// connection still holds no buffer. One pool for the process: a lock per
+/// message that still shared one is written: [`recycle`]), and lent to the
+/// next connections that receive frames they can hold. Memory already
+/// faulted in and grown: a run of large messages costs no reallocation
+/// copies and no page faults — on every connection receiving them, not only
+/// one — while an idle connection still holds no buffer. One pool for the process: a lock per
 /// frame of at least 1 MiB costs nothing beside the frame, and the bound
 /// does not grow with the number of runtime threads.
 static WARM: Mutex<WarmPool> = Mutex::new(WarmPool::new(WARM_TOTAL));

@@ -153,14 +153,65 @@ impl Front {
 struct Sub {
     /// Who the client is in this channel (with its channel info).
     info: Arc<ClientInfo>,
-    /// Publications at or below this offset are covered by the subscribe
-    /// reply (its position, and what recovery gave): skip them when they
-    /// come out of the mailbox.
-    skip_until: u64,
+    /// Publications the subscribe reply already covers.
+    skip: Skip,
     /// When the subscription token expires (Unix seconds).
     expires_at: Option<u64>,
     /// Joins and leaves are pushed (asked for, or forced by the namespace).
     join_leave: bool,
+}
+
+/// The publications a new subscription must not deliver again: those at or
+/// below the position its reply gave (and its recovered publications).
+/// Delivery into the mailbox begins before the hub reads that position, so
+/// a publication in flight then can still come out of the mailbox after
+/// the reply. Such publications arrive within moments of the subscribe, so
+/// the skip ends at the first publication past the position, or two pings
+/// after the subscribe (25–50 s by default), whichever is first: a stream
+/// that starts its offsets again in a new epoch (after a day without
+/// publications, or a Redis that lost it) is then never skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Skip {
+    /// Skip offsets at or below this (0: nothing to skip).
+    until: u64,
+    /// A ping has gone by since the subscribe.
+    aged: bool,
+}
+
+impl Skip {
+    fn until(offset: u64) -> Self {
+        Skip {
+            until: offset,
+            aged: false,
+        }
+    }
+
+    /// Nothing to skip (the hub may write into the socket directly).
+    fn is_done(&self) -> bool {
+        self.until == 0
+    }
+
+    /// Whether to skip a publication at `offset` (0: no history). The first
+    /// past the position ends the skip: a channel's publications come in
+    /// order.
+    fn skips(&mut self, offset: u64) -> bool {
+        if offset == 0 || self.until == 0 {
+            return false;
+        }
+        if offset <= self.until {
+            return true;
+        }
+        *self = Skip::default();
+        false
+    }
+
+    /// At a ping: the second since the subscribe ends the skip.
+    fn ping(&mut self) {
+        match self.aged {
+            true => *self = Skip::default(),
+            false => self.aged = self.until != 0,
+        }
+    }
 }
 
 /// The state of one connection.
@@ -300,7 +351,7 @@ impl Client<'_> {
             // Direct writes skip the per-subscription filter, so they wait
             // until no subscription has recovered publications to skip.
             let may_grant =
-                self.direct && connected && self.subs.values().all(|s| s.skip_until == 0);
+                self.direct && connected && self.subs.values().all(|s| s.skip.is_done());
             let encoding = self.encoding;
             let wake = poll_fn(|cx| {
                 // An overflow is seen whatever the socket does (the push
@@ -484,6 +535,9 @@ impl Client<'_> {
         }
         self.next_ping = now + self.front.config.ping_interval;
         self.pong_deadline = Some(now + self.front.config.pong_timeout);
+        for sub in self.subs.values_mut() {
+            sub.skip.ping();
+        }
         Ok(true)
     }
 
@@ -505,13 +559,8 @@ impl Client<'_> {
                     let Some(sub) = self.subs.get_mut(channel) else {
                         continue;
                     };
-                    if publication.offset != 0 {
-                        if publication.offset <= sub.skip_until {
-                            continue;
-                        }
-                        // Past what recovery gave: nothing later is at or
-                        // below it (a channel's publications come in order).
-                        sub.skip_until = 0;
+                    if sub.skip.skips(publication.offset) {
+                        continue;
                     }
                     channel
                 }
@@ -782,17 +831,14 @@ impl Client<'_> {
             .subscribe(&info, &self.mailbox, channel, recover)
             .await
             .map_err(|e| hub_error(&e))?;
-        // Delivery into the mailbox began before the hub read the stream's
-        // position, so publications at or below it may still come out of
-        // the mailbox: the reply (or the recovered publications) covers
-        // them, whether or not this subscribe recovered.
-        let skip_until = s.position.as_ref().map_or(0, |p| p.offset);
+        // Whether or not this subscribe recovered: see `Skip`.
+        let skip = Skip::until(s.position.as_ref().map_or(0, |p| p.offset));
         let name = s.name.clone().unwrap_or_else(|| channel.into());
         self.subs.insert(
             name,
             Sub {
                 info,
-                skip_until,
+                skip,
                 expires_at,
                 join_leave,
             },
@@ -992,5 +1038,34 @@ impl Client<'_> {
         if let Some(info) = self.info.take() {
             hub.unregister(&info);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Skip;
+
+    #[test]
+    fn a_skip_ends_past_the_position_or_at_the_second_ping() {
+        let mut s = Skip::until(10);
+        assert!(
+            !s.skips(0),
+            "publications without history are never skipped"
+        );
+        assert!(s.skips(9) && s.skips(10) && !s.is_done());
+        assert!(!s.skips(11) && s.is_done(), "the next one ends it");
+        assert!(!s.skips(5), "and nothing is skipped after");
+
+        // A quiet channel: two pings end it, so offsets that start again in
+        // a new epoch are delivered.
+        let mut s = Skip::until(10);
+        s.ping();
+        assert!(s.skips(10), "one ping may come right after the subscribe");
+        s.ping();
+        assert!(s.is_done() && !s.skips(1));
+
+        let mut none = Skip::until(0);
+        none.ping();
+        assert_eq!(none, Skip::default());
     }
 }

@@ -69,6 +69,10 @@ impl<T> Subs<T> {
         self.entries.iter().map(|(_, v)| v)
     }
 
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.entries.iter_mut().map(|(_, v)| v)
+    }
+
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = (Arc<str>, T)> {
         std::mem::take(&mut self.entries).into_iter()
     }

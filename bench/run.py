@@ -5,7 +5,8 @@ One command builds everything (release), then for every scenario and every
 server starts a fresh server process pinned to CPU 0 and runs the load
 generator pinned to CPU 1 (`duplex bench`, and for the echo and handshake
 scenarios also `fws-load`, an independent generator built on the
-fastwebsockets client), rounds interleaved across servers, and writes medians,
+fastwebsockets client, which at depth 16 runs a second time with `--batch`),
+rounds interleaved across servers, and writes medians,
 spreads (min-max) and ratios to the raw TCP echo of the same round into
 BENCHMARKS.md at the repository root, with an SVG chart in bench/chart.svg.
 
@@ -37,8 +38,22 @@ PEERS = os.path.join(BENCH, "target", "release")
 # Load generators: `duplex bench` runs every scenario; `fws-load`
 # (bench/peers/src/bin/fws-load.rs, on the fastwebsockets client) the echo
 # and handshake ones, so that no echo figure rests on one client alone.
-GENERATORS = {"duplex bench": [DUPLEX, "bench"], "fws-load": [os.path.join(PEERS, "fws-load")]}
-GEN_MODES = {"duplex bench": {"echo", "idle", "handshake", "broadcast"}, "fws-load": {"echo", "handshake"}}
+# `fws-load-batch` is `fws-load --batch`: it writes every frame it may send
+# in one write, as `duplex bench` does, so the depth-16 scenario is measured
+# with both write patterns by a client that is not Duplex's (the two
+# patterns, not the two clients, are what separate the results there).
+GENERATORS = {"duplex bench": [DUPLEX, "bench"], "fws-load": [os.path.join(PEERS, "fws-load")],
+              "fws-load-batch": [os.path.join(PEERS, "fws-load")]}
+GEN_EXTRA = {"fws-load-batch": ["--batch"]}
+GEN_MODES = {"duplex bench": {"echo", "idle", "handshake", "broadcast"}, "fws-load": {"echo", "handshake"},
+             "fws-load-batch": {"echo"}}
+# Scenarios a generator runs, where not every one of its modes' (with one
+# message in flight per connection, batching changes nothing).
+GEN_ONLY = {"fws-load-batch": {"bin20d16"}}
+
+
+def gen_runs(g, key, mode):
+    return mode in GEN_MODES[g] and key in GEN_ONLY.get(g, {key})
 BROADCAST_CONFIG = os.path.join(BENCH, "duplex-broadcast.toml")
 ADDR = "127.0.0.1:9001"
 SERVER_CPU = "0"
@@ -156,7 +171,7 @@ def run_one(server, mode, args, timeout, generator="duplex bench"):
         path, extra = BROADCAST_GEN.get(server, ("/echo", [])) if mode == "broadcast" else ("/echo", [])
         url = f"ws://{ADDR}{path}"
         gen = ["taskset", "-c", CLIENT_CPU] + GENERATORS[generator] + [mode, url,
-               "--server-pid", str(proc.pid), "--label", server] + args + extra
+               "--server-pid", str(proc.pid), "--label", server] + args + extra + GEN_EXTRA.get(generator, [])
         if raw:
             gen.append("--raw-tcp-peer")
         out = subprocess.run(gen, capture_output=True, text=True, timeout=timeout)
@@ -503,6 +518,38 @@ def esc(s):
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def old_target_rows(path):
+    """The rows of the issue-13 targets table in the report at `path`, as
+    (target, measured, met, run); a row without a run column takes the date
+    of the table's note."""
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        return []
+    rows, date, inside = [], "", False
+    for line in lines:
+        if line.startswith("<!-- scenario:targets13 -->"):
+            inside = True
+        elif line.startswith("<!-- /scenario:targets13 -->"):
+            break
+        elif inside:
+            m = re.match(r"_From the run of (.+?) \(", line)
+            if m:
+                date = m.group(1)
+            if line.startswith("| `"):
+                rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return [tuple(c[:4]) if len(c) >= 4 else (c[0], c[1], c[2], date) for c in rows if len(c) >= 3]
+
+
+def target_order(row):
+    """Generators in GENERATORS order, then the scenarios in run order."""
+    gens = list(GENERATORS)
+    g = row[0].split("`")[1] if row[0].startswith("`") else ""
+    labels = ["20 B text", "20 B binary", "64 KiB", "16 MiB", "handshakes/s", "handshakes per"]
+    at = next((i for i, lab in enumerate(labels) if lab in row[0]), len(labels))
+    return (gens.index(g) if g in gens else len(gens), at)
+
+
 def write_report(results, scen, meta, path, merge=False):
     """Writes the whole report, or with `merge` splices the sections of the
     scenarios in `results` into the report already at `path` (and refreshes
@@ -547,24 +594,30 @@ def write_report(results, scen, meta, path, merge=False):
     for t, m, ok in targets(by):
         L.append(f"| {t} | {m} | {ok if isinstance(ok, str) else ('yes' if ok else '**no**')} |")
     L.append("")
-    pt = peer_targets(by, meta.get("generators", ["duplex bench"]))
+    pt = [(t, m, ok if isinstance(ok, str) else ('yes' if ok else '**no**'), meta["date"])
+          for t, m, ok in peer_targets(by, meta.get("generators", ["duplex bench"]))]
+    if merge and pt:
+        # Rows of scenarios this run did not measure stay, with their run.
+        fresh = {row[0] for row in pt}
+        pt += [row for row in old_target_rows(path) if row[0] not in fresh]
     sections = {}
     if pt:
         start = len(L)
         L.append("<!-- scenario:targets13 -->")
-        L.append("## Targets (issue 13): at or below the best peer, with both generators")
+        L.append("## Targets (issue 13): at or below the best peer, with each generator")
         L.append("")
-        L.append("| target | Duplex vs the best peer, × raw TCP, median (range) | met |")
-        L.append("|---|---|---|")
-        for t, m, ok in pt:
-            L.append(f"| {t} | {m} | {ok if isinstance(ok, str) else ('yes' if ok else '**no**')} |")
+        L.append("| target | Duplex vs the best peer, × raw TCP, median (range) | met | run |")
+        L.append("|---|---|---|---|")
+        for row in sorted(pt, key=target_order):
+            L.append("| " + " | ".join(row) + " |")
         L.append("")
         if merge:
-            L.append(f"_From the run of {meta['date']} (`--merge`): the scenarios it measured._")
+            L.append("_Each row from the run named: `--merge` keeps the rows of scenarios the "
+                     "latest run did not measure._")
             L.append("")
         L.append("<!-- /scenario:targets13 -->")
         L.append("")
-        sections["targets13"] = ("Targets (issue 13): at or below the best peer, with both generators", L[start:])
+        sections["targets13"] = ("Targets (issue 13): at or below the best peer, with each generator", L[start:])
     for key, title, mode, servers, args in scen:
         start = len(L)
         L.append(f"<!-- scenario:{key} -->")
@@ -576,7 +629,7 @@ def write_report(results, scen, meta, path, merge=False):
                      f"{meta['load_before']} before, {meta['load_after']} after; "
                      + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "._")
             L.append("")
-        gens = [g for g in meta.get("generators", ["duplex bench"]) if mode in GEN_MODES[g]]
+        gens = [g for g in meta.get("generators", ["duplex bench"]) if gen_runs(g, key, mode)]
         for g in gens:
             section_table(L, by, key, title, mode, servers, args, g, len(gens) > 1)
         L.append(f"<!-- /scenario:{key} -->")
@@ -599,7 +652,8 @@ def write_report(results, scen, meta, path, merge=False):
 
 def section_table(L, by, key, title, mode, servers, args, g, several):
     """One scenario's table for the results of generator `g`."""
-    cmd = f"`{g} {mode} URL {' '.join(args)}`"
+    prog = "fws-load" if g == "fws-load-batch" else g
+    cmd = f"`{prog} {mode} URL {' '.join(args + GEN_EXTRA.get(g, []))}`"
     L.append(f"Generator **`{g}`**: {cmd}" if several else cmd)
     L.append("")
     key = gen_key(key, g)
@@ -707,9 +761,10 @@ def main():
     ap.add_argument("--merge", action="store_true",
                     help="splice the scenarios run into the existing report instead of rewriting it "
                          "(with --only; the chart is left as it is)")
-    ap.add_argument("--generators", default="duplex,fws-load",
-                    help="comma-separated: duplex (`duplex bench`, every scenario) and fws-load "
-                         "(echo and handshake only); default both")
+    ap.add_argument("--generators", default="duplex,fws-load,fws-load-batch",
+                    help="comma-separated: duplex (`duplex bench`, every scenario), fws-load "
+                         "(echo and handshake only) and fws-load-batch (fws-load --batch, the "
+                         "depth-16 scenario only); default all three")
     ap.add_argument("--report-only", metavar="JSONL",
                     help="rewrite the report from a previous run's bench/results/*.jsonl")
     a = ap.parse_args()
@@ -717,7 +772,7 @@ def main():
     for g in a.generators.split(","):
         g = "duplex bench" if g.strip() == "duplex" else g.strip()
         if g not in GENERATORS:
-            ap.error(f"unknown generator {g!r} (duplex, fws-load)")
+            ap.error(f"unknown generator {g!r} (duplex, fws-load, fws-load-batch)")
         generators.append(g)
     rounds = a.rounds or (1 if a.quick else 3)
     if a.report_only:
@@ -746,7 +801,7 @@ def main():
             for key, title, mode, servers, args in scen:
                 # Rotate the order each round so no server always runs first.
                 order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
-                for g in [g for g in generators if mode in GEN_MODES[g]]:
+                for g in [g for g in generators if gen_runs(g, key, mode)]:
                     for s in order:
                         log(f"[round {rnd + 1}/{rounds}] {title}: {s} ({g})")
                         timeout = 120 if mode in ("idle", "broadcast") else 60

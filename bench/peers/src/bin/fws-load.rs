@@ -10,7 +10,10 @@
 //!   client); the frames are read and written by `fastwebsockets`;
 //! - every frame is its own `write` (a `writev` above 1 KiB): a connection
 //!   with 16 messages in flight writes 16 times, where `duplex bench` writes
-//!   one buffer holding all 16;
+//!   one buffer holding all 16. With `--batch` it writes as `duplex bench`
+//!   does — every frame it may send, framed by `fastwebsockets`, in one
+//!   `write` — so that the write pattern, not the client, can be told apart
+//!   (frames are still read and checked by `fastwebsockets`);
 //! - a connection's reader and writer are two futures of one task, over
 //!   the split stream; the writer sends while it has credit (`--depth`,
 //!   one more per echo);
@@ -22,7 +25,7 @@
 //!
 //! ```text
 //! fws-load echo ws://127.0.0.1:9001/echo --server-pid PID -c 100 --depth 16 --size 20 [--text]
-//!          [--warmup 1] [--duration 4] [--raw-tcp-peer] [--label NAME]
+//!          [--warmup 1] [--duration 4] [--raw-tcp-peer] [--batch] [--label NAME]
 //! fws-load handshake ws://127.0.0.1:9001/echo --server-pid PID -c 16 [--warmup 1] [--duration 3]
 //! ```
 
@@ -54,6 +57,8 @@ struct Args {
     warmup: f64,
     duration: f64,
     raw_tcp_peer: bool,
+    /// Write every frame there is credit for in one `write`.
+    batch: bool,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -85,6 +90,7 @@ fn parse_args() -> Result<Args, String> {
         warmup: 1.0,
         duration: 4.0,
         raw_tcp_peer: false,
+        batch: false,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -100,6 +106,7 @@ fn parse_args() -> Result<Args, String> {
             "--warmup" => a.warmup = value()?.parse().map_err(|e| format!("{e}"))?,
             "--duration" => a.duration = value()?.parse().map_err(|e| format!("{e}"))?,
             "--raw-tcp-peer" => a.raw_tcp_peer = true,
+            "--batch" => a.batch = true,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -256,11 +263,21 @@ struct EchoPlan {
     /// frame would fail this check too.
     expect: Vec<u8>,
     depth: usize,
+    /// With `--batch`: the whole frame (header, key, masked payload) as
+    /// `fastwebsockets` formats it, written as many times as there is
+    /// credit in one `write`.
+    batch: Option<Vec<u8>>,
 }
 
 async fn echo_conn(mut tcp: TcpStream, plan: &EchoPlan, sh: &Shared) -> Result<(), String> {
     let (rd, wr) = tcp.split();
-    let (mut r, mut w) = fastwebsockets::after_handshake_split(rd, wr, Role::Client);
+    // With `--batch` the frames go straight into the socket, and
+    // fastwebsockets' writer (never used) is given nothing to write to.
+    let (sink, mut raw) = match plan.batch {
+        Some(_) => (Sink::Discard, Some(wr)),
+        None => (Sink::Socket(wr), None),
+    };
+    let (mut r, mut w) = fastwebsockets::after_handshake_split(rd, sink, Role::Client);
     w.set_auto_apply_mask(false);
     r.set_auto_close(false);
     r.set_auto_pong(false);
@@ -270,14 +287,26 @@ async fn echo_conn(mut tcp: TcpStream, plan: &EchoPlan, sh: &Shared) -> Result<(
     let wake = tokio::sync::Notify::new();
     let sent: RefCell<VecDeque<Instant>> = RefCell::new(VecDeque::with_capacity(plan.depth));
     let writer = async {
+        let mut out = Vec::new();
         loop {
             while credits.get() == 0 {
                 wake.notified().await;
             }
-            credits.set(credits.get() - 1);
-            sent.borrow_mut().push_back(Instant::now());
-            let f = Frame::new(true, plan.opcode, Some(plan.mask), Payload::Borrowed(&plan.masked));
-            w.write_frame(f).await.map_err(|e| format!("write: {e}"))?;
+            let (Some(frame), Some(raw)) = (&plan.batch, raw.as_mut()) else {
+                credits.set(credits.get() - 1);
+                sent.borrow_mut().push_back(Instant::now());
+                let f = Frame::new(true, plan.opcode, Some(plan.mask), Payload::Borrowed(&plan.masked));
+                w.write_frame(f).await.map_err(|e| format!("write: {e}"))?;
+                continue;
+            };
+            let n = credits.replace(0);
+            let now = Instant::now();
+            out.clear();
+            for _ in 0..n {
+                out.extend_from_slice(frame);
+                sent.borrow_mut().push_back(now);
+            }
+            raw.write_all(&out).await.map_err(|e| format!("write: {e}"))?;
         }
     };
     let reader = async {
@@ -312,6 +341,64 @@ async fn echo_conn(mut tcp: TcpStream, plan: &EchoPlan, sh: &Shared) -> Result<(
     }
 }
 
+/// The writer half given to fastwebsockets: the socket, or (with
+/// `--batch`, where frames are written straight into the socket) nothing.
+enum Sink<'a> {
+    Socket(tokio::net::tcp::WriteHalf<'a>),
+    Discard,
+}
+
+impl tokio::io::AsyncWrite for Sink<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Sink::Socket(w) => Pin::new(w).poll_write(cx, buf),
+            Sink::Discard => std::task::Poll::Ready(Ok(buf.len())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Sink::Socket(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            Sink::Discard => std::task::Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Sink::Socket(w) => w.is_write_vectored(),
+            Sink::Discard => true,
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Sink::Socket(w) => Pin::new(w).poll_flush(cx),
+            Sink::Discard => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Sink::Socket(w) => Pin::new(w).poll_shutdown(cx),
+            Sink::Discard => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// A payload like `duplex bench`'s: ASCII for text, every byte value for binary.
 fn payload(size: usize, text: bool) -> Vec<u8> {
     (0..size)
@@ -326,10 +413,16 @@ async fn run_echo(a: &Args) -> Result<(serde_json::Value, String), String> {
     // echo returns text frames masked, and the client checks their UTF-8.
     let mask: [u8; 4] = [0x5a, 0x13, 0x47, 0x21];
     let masked: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+    let opcode = if a.text { OpCode::Text } else { OpCode::Binary };
     let plan = Rc::new(EchoPlan {
-        opcode: if a.text { OpCode::Text } else { OpCode::Binary },
+        opcode,
         mask,
         expect: if a.raw_tcp_peer { masked.clone() } else { data },
+        batch: a.batch.then(|| {
+            let mut f = Frame::new(true, opcode, Some(mask), Payload::Borrowed(&masked));
+            let mut buf = Vec::new();
+            f.write(&mut buf).to_vec()
+        }),
         masked,
         depth: a.depth,
     });
@@ -369,12 +462,13 @@ async fn run_echo(a: &Args) -> Result<(serde_json::Value, String), String> {
     let own_cpu = s0.own_cpu.zip(s1.own_cpu).map(|(x, y)| y - x);
     let cpu_per_msg = server_cpu.filter(|_| msgs > 0).map(|c| c * 1e6 / msgs as f64);
     let human = format!(
-        "fws-load echo {} conns x {} B {} depth {}{}: {rate:.0} msg/s, server {} us CPU/msg, \
+        "fws-load echo {} conns x {} B {} depth {}{}{}: {rate:.0} msg/s, server {} us CPU/msg, \
          p50 {} us, {} errors{}",
         a.connections,
         a.size,
         if a.text { "text" } else { "binary" },
         a.depth,
+        if a.batch { " (batched writes)" } else { "" },
         if a.raw_tcp_peer { " (raw TCP peer)" } else { "" },
         cpu_per_msg.map_or("-".into(), |c| format!("{c:.3}")),
         quantile(&lat, 0.5).unwrap_or(0.0),
@@ -391,6 +485,7 @@ async fn run_echo(a: &Args) -> Result<(serde_json::Value, String), String> {
         "size": a.size,
         "text": a.text,
         "raw_tcp_peer": a.raw_tcp_peer,
+        "batch": a.batch,
         "duration_s": secs,
         "messages": msgs,
         "msgs_per_s": rate,

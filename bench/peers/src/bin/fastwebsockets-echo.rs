@@ -38,7 +38,10 @@ async fn upgrade_request(
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let listener = TcpListener::bind(duplex_bench_peers::listen_addr()).await?;
-    eprintln!("fastwebsockets-echo listening on {}", listener.local_addr()?);
+    eprintln!(
+        "fastwebsockets-echo listening on {}",
+        listener.local_addr()?
+    );
     loop {
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);

@@ -76,7 +76,9 @@ fn parse_size(s: &str) -> Result<usize, String> {
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let mode = it.next().ok_or("usage: fws-load echo|handshake URL [options]")?;
+    let mode = it
+        .next()
+        .ok_or("usage: fws-load echo|handshake URL [options]")?;
     let url = it.next().ok_or("missing URL")?;
     let mut a = Args {
         connections: if mode == "handshake" { 16 } else { 100 },
@@ -233,7 +235,10 @@ async fn open(host: &str, path: &str, raw: bool) -> Result<TcpStream, String> {
         .header(HOST, host)
         .header(UPGRADE, "websocket")
         .header(CONNECTION, "upgrade")
-        .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
+        .header(
+            "Sec-WebSocket-Key",
+            fastwebsockets::handshake::generate_key(),
+        )
         .header("Sec-WebSocket-Version", "13")
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
@@ -295,7 +300,12 @@ async fn echo_conn(mut tcp: TcpStream, plan: &EchoPlan, sh: &Shared) -> Result<(
             let (Some(frame), Some(raw)) = (&plan.batch, raw.as_mut()) else {
                 credits.set(credits.get() - 1);
                 sent.borrow_mut().push_back(Instant::now());
-                let f = Frame::new(true, plan.opcode, Some(plan.mask), Payload::Borrowed(&plan.masked));
+                let f = Frame::new(
+                    true,
+                    plan.opcode,
+                    Some(plan.mask),
+                    Payload::Borrowed(&plan.masked),
+                );
                 w.write_frame(f).await.map_err(|e| format!("write: {e}"))?;
                 continue;
             };
@@ -306,13 +316,18 @@ async fn echo_conn(mut tcp: TcpStream, plan: &EchoPlan, sh: &Shared) -> Result<(
                 out.extend_from_slice(frame);
                 sent.borrow_mut().push_back(now);
             }
-            raw.write_all(&out).await.map_err(|e| format!("write: {e}"))?;
+            raw.write_all(&out)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
         }
     };
     let reader = async {
         let mut no_send = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
         loop {
-            let f = r.read_frame(&mut no_send).await.map_err(|e| format!("read: {e}"))?;
+            let f = r
+                .read_frame(&mut no_send)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
             let now = Instant::now();
             if sh.phase.get() == Phase::Done {
                 return Ok(());
@@ -325,9 +340,15 @@ async fn echo_conn(mut tcp: TcpStream, plan: &EchoPlan, sh: &Shared) -> Result<(
                 _ => {}
             }
             if f.payload[..] != plan.expect[..] {
-                return Err(format!("echo of {} B differs from what was sent", f.payload.len()));
+                return Err(format!(
+                    "echo of {} B differs from what was sent",
+                    f.payload.len()
+                ));
             }
-            let t = sent.borrow_mut().pop_front().ok_or("more echoes than messages sent")?;
+            let t = sent
+                .borrow_mut()
+                .pop_front()
+                .ok_or("more echoes than messages sent")?;
             sh.record(now - t);
             credits.set(credits.get() + 1);
             wake.notify_one();
@@ -402,7 +423,13 @@ impl tokio::io::AsyncWrite for Sink<'_> {
 /// A payload like `duplex bench`'s: ASCII for text, every byte value for binary.
 fn payload(size: usize, text: bool) -> Vec<u8> {
     (0..size)
-        .map(|i| if text { b'a' + (i % 26) as u8 } else { (i * 7 + 3) as u8 })
+        .map(|i| {
+            if text {
+                b'a' + (i % 26) as u8
+            } else {
+                (i * 7 + 3) as u8
+            }
+        })
         .collect()
 }
 
@@ -412,7 +439,11 @@ async fn run_echo(a: &Args) -> Result<(serde_json::Value, String), String> {
     // Every byte under 0x80, so that masked ASCII stays ASCII: a raw TCP
     // echo returns text frames masked, and the client checks their UTF-8.
     let mask: [u8; 4] = [0x5a, 0x13, 0x47, 0x21];
-    let masked: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+    let masked: Vec<u8> = data
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ mask[i % 4])
+        .collect();
     let opcode = if a.text { OpCode::Text } else { OpCode::Binary };
     let plan = Rc::new(EchoPlan {
         opcode,
@@ -460,7 +491,9 @@ async fn run_echo(a: &Args) -> Result<(serde_json::Value, String), String> {
     lat.sort_unstable();
     let server_cpu = s0.server_cpu.zip(s1.server_cpu).map(|(x, y)| y - x);
     let own_cpu = s0.own_cpu.zip(s1.own_cpu).map(|(x, y)| y - x);
-    let cpu_per_msg = server_cpu.filter(|_| msgs > 0).map(|c| c * 1e6 / msgs as f64);
+    let cpu_per_msg = server_cpu
+        .filter(|_| msgs > 0)
+        .map(|c| c * 1e6 / msgs as f64);
     let human = format!(
         "fws-load echo {} conns x {} B {} depth {}{}{}: {rate:.0} msg/s, server {} us CPU/msg, \
          p50 {} us, {} errors{}",
@@ -469,11 +502,19 @@ async fn run_echo(a: &Args) -> Result<(serde_json::Value, String), String> {
         if a.text { "text" } else { "binary" },
         a.depth,
         if a.batch { " (batched writes)" } else { "" },
-        if a.raw_tcp_peer { " (raw TCP peer)" } else { "" },
+        if a.raw_tcp_peer {
+            " (raw TCP peer)"
+        } else {
+            ""
+        },
         cpu_per_msg.map_or("-".into(), |c| format!("{c:.3}")),
         quantile(&lat, 0.5).unwrap_or(0.0),
         sh.errors.get(),
-        if sh.errors.get() > 0 { format!("; first error: {}", sh.first_error.borrow()) } else { String::new() },
+        if sh.errors.get() > 0 {
+            format!("; first error: {}", sh.first_error.borrow())
+        } else {
+            String::new()
+        },
     );
     let json = serde_json::json!({
         "mode": "echo",
@@ -626,7 +667,10 @@ fn main() {
         }
         Err(e) => {
             eprintln!("fws-load: {e}");
-            println!("{}", serde_json::json!({"mode": a.mode, "generator": "fws-load", "errors": 1, "first_error": e}));
+            println!(
+                "{}",
+                serde_json::json!({"mode": a.mode, "generator": "fws-load", "errors": 1, "first_error": e})
+            );
             std::process::exit(1);
         }
     }

@@ -101,7 +101,9 @@ async fn serve(c: Rc<Conn>, conns: Conns) {
 }
 
 fn main() -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         let listener = TcpListener::bind(duplex_bench_peers::listen_addr()).await?;

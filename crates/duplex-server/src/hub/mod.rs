@@ -892,11 +892,7 @@ impl Hub {
         for s in &self.channels {
             for (name, ch) in lock(s).iter() {
                 if self.options(name).is_ok_and(|o| o.presence) {
-                    entries.extend(
-                        ch.subs
-                            .iter()
-                            .map(|sub| (name.clone(), sub.info.clone())),
-                    );
+                    entries.extend(ch.subs.iter().map(|sub| (name.clone(), sub.info.clone())));
                 }
             }
         }

@@ -634,3 +634,23 @@ async fn a_pending_burst_past_its_bound_tells_subscribers_to_recover() {
     assert_eq!(got[n].0, "unsub", "then told to recover");
     assert_eq!(pubs(&got), (1..=n as u64).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_channels_subscribers_are_found_by_id_and_kept_in_subscribe_order() {
+    let mut subs = Subscribers::default();
+    for name in ["a", "b", "c", "d"] {
+        let (info, mailbox) = client(name, "");
+        assert!(subs.insert(Subscriber { mailbox, info }));
+    }
+    let (again, mailbox) = client("b", "someone else");
+    assert!(!subs.insert(Subscriber {
+        mailbox,
+        info: again
+    }));
+    assert!(subs.contains("c") && !subs.contains("e"));
+    assert_eq!(subs.get("b").map(|s| &*s.info.user), Some(""));
+    assert!(subs.swap_remove("b"));
+    assert!(!subs.swap_remove("b"));
+    let order: Vec<&str> = subs.iter().map(|s| &*s.info.client).collect();
+    assert_eq!(order, ["a", "d", "c"]);
+}

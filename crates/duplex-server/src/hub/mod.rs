@@ -426,8 +426,7 @@ pub struct Subscribed {
 const SHARDS: usize = 32;
 
 /// A channel's local subscribers: who (for presence heartbeats) and where
-/// their events go.
-/// A channel's subscribers, found by client id, in the order they
+/// their events go, found by client id, in the order they
 /// subscribed (an unsubscribe moves the last one into the gap). The
 /// writer hands a burst out in this order, which is roughly the order the
 /// connections were accepted in: the kernel's per-socket state (file

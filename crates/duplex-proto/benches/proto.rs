@@ -9,6 +9,9 @@
 //!   context takeover.
 //! - `connection`: a server `Connection` receiving a read's worth of small
 //!   masked frames, handing out the messages and queueing the echoes.
+//! - `handshake`: the server side of an opening handshake (parse the
+//!   request head, validate it, build the 101), for the minimal request a
+//!   load generator sends and for the one Chromium sends.
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -201,5 +204,38 @@ fn connection(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, mask, header, utf8, deflate, connection);
+/// A request head as Chromium sends it (with the deflate offer).
+const CHROMIUM_REQUEST: &str = "GET /echo HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\
+    Connection: Upgrade\r\nPragma: no-cache\r\nCache-Control: no-cache\r\n\
+    User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+    Chrome/120.0.0.0 Safari/537.36\r\nUpgrade: websocket\r\n\
+    Origin: http://127.0.0.1:9001\r\nSec-WebSocket-Version: 13\r\n\
+    Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+
+/// The minimal request a load generator sends.
+const MINIMAL_REQUEST: &str = "GET /echo HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n\
+    Upgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn handshake(c: &mut Criterion) {
+    use duplex_proto::handshake::server::{accept, parse_request, UpgradeRequest};
+    let mut g = c.benchmark_group("handshake");
+    let cfg = Config::default().with_deflate(None);
+    for (name, req) in [("minimal", MINIMAL_REQUEST), ("chromium", CHROMIUM_REQUEST)] {
+        g.bench_with_input(BenchmarkId::new("server", name), req, |b, req| {
+            b.iter(|| {
+                let (r, _) = parse_request(black_box(req.as_bytes()), &cfg)
+                    .expect("valid")
+                    .expect("complete");
+                let up = UpgradeRequest::validate(r).expect("upgrade");
+                accept(&up, &cfg, None, &[]).response.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, mask, header, utf8, deflate, connection, handshake);
 criterion_main!(benches);

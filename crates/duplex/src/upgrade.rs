@@ -81,23 +81,20 @@ impl PendingUpgrade {
 
 /// The request head as the protocol core sees it.
 fn core_request(parts: &http::request::Parts) -> Request {
-    let headers = parts
+    let mut headers: Headers = parts
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
     let minor_version = match parts.version {
         http::Version::HTTP_09 | http::Version::HTTP_10 => 0,
         _ => 1,
     };
-    let mut headers = Headers(headers);
     // HTTP/1.1 requests always carry Host; hyper may present it only in the
     // URI (absolute-form targets).
     if headers.get("host").is_none() {
         if let Some(a) = parts.uri.authority() {
-            headers
-                .0
-                .push(("host".into(), a.as_str().as_bytes().to_vec()));
+            headers.push("host", a.as_str().as_bytes());
         }
     }
     Request {
@@ -164,8 +161,8 @@ fn respond(
         Decision::Accept { protocol, headers } => {
             let acc = server::accept(req, &config, protocol.as_deref(), &headers);
             let mut b = http::Response::builder().status(http::StatusCode::SWITCHING_PROTOCOLS);
-            for (k, v) in &acc.headers {
-                b = b.header(k.as_str(), v.as_str());
+            for (k, v) in acc.headers() {
+                b = b.header(k, v);
             }
             match b.body(Full::new(Bytes::new())) {
                 Ok(resp) => (
@@ -233,9 +230,9 @@ where
             let mut b = http::Response::builder().status(http::StatusCode::OK);
             // HTTP/2 has no Upgrade or Connection, and no key to answer.
             let h1_only = ["upgrade", "connection", "sec-websocket-accept"];
-            for (k, v) in &acc.headers {
+            for (k, v) in acc.headers() {
                 if !h1_only.iter().any(|h| k.eq_ignore_ascii_case(h)) {
-                    b = b.header(k.as_str(), v.as_str());
+                    b = b.header(k, v);
                 }
             }
             match b.body(Full::new(Bytes::new())) {

@@ -27,29 +27,93 @@ pub const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
 pub fn accept_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(&accept_key_bytes(key)).into_owned()
+}
+
+/// [`accept_key`] without an allocation: the 28 base64 characters.
+fn accept_key_bytes(key: &[u8]) -> [u8; 28] {
     let mut h = Sha1::new();
     h.update(key);
     h.update(WS_GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+    let mut out = [0u8; 28];
+    // 20 bytes are 28 base64 characters: the slice is exactly large enough.
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(h.finalize(), &mut out)
+        .unwrap_or(0);
+    debug_assert_eq!(n, 28);
+    out
 }
 
-/// Header fields of a parsed head, in order, names as sent.
+/// Header fields of a parsed head, in order, names as sent. Every name and
+/// value lives in one buffer, so a head of any number of fields costs two
+/// allocations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(pub Vec<(String, Vec<u8>)>);
+pub struct Headers {
+    /// Each field's name, then its value, back to back.
+    buf: Vec<u8>,
+    /// Per field: where its name ends and where its value ends in `buf`
+    /// (each name starts where the previous value ended).
+    ends: Vec<(usize, usize)>,
+}
 
 impl Headers {
+    /// No fields.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Room for `fields` fields of `bytes` bytes of names and values.
+    pub fn with_capacity(fields: usize, bytes: usize) -> Self {
+        Headers {
+            buf: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(fields),
+        }
+    }
+
+    /// Appends a field.
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        self.buf.extend_from_slice(name.as_bytes());
+        let name_end = self.buf.len();
+        self.buf.extend_from_slice(value);
+        self.ends.push((name_end, self.buf.len()));
+    }
+
+    /// Field `i`'s name and value, as bytes.
+    fn field(&self, i: usize) -> (&[u8], &[u8]) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1].1 };
+        let (name_end, end) = self.ends[i];
+        (&self.buf[start..name_end], &self.buf[name_end..end])
+    }
+
+    /// The fields, in order: name (as pushed, so UTF-8) and value.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &[u8])> + '_ {
+        (0..self.ends.len()).map(|i| {
+            let (k, v) = self.field(i);
+            // Names were pushed as `&str`: this cannot fail.
+            (std::str::from_utf8(k).unwrap_or_default(), v)
+        })
+    }
+
+    /// The values of every field named `name` (case-insensitive).
+    fn values<'n>(&self, name: &'n str) -> Values<'_, 'n> {
+        Values {
+            headers: self,
+            name: name.as_bytes(),
+            next: 0,
+        }
+    }
+
     /// The first value of `name` (case-insensitive), if it is UTF-8.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.values(name)
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// All values of `name`, joined with ", " (RFC 9110 §5.3 list semantics).
     pub fn get_joined(&self, name: &str) -> Option<String> {
         let mut out: Option<String> = None;
-        for (_, v) in self.0.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        for v in self.values(name) {
             let v = String::from_utf8_lossy(v);
             match &mut out {
                 Some(s) => {
@@ -63,35 +127,65 @@ impl Headers {
     }
 
     /// Whether the comma-separated list in `name` contains `token`
-    /// (case-insensitive), across all fields of that name.
+    /// (case-insensitive, around optional whitespace), across all fields
+    /// of that name.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.0
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .any(|(_, v)| {
-                String::from_utf8_lossy(v)
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
+        self.values(name).any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
     }
 
     /// Number of fields.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.ends.len()
     }
 
     /// True if there are no fields.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ends.is_empty()
+    }
+}
+
+/// The values of the fields of one name ([`Headers::values`]).
+struct Values<'a, 'n> {
+    headers: &'a Headers,
+    name: &'n [u8],
+    next: usize,
+}
+
+impl<'a> Iterator for Values<'a, '_> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while self.next < self.headers.ends.len() {
+            let (k, v) = self.headers.field(self.next);
+            self.next += 1;
+            if k.eq_ignore_ascii_case(self.name) {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+impl<'a> FromIterator<(&'a str, &'a [u8])> for Headers {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a [u8])>>(iter: I) -> Self {
+        let mut h = Headers::new();
+        for (k, v) in iter {
+            h.push(k, v);
+        }
+        h
     }
 }
 
 fn collect_headers(raw: &[httparse::Header<'_>]) -> Headers {
-    Headers(
-        raw.iter()
-            .map(|h| (h.name.to_string(), h.value.to_vec()))
-            .collect(),
-    )
+    let bytes = raw.iter().map(|h| h.name.len() + h.value.len()).sum();
+    let mut h = Headers::with_capacity(raw.len(), bytes);
+    for f in raw {
+        h.push(f.name, f.value);
+    }
+    h
 }
 
 fn map_httparse(e: httparse::Error, max_headers: usize) -> Error {

@@ -1,10 +1,11 @@
 //! Server side of the opening handshake.
 
-use super::{accept_key, collect_headers, map_httparse, split_list, Headers};
+use super::{collect_headers, map_httparse, split_list, Headers};
 use crate::config::Config;
 use crate::deflate::{self, DeflateParams, ExtensionOffer};
 use crate::error::{Error, HeaderError};
 use base64::Engine;
+use std::mem::MaybeUninit;
 
 /// A parsed HTTP/1.x request head (not yet known to be a WebSocket upgrade).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +37,20 @@ impl Request {
 /// Parses a request head from the start of `buf`. `Ok(None)`: incomplete,
 /// read more. The size and header-count limits apply to incomplete input too.
 pub fn parse_request(buf: &[u8], cfg: &Config) -> Result<Option<(Request, usize)>, Error> {
-    let mut raw = vec![httparse::EMPTY_HEADER; cfg.max_headers];
-    let mut req = httparse::Request::new(&mut raw);
+    // Up to this many fields are parsed into an array on the stack (the
+    // default limit is 64); beyond it, into a vector.
+    const ON_STACK: usize = 64;
+    let mut stack = [MaybeUninit::<httparse::Header<'_>>::uninit(); ON_STACK];
+    let mut heap = Vec::new();
+    let raw = if cfg.max_headers <= ON_STACK {
+        &mut stack[..cfg.max_headers]
+    } else {
+        heap.resize(cfg.max_headers, MaybeUninit::uninit());
+        &mut heap[..]
+    };
+    let mut req = httparse::Request::new(&mut []);
     let scan = &buf[..buf.len().min(cfg.max_handshake_bytes)];
-    match req.parse(scan) {
+    match req.parse_with_uninit_headers(scan, raw) {
         Ok(httparse::Status::Complete(n)) => Ok(Some((
             Request {
                 method: req.method.unwrap_or_default().to_string(),
@@ -104,9 +115,12 @@ impl UpgradeRequest {
             .get("sec-websocket-key")
             .map(str::trim)
             .ok_or(Error::BadKey)?;
-        match base64::engine::general_purpose::STANDARD.decode(key) {
-            Ok(k) if k.len() == 16 => {}
-            _ => return Err(Error::BadKey),
+        // 16 bytes in base64 (padding required): exactly 24 characters.
+        let mut decoded = [0u8; 18];
+        if key.len() != 24
+            || base64::engine::general_purpose::STANDARD.decode_slice(key, &mut decoded) != Ok(16)
+        {
+            return Err(Error::BadKey);
         }
         let protocols = h
             .get_joined("sec-websocket-protocol")
@@ -172,13 +186,44 @@ impl UpgradeRequest {
 pub struct Accepted {
     /// Bytes of the `101 Switching Protocols` response.
     pub response: Vec<u8>,
-    /// The same response's header fields, in order (for servers such as
-    /// hyper that write the response themselves).
-    pub headers: Vec<(String, String)>,
     /// The chosen subprotocol.
     pub protocol: Option<String>,
     /// Agreed permessage-deflate parameters, if compression is on.
     pub deflate: Option<DeflateParams>,
+    /// `Sec-WebSocket-Accept`.
+    accept: [u8; 28],
+    /// `Sec-WebSocket-Extensions`, if compression is on.
+    extensions: Option<String>,
+    /// The caller's extra headers that are safe to send.
+    extra: Vec<(String, String)>,
+}
+
+impl Accepted {
+    /// The response's header fields, in order (for servers such as hyper
+    /// that write the response themselves).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        let fixed = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            (
+                "Sec-WebSocket-Accept",
+                std::str::from_utf8(&self.accept).unwrap_or_default(),
+            ),
+        ];
+        let protocol = self
+            .protocol
+            .as_deref()
+            .map(|p| ("Sec-WebSocket-Protocol", p));
+        let extensions = self
+            .extensions
+            .as_deref()
+            .map(|e| ("Sec-WebSocket-Extensions", e));
+        fixed
+            .into_iter()
+            .chain(protocol)
+            .chain(extensions)
+            .chain(self.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
 }
 
 /// Accepts `req`: negotiates permessage-deflate under `cfg`, echoes
@@ -197,41 +242,33 @@ pub fn accept(
     let protocol = protocol
         .filter(|p| req.protocols.iter().any(|o| o == p))
         .map(str::to_string);
-    let mut headers = vec![
-        ("Upgrade".to_string(), "websocket".to_string()),
-        ("Connection".to_string(), "Upgrade".to_string()),
-        (
-            "Sec-WebSocket-Accept".to_string(),
-            accept_key(req.key.as_bytes()),
-        ),
-    ];
-    if let Some(p) = &protocol {
-        headers.push(("Sec-WebSocket-Protocol".to_string(), p.clone()));
-    }
-    if let Some(d) = &deflate {
-        headers.push(("Sec-WebSocket-Extensions".to_string(), d.to_header()));
-    }
-    headers.extend(
-        extra_headers
-            .iter()
-            .filter(|(k, v)| is_safe_header(k, v))
-            .cloned(),
-    );
-    let mut r = String::with_capacity(256);
-    r.push_str("HTTP/1.1 101 Switching Protocols\r\n");
-    for (k, v) in &headers {
-        r.push_str(k);
-        r.push_str(": ");
-        r.push_str(v);
-        r.push_str("\r\n");
-    }
-    r.push_str("\r\n");
-    Accepted {
-        response: r.into_bytes(),
-        headers,
+    let mut acc = Accepted {
+        response: Vec::new(),
+        extensions: deflate.as_ref().map(|d| d.to_header()),
         protocol,
         deflate,
+        accept: super::accept_key_bytes(req.key.as_bytes()),
+        extra: extra_headers
+            .iter()
+            .filter(|(k, v)| is_safe_header(k, v))
+            .cloned()
+            .collect(),
+    };
+    const STATUS: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n";
+    let len = acc
+        .headers()
+        .fold(STATUS.len() + 2, |n, (k, v)| n + k.len() + v.len() + 4);
+    let mut r = Vec::with_capacity(len);
+    r.extend_from_slice(STATUS);
+    for (k, v) in acc.headers() {
+        r.extend_from_slice(k.as_bytes());
+        r.extend_from_slice(b": ");
+        r.extend_from_slice(v.as_bytes());
+        r.extend_from_slice(b"\r\n");
     }
+    r.extend_from_slice(b"\r\n");
+    acc.response = r;
+    acc
 }
 
 fn is_safe_header(k: &str, v: &str) -> bool {
@@ -337,6 +374,91 @@ mod tests {
         assert!(!text.contains("Sec-WebSocket-Extensions"));
     }
 
+    /// The response's bytes and `headers()` (what hyper writes) say the
+    /// same, in the same order, extra headers last and unsafe ones left out.
+    #[test]
+    fn response_bytes_and_header_list_agree() {
+        let u = validate(&GOOD.replace(
+            "Sec-WebSocket-Version",
+            "Sec-WebSocket-Extensions: permessage-deflate\r\nSec-WebSocket-Version",
+        ))
+        .unwrap();
+        let extra = [
+            ("X-Served-By".to_string(), "duplex".to_string()),
+            ("X-Bad".to_string(), "a\r\nInjected: 1".to_string()),
+        ];
+        let a = accept(&u, &Config::default(), Some("superchat"), &extra);
+        let names: Vec<&str> = a.headers().map(|(k, _)| k).collect();
+        assert_eq!(
+            names,
+            [
+                "Upgrade",
+                "Connection",
+                "Sec-WebSocket-Accept",
+                "Sec-WebSocket-Protocol",
+                "Sec-WebSocket-Extensions",
+                "X-Served-By"
+            ]
+        );
+        let mut text = String::from("HTTP/1.1 101 Switching Protocols\r\n");
+        for (k, v) in a.headers() {
+            text += &format!("{k}: {v}\r\n");
+        }
+        text += "\r\n";
+        assert_eq!(String::from_utf8(a.response.clone()).unwrap(), text);
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(text.contains("Sec-WebSocket-Extensions: permessage-deflate"));
+        assert!(!text.contains("Injected"));
+    }
+
+    /// `Upgrade` and `Connection` are token lists: any field of the name,
+    /// any case, any item, optional whitespace around it; a token that is
+    /// only part of an item does not count.
+    #[test]
+    fn upgrade_tokens_are_list_items() {
+        let ok = [
+            GOOD.replace("Connection: Upgrade", "Connection: keep-alive, Upgrade"),
+            GOOD.replace("Connection: Upgrade", "Connection: keep-alive,\tupgrade "),
+            GOOD.replace(
+                "Connection: Upgrade",
+                "Connection: keep-alive\r\nconnection: UPGRADE",
+            ),
+            GOOD.replace("Upgrade: websocket", "Upgrade: h2c, WebSocket"),
+        ];
+        for req in ok {
+            validate(&req).unwrap_or_else(|e| panic!("{e} for {req:?}"));
+        }
+        let bad = [
+            GOOD.replace("Connection: Upgrade", "Connection: Upgraded"),
+            GOOD.replace("Connection: Upgrade", "Connection: keep-alive upgrade"),
+            GOOD.replace("Upgrade: websocket", "Upgrade: websockets"),
+        ];
+        for req in bad {
+            assert!(validate(&req).is_err(), "{req:?}");
+        }
+    }
+
+    /// A head with more fields than fit on the stack is parsed into a
+    /// vector when the limit allows it, and refused over the limit.
+    #[test]
+    fn heads_with_many_fields() {
+        let many: String = (0..100).map(|i| format!("X-F{i}: {i}\r\n")).collect();
+        let req = GOOD.replace("Origin:", &format!("{many}Origin:"));
+        let cfg = Config::default().with_max_headers(200);
+        let (r, n) = parse_request(req.as_bytes(), &cfg).unwrap().unwrap();
+        assert_eq!(n, req.len());
+        assert_eq!(r.headers.len(), 107);
+        assert_eq!(r.headers.get("x-f99"), Some("99"));
+        assert_eq!(
+            r.headers.iter().nth(1),
+            Some(("Upgrade", &b"websocket"[..]))
+        );
+        assert_eq!(
+            parse_request(req.as_bytes(), &Config::default()).unwrap_err(),
+            Error::TooManyHeaders { limit: 64 }
+        );
+    }
+
     #[test]
     fn extended_connect_of_http2() {
         // As an HTTP/2 server presents RFC 8441's example: no key, no
@@ -440,6 +562,23 @@ mod tests {
             ),
             (
                 GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "not base64!"),
+                Error::BadKey,
+                400,
+            ),
+            (
+                // 24 characters, but not canonical base64 of 16 bytes.
+                GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ=A"),
+                Error::BadKey,
+                400,
+            ),
+            (
+                // 17 and 20 bytes.
+                GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZTE="),
+                Error::BadKey,
+                400,
+            ),
+            (
+                GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZTEyMzQ="),
                 Error::BadKey,
                 400,
             ),

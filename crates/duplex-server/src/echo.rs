@@ -4,7 +4,7 @@ use crate::shutdown::{Shutdown, Stage};
 use duplex::{CloseCode, WebSocket};
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// What happened on one echo connection, for the connection's log line.
@@ -32,9 +32,8 @@ enum Ended {
 #[derive(Default)]
 struct Echo {
     stats: Counts,
-    /// Set when the queue went over `write_buffer_size`: the echoes are
-    /// written before more input is read (backpressure).
-    must_flush: bool,
+    /// The waker the shutdown waiter holds (see [`run`]).
+    registered: Option<Waker>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -50,11 +49,10 @@ impl Echo {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         loop {
-            if self.must_flush {
-                if let Err(e) = ready!(ws.poll_ready(cx)) {
-                    return Poll::Ready(Ended::SendFailed(e));
-                }
-                self.must_flush = false;
+            // Over `write_buffer_size`, the echoes are written before more
+            // input is read (backpressure); under it, a comparison.
+            if let Err(e) = ready!(ws.poll_ready(cx)) {
+                return Poll::Ready(Ended::SendFailed(e));
             }
             match ready!(ws.poll_recv(cx)) {
                 Some(Ok(m)) => {
@@ -63,7 +61,6 @@ impl Echo {
                     if let Err(e) = ws.start_send(m) {
                         return Poll::Ready(Ended::SendFailed(e));
                     }
-                    self.must_flush = ws.poll_ready(cx).is_pending();
                 }
                 Some(Err(e)) => return Poll::Ready(Ended::RecvFailed(e)),
                 None => return Poll::Ready(Ended::Closed),
@@ -78,8 +75,9 @@ impl Echo {
 /// connection waits for input, so pipelined messages share writes.
 ///
 /// The loop is one poll function over the `WebSocket`'s poll methods, so
-/// a waiting connection holds only the socket, the shutdown waiter, two
-/// counters and a flag: every idle connection carries this state.
+/// a waiting connection holds only the socket, the shutdown waiter, the
+/// waker it holds and two counters: every idle connection carries this
+/// state.
 pub async fn run<S>(ws: &mut WebSocket<S>, shutdown: &Shutdown) -> EchoStats
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -91,10 +89,29 @@ where
         if shutdown.stage() >= Stage::Closing {
             Ended::Shutdown
         } else {
+            // Polling the waiter takes its `Notify`'s lock, one lock for
+            // all of the server's connections: it is polled only to hand
+            // it a waker it does not hold yet. Otherwise the stage (an
+            // atomic, set before `advance` wakes the waiters) says whether
+            // it fired. Only `advance` wakes it, and it starts at Closing.
             poll_fn(|cx| match echo.poll(ws, cx) {
                 Poll::Ready(e) => Poll::Ready(e),
-                // Only `advance` wakes the waiter, and it starts at Closing.
-                Poll::Pending => woken.as_mut().poll(cx).map(|()| Ended::Shutdown),
+                Poll::Pending
+                    if echo
+                        .registered
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker())) =>
+                {
+                    if shutdown.stage() >= Stage::Closing {
+                        Poll::Ready(Ended::Shutdown)
+                    } else {
+                        Poll::Pending
+                    }
+                }
+                Poll::Pending => {
+                    echo.registered = Some(cx.waker().clone());
+                    woken.as_mut().poll(cx).map(|()| Ended::Shutdown)
+                }
             })
             .await
         }
@@ -135,4 +152,62 @@ where
         }
     }
     stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use duplex_proto::{Config, Connection, Role};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+    use tokio::io::AsyncReadExt;
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll<F: Future>(f: std::pin::Pin<&mut F>, waker: &Arc<Count>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(&Waker::from(waker.clone())))
+    }
+
+    /// While its waker stays the same the loop reads the shutdown stage
+    /// instead of polling its waiter; polled with another waker, it hands
+    /// the waiter that one, which the shutdown then wakes, and the
+    /// connection ends with 1001.
+    #[tokio::test]
+    async fn shutdown_wakes_the_waker_of_the_latest_poll() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let conn = Connection::new(Role::Server, Config::default().with_deflate(None), None);
+        let mut ws = WebSocket::from_parts(server, conn, BytesMut::new(), None, None, None);
+        let shutdown = Shutdown::new();
+        let mut echo = pin!(run(&mut ws, &shutdown));
+        let (a, b) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        assert!(poll(echo.as_mut(), &a).is_pending());
+        assert!(poll(echo.as_mut(), &a).is_pending());
+        assert!(poll(echo.as_mut(), &b).is_pending());
+        shutdown.advance(Stage::Closing);
+        assert_eq!(b.0.load(Ordering::SeqCst), 1, "the latest waker is woken");
+        assert_eq!(a.0.load(Ordering::SeqCst), 0, "the earlier one is not");
+        // Closing: the close frame goes out, then the loop waits for the
+        // peer's answer until the stage is Now.
+        assert!(poll(echo.as_mut(), &b).is_pending());
+        let mut frame = [0u8; 4];
+        client.read_exact(&mut frame).await.unwrap();
+        let reason = "server shutting down";
+        assert_eq!(frame[..2], [0x88, 2 + reason.len() as u8]);
+        assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1001);
+        shutdown.advance(Stage::Now);
+        match poll(echo.as_mut(), &b) {
+            Poll::Ready(stats) => assert_eq!(stats.messages, 0),
+            Poll::Pending => panic!("the loop ends once the stage is Now"),
+        }
+    }
 }

@@ -240,6 +240,8 @@ struct Slot {
     /// phase ([`IpCount`]), then the [`Session`] when it ends — an idle
     /// connection's task carries no copy of the address.
     state: SlotState,
+    /// An echo connection counted open (in the gauge `Drop` decrements).
+    echo_open: bool,
 }
 
 /// Whether a connection was admitted, and whether its address is counted.
@@ -287,6 +289,7 @@ impl Slot {
             started_ms: u32::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u32::MAX),
             shared: shared.clone(),
             state,
+            echo_open: false,
         })
     }
 
@@ -311,6 +314,9 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if self.echo_open {
+            self.shared.counts.echo_open.dec();
+        }
         match self.state {
             SlotState::Admitted | SlotState::AdmittedCounted => self.shared.limit.add_permits(1),
             _ => self.shared.refusals.add_permits(1),
@@ -409,10 +415,12 @@ impl Session<TcpStream> {
     fn run(self) -> impl Future<Output = ()> {
         let mut this = self;
         async move {
+            // Counted open until the slot is dropped (a flag in the slot,
+            // where a gauge handle held here would grow every idle task).
+            EchoGauge::count(&this.slot.shared, HTTP1);
+            this.slot.echo_open = true;
+            let stats = echo::run(&mut this.ws, &this.slot.shared.shutdown).await;
             let shared = &this.slot.shared;
-            let open = EchoGauge::open(shared, HTTP1);
-            let stats = echo::run(&mut this.ws, &shared.shutdown).await;
-            drop(open);
             let started = this.slot.started_ms;
             log_close(
                 &this.ws,
@@ -459,11 +467,16 @@ impl EchoGauge {
     /// Counts the socket (by the HTTP version of its handshake) and the
     /// open echo connection; the gauge goes down when this is dropped.
     fn open(shared: &Shared, http: &'static str) -> EchoGauge {
+        Self::count(shared, http);
+        EchoGauge(shared.counts.echo_open.clone())
+    }
+
+    /// Counts the socket and the open echo connection, leaving the
+    /// decrement to the caller.
+    fn count(shared: &Shared, http: &'static str) {
         count_websocket(shared, http);
         shared.counts.echo_total.inc();
-        let g = shared.counts.echo_open.clone();
-        g.inc();
-        EchoGauge(g)
+        shared.counts.echo_open.inc();
     }
 }
 

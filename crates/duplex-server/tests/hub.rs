@@ -536,6 +536,21 @@ async fn the_api_wants_its_key() {
         b.contains("duplex_refused_total{reason=\"api key\"} 2"),
         "{b}"
     );
+    // Closed, the connection is no longer counted open (once the server
+    // has ended it: the gauge goes down when its task ends).
+    echo.close(CloseCode::NORMAL, "").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, b) = http(srv.addr, "GET", "/metrics", &[], "").await;
+        if b.contains("duplex_connections{front=\"echo\"} 0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still counted open: {b}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// A kept-alive HTTP connection served by hyper, then a WebSocket upgrade

@@ -157,26 +157,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shutdown::tests::{poll, woken, Count};
     use bytes::BytesMut;
     use duplex_proto::{Config, Connection, Role};
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::Wake;
     use tokio::io::AsyncReadExt;
-
-    /// A waker that counts its wake-ups.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn poll<F: Future>(f: std::pin::Pin<&mut F>, waker: &Arc<Count>) -> Poll<F::Output> {
-        f.poll(&mut Context::from_waker(&Waker::from(waker.clone())))
-    }
 
     /// While its waker stays the same the loop reads the shutdown stage
     /// instead of polling its waiter; polled with another waker, it hands
@@ -194,8 +179,8 @@ mod tests {
         assert!(poll(echo.as_mut(), &a).is_pending());
         assert!(poll(echo.as_mut(), &b).is_pending());
         shutdown.advance(Stage::Closing);
-        assert_eq!(b.0.load(Ordering::SeqCst), 1, "the latest waker is woken");
-        assert_eq!(a.0.load(Ordering::SeqCst), 0, "the earlier one is not");
+        assert_eq!(woken(&b), 1, "the latest waker is woken");
+        assert_eq!(woken(&a), 0, "the earlier one is not");
         // Closing: the close frame goes out, then the loop waits for the
         // peer's answer until the stage is Now.
         assert!(poll(echo.as_mut(), &b).is_pending());

@@ -72,7 +72,7 @@ impl Shutdown {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::future::Future;
     use std::pin::Pin;
@@ -82,7 +82,7 @@ mod tests {
 
     /// A waker that counts its wake-ups.
     #[derive(Default)]
-    struct Count(AtomicUsize);
+    pub(crate) struct Count(AtomicUsize);
 
     impl Wake for Count {
         fn wake(self: Arc<Self>) {
@@ -91,11 +91,11 @@ mod tests {
     }
 
     /// Polls `f` once with `waker`'s count: no runtime, no timing.
-    fn poll<F: Future>(f: Pin<&mut F>, waker: &Arc<Count>) -> Poll<F::Output> {
+    pub(crate) fn poll<F: Future>(f: Pin<&mut F>, waker: &Arc<Count>) -> Poll<F::Output> {
         f.poll(&mut Context::from_waker(&Waker::from(waker.clone())))
     }
 
-    fn woken(w: &Arc<Count>) -> usize {
+    pub(crate) fn woken(w: &Arc<Count>) -> usize {
         w.0.load(Ordering::SeqCst)
     }
 

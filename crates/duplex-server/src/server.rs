@@ -240,7 +240,9 @@ struct Slot {
     /// phase ([`IpCount`]), then the [`Session`] when it ends — an idle
     /// connection's task carries no copy of the address.
     state: SlotState,
-    /// An echo connection counted open (in the gauge `Drop` decrements).
+    /// Counted in the open-echo-connections gauge, which `Drop` then
+    /// decrements (a flag here instead of a gauge handle in every idle
+    /// echo task).
     echo_open: bool,
 }
 

@@ -254,12 +254,10 @@ pub fn accept(
             .cloned()
             .collect(),
     };
-    const STATUS: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n";
-    let len = acc
-        .headers()
-        .fold(STATUS.len() + 2, |n, (k, v)| n + k.len() + v.len() + 4);
-    let mut r = Vec::with_capacity(len);
-    r.extend_from_slice(STATUS);
+    // 256 bytes hold the status line and the three fixed fields with room
+    // for a subprotocol and an extension offer; more only grows it.
+    let mut r = Vec::with_capacity(256);
+    r.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
     for (k, v) in acc.headers() {
         r.extend_from_slice(k.as_bytes());
         r.extend_from_slice(b": ");

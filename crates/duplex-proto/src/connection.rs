@@ -45,6 +45,23 @@ use std::time::Instant;
 /// would reallocate on the way.
 const EVENTS_START: usize = 16;
 
+/// A whole-message frame that fills its buffer exactly takes the buffer as
+/// its payload (no shared handle to allocate) when it is smaller than this;
+/// larger ones are split off, so that the tail left in the buffer still
+/// refers to the storage and a driver can take it back for the next large
+/// frame once the message is dropped (`duplex` keeps buffers of 1 MiB and
+/// more warm this way).
+const TAKE_WHOLE_MAX: usize = 1 << 20;
+
+/// What [`Connection::receive_frames`] does with a complete data message.
+#[derive(Clone, Copy)]
+enum Deliver {
+    /// Queue it as an event and go on.
+    Queue,
+    /// Return it, leaving the frames after it in the buffer.
+    Return,
+}
+
 /// Which end of the connection this is. Clients mask what they send and
 /// expect unmasked frames; servers the reverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +194,23 @@ enum Way {
 /// budget for `way` to the cost of holding `held` bytes, above the
 /// uncharged allowance. Growing may be refused (`false`, nothing changed);
 /// with `grow: false` it only ever gives back.
+#[inline]
 fn charge(
+    config: &Config,
+    cold: &mut Option<Box<Cold>>,
+    way: Way,
+    held: usize,
+    grow: bool,
+) -> bool {
+    // Within the allowance with nothing charged (every connection of small
+    // messages, on every read): nothing to change.
+    if held <= MemoryBudget::UNCHARGED && cold.is_none() {
+        return true;
+    }
+    charge_changed(config, cold, way, held, grow)
+}
+
+fn charge_changed(
     config: &Config,
     cold: &mut Option<Box<Cold>>,
     way: Way,
@@ -388,29 +421,58 @@ impl Connection {
     /// code RFC 6455 names is queued — and the error is returned; later input
     /// is discarded.
     pub fn receive(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
-        let r = self.receive_inner(buf);
+        self.receive_in(buf, Deliver::Queue).map(|_| ())
+    }
+
+    /// Like [`receive`](Self::receive), but stops at the first complete
+    /// data message and returns it instead of queueing it: the frames
+    /// after it stay in `buf` for the next call. Control frames before it
+    /// are handled as `receive` handles them (their events are queued).
+    /// A driver that hands out one message at a time this way needs no
+    /// event queue for data messages, which saves its allocation on every
+    /// read of a connection that waits between messages.
+    ///
+    /// Events already queued come first: while any is queued this queues
+    /// what it reads, as `receive` does, and returns `None`. `Ok(None)`
+    /// otherwise means that `buf` holds no complete message (the partial
+    /// frame at its end is kept, as `receive` keeps it).
+    pub fn receive_message(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, Error> {
+        let how = if self.events.is_empty() {
+            Deliver::Return
+        } else {
+            Deliver::Queue
+        };
+        self.receive_in(buf, how)
+    }
+
+    fn receive_in(&mut self, buf: &mut BytesMut, how: Deliver) -> Result<Option<Message>, Error> {
+        let r = self.receive_inner(buf, how);
         // What was consumed (delivered, or discarded) goes back to the
         // budget; the buffer that is left stays reserved.
         self.release_read(buf.capacity());
         r
     }
 
-    fn receive_inner(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
+    fn receive_inner(
+        &mut self,
+        buf: &mut BytesMut,
+        how: Deliver,
+    ) -> Result<Option<Message>, Error> {
         if !buf.is_empty() {
             self.activity = true;
         }
         if self.input_closed() {
             buf.clear();
-            return Ok(());
+            return Ok(None);
         }
-        match self.receive_frames(buf) {
-            Ok(()) => Ok(()),
+        match self.receive_frames(buf, how) {
+            Ok(m) => Ok(m),
             Err(e) if !self.events.is_empty() => {
                 // Messages that arrived intact before the bad frame are
                 // delivered first; the failure follows once they are polled.
                 buf.clear();
                 self.cold_mut().deferred_error = Some(e);
-                Ok(())
+                Ok(None)
             }
             Err(e) => {
                 buf.clear();
@@ -426,17 +488,23 @@ impl Connection {
         self.receive(scratch)
     }
 
-    fn receive_frames(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
+    /// Consumes frames from `buf` until it holds no complete one, or (with
+    /// [`Deliver::Return`]) until a data message is complete.
+    fn receive_frames(
+        &mut self,
+        buf: &mut BytesMut,
+        how: Deliver,
+    ) -> Result<Option<Message>, Error> {
         loop {
             if self.input_closed() {
                 buf.clear();
-                return Ok(());
+                return Ok(None);
             }
             let mut frame = match self.frame.take() {
                 Some(f) => f,
                 None => {
                     let Some((header, n)) = FrameHeader::parse(buf)? else {
-                        return Ok(());
+                        return Ok(None);
                     };
                     self.check_header(&header)?;
                     buf.advance(n);
@@ -449,7 +517,7 @@ impl Connection {
             if frame.header.opcode.is_control() {
                 if buf.len() < len {
                     self.frame = Some(frame);
-                    return Ok(());
+                    return Ok(None);
                 }
                 let mut payload = buf.split_to(len);
                 if let Some(k) = key {
@@ -474,11 +542,21 @@ impl Connection {
                 }
                 if frame.done < len {
                     self.frame = Some(frame);
-                    return Ok(());
+                    return Ok(None);
                 }
-                let payload = buf.split_to(len).freeze();
+                let payload = if len == buf.len() && len == buf.capacity() && len < TAKE_WHOLE_MAX {
+                    // The frame fills its buffer: the buffer becomes the
+                    // payload, with no shared handle to allocate.
+                    std::mem::take(buf).freeze()
+                } else {
+                    buf.split_to(len).freeze()
+                };
                 let text = self.message.take().is_some_and(|m| m.text);
-                self.deliver(text, payload)?;
+                let m = self.message_of(text, payload)?;
+                match how {
+                    Deliver::Return => return Ok(Some(m)),
+                    Deliver::Queue => self.queue_message(m),
+                }
                 continue;
             }
 
@@ -518,7 +596,7 @@ impl Connection {
             }
             if frame.done < len {
                 self.frame = Some(frame);
-                return Ok(());
+                return Ok(None);
             }
             if frame.header.fin {
                 let mut msg = self.message.take().expect("message in progress");
@@ -538,26 +616,32 @@ impl Connection {
                     }
                     inflated?;
                 }
-                self.deliver(msg.text, growth::into_bytes(msg.buf))?;
+                let m = self.message_of(msg.text, growth::into_bytes(msg.buf))?;
+                match how {
+                    Deliver::Return => return Ok(Some(m)),
+                    Deliver::Queue => self.queue_message(m),
+                }
             }
         }
     }
 
-    /// Queues a complete message; text has been validated piece by piece and
+    /// A complete message; text has been validated piece by piece and
     /// must not end inside a code point.
-    fn deliver(&mut self, text: bool, payload: Bytes) -> Result<(), Error> {
-        let m = if text {
+    fn message_of(&mut self, text: bool, payload: Bytes) -> Result<Message, Error> {
+        Ok(if text {
             self.utf8.finish()?;
             Message::Text(Utf8Bytes::from_validated(payload))
         } else {
             Message::Binary(payload)
-        };
+        })
+    }
+
+    fn queue_message(&mut self, m: Message) {
         if self.events.capacity() == 0 {
             // After a release: room for a read's worth of messages at once.
             self.events.reserve(EVENTS_START);
         }
         self.events.push_back(Event::Message(m));
-        Ok(())
     }
 
     /// Role, reserved-bit, sequencing and size rules for a new frame header.
@@ -702,17 +786,24 @@ impl Connection {
     /// next call fails the connection (queues the close frame). Likewise the
     /// echo of a peer's close that followed messages is queued once those
     /// messages have been polled (and possibly answered): poll until `None`.
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front();
-        if ev.is_none() {
-            if let Some(e) = self.cold.as_mut().and_then(|c| c.deferred_error.take()) {
-                self.fail(e);
-            }
-            if std::mem::take(&mut self.deferred_close_reply) {
-                self.reply_to_close();
-            }
+        if ev.is_none() && (self.cold.is_some() || self.deferred_close_reply) {
+            self.events_drained();
         }
         ev
+    }
+
+    /// What waits for the event queue to be drained: a deferred protocol
+    /// error, the echo of a peer's close.
+    fn events_drained(&mut self) {
+        if let Some(e) = self.cold.as_mut().and_then(|c| c.deferred_error.take()) {
+            self.fail(e);
+        }
+        if std::mem::take(&mut self.deferred_close_reply) {
+            self.reply_to_close();
+        }
     }
 
     // ----------------------------------------------------------------- output

@@ -424,6 +424,155 @@ proptest! {
     }
 }
 
+/// Takes everything `conn` has queued, as one buffer.
+fn take_wire(conn: &mut Connection) -> Vec<u8> {
+    let mut out = Vec::new();
+    while conn.outbound_len() > 0 {
+        let mut slices = [std::io::IoSlice::new(&[]); 64];
+        let n = conn.outbound_slices(&mut slices);
+        let before = out.len();
+        for s in &slices[..n] {
+            out.extend_from_slice(s);
+        }
+        conn.consume_outbound(out.len() - before);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// `receive_message`, called until it has nothing more, hands out the
+    /// messages `receive` queues, in the same order, and leaves the same
+    /// replies (pongs) queued, however the input is chunked: the frames
+    /// after a message stay in the buffer for the next call.
+    #[test]
+    fn one_message_at_a_time_is_what_receive_queues(
+        msgs in proptest::collection::vec(msg_strategy(), 1..8),
+        pings in proptest::collection::vec(any::<bool>(), 8),
+        chunk in 1usize..300, deflate in any::<bool>(), frag in 0usize..50,
+    ) {
+        let cfg = if deflate { Config::default() } else { Config::default().with_deflate(None) };
+        let mut queued = Pair::new(cfg.clone(), cfg.clone());
+        let mut one = Pair::new(cfg.clone(), cfg);
+        for (i, m) in msgs.iter().enumerate() {
+            if pings[i] {
+                queued.client.ping(&[i as u8]).unwrap();
+            }
+            if frag > 0 {
+                queued.client.send_fragmented(m.clone(), frag).unwrap();
+            } else {
+                queued.client.send(m.clone()).unwrap();
+            }
+        }
+        let wire = take_wire(&mut queued.client);
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+        for piece in wire.chunks(chunk) {
+            a.extend_from_slice(piece);
+            queued.server.receive(&mut a).unwrap();
+            while let Some(ev) = queued.server.poll_event() {
+                got_a.push(ev);
+            }
+            b.extend_from_slice(piece);
+            loop {
+                while let Some(ev) = one.server.poll_event() {
+                    got_b.push(ev);
+                }
+                match one.server.receive_message(&mut b).unwrap() {
+                    Some(m) => got_b.push(Event::Message(m)),
+                    None => break,
+                }
+            }
+            prop_assert_eq!(a.len(), b.len(), "the same partial frame is left");
+        }
+        while let Some(ev) = one.server.poll_event() {
+            got_b.push(ev);
+        }
+        let messages = |evs: &[Event]| -> Vec<Event> {
+            evs.iter().filter(|e| matches!(e, Event::Message(_))).cloned().collect()
+        };
+        let others = |evs: &[Event]| -> Vec<Event> {
+            evs.iter().filter(|e| !matches!(e, Event::Message(_))).cloned().collect()
+        };
+        let expect: Vec<Event> = msgs.iter().cloned().map(Event::Message).collect();
+        prop_assert_eq!(messages(&got_a), expect.clone());
+        prop_assert_eq!(messages(&got_b), expect);
+        prop_assert_eq!(others(&got_a), others(&got_b));
+        prop_assert_eq!(take_wire(&mut queued.server), take_wire(&mut one.server));
+    }
+}
+
+/// Handed out one at a time, the messages before a bad frame still come
+/// first; the call that reaches the bad frame fails the connection.
+#[test]
+fn one_message_at_a_time_stops_at_a_bad_frame_after_the_good_ones() {
+    let mut s = server();
+    let mut b = raw(true, 0, 1, K, b"Hello");
+    b.extend(raw(true, 2, 1, K, b"bad rsv"));
+    let mut buf = BytesMut::from(&b[..]);
+    let m = s.receive_message(&mut buf).unwrap();
+    assert_eq!(m, Some(Message::text("Hello")));
+    assert_eq!(s.state(), State::Open, "the bad frame is not read yet");
+    assert_eq!(
+        s.receive_message(&mut buf),
+        Err(Error::ReservedBitsSet),
+        "the next call reads it"
+    );
+    assert_eq!(queued_close_code(&s), Some(1002));
+    assert_eq!(s.receive_message(&mut buf), Ok(None));
+}
+
+/// While events are queued, `receive_message` queues what it reads behind
+/// them instead of handing a later message out first.
+#[test]
+fn one_message_at_a_time_waits_behind_queued_events() {
+    let mut s = server();
+    feed(&mut s, &raw(true, 0, 1, K, b"first")).unwrap();
+    let mut buf = BytesMut::from(&raw(true, 0, 1, K, b"second")[..]);
+    assert_eq!(s.receive_message(&mut buf), Ok(None));
+    assert!(buf.is_empty());
+    assert_eq!(s.poll_event(), Some(Event::Message(Message::text("first"))));
+    assert_eq!(
+        s.poll_event(),
+        Some(Event::Message(Message::text("second")))
+    );
+}
+
+/// A small frame that fills its buffer exactly takes the buffer as its
+/// payload: the payload is the storage's only handle (nothing shared to
+/// allocate). From 1 MiB up the frame is split off instead, and the
+/// buffer left behind still refers to the storage (a driver takes it back
+/// once the message is dropped).
+#[test]
+fn a_frame_that_fills_its_buffer_takes_it_unless_large() {
+    for (len, whole) in [(20usize, true), (100_000, true), (1 << 20, false)] {
+        let frame = raw(true, 0, 2, K, &vec![3u8; len]);
+        let mut buf = BytesMut::with_capacity(frame.len());
+        buf.extend_from_slice(&frame);
+        assert_eq!(buf.capacity(), buf.len());
+        let start = buf.as_ptr() as usize;
+        let mut s = server();
+        let Some(Message::Binary(b)) = s.receive_message(&mut buf).unwrap() else {
+            panic!("a binary message");
+        };
+        assert_eq!(b.len(), len);
+        assert_eq!(b.as_ptr() as usize, start + frame.len() - len, "not copied");
+        assert_eq!(b.is_unique(), whole, "{len} bytes");
+        drop(b);
+        assert!(buf.is_empty());
+        if !whole {
+            let rest = buf.freeze();
+            assert!(rest.is_unique(), "the buffer is all that holds the storage");
+            let mut all = rest.try_into_mut().unwrap();
+            assert!(
+                all.try_reclaim(frame.len()),
+                "and it can take it back whole"
+            );
+            assert_eq!(all.as_ptr() as usize, start);
+        }
+    }
+}
+
 /// Parses every frame `conn` has queued: (header, unmasked payload).
 fn queued_frames(conn: &Connection) -> Vec<(FrameHeader, Vec<u8>)> {
     let mut out = Vec::new();

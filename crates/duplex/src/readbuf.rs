@@ -228,7 +228,9 @@ pub(crate) async fn read_into<R: AsyncRead + Unpin>(
 ) -> io::Result<usize> {
     let config = duplex_proto::Config::default();
     let mut conn = Connection::new(duplex_proto::Role::Server, config, None);
-    std::future::poll_fn(|cx| poll_read_into(stream, buf, &mut conn, pending_frame, cx)).await
+    let mut large = true;
+    std::future::poll_fn(|cx| poll_read_into(stream, buf, &mut large, &mut conn, pending_frame, cx))
+        .await
 }
 
 /// Refused by the memory budget: `conn` has failed with
@@ -240,18 +242,50 @@ pub(crate) fn refused() -> io::Error {
 /// Reads once from `stream` into `buf` (see `read_into`): holds nothing between polls, so a
 /// waiting connection's state is its buffer (empty when idle) alone.
 ///
+/// `large` says whether `buf` may share storage of [`LARGE_MIN`] or more
+/// (set here after a read into such storage, cleared when `buf` is given
+/// up): only such storage is worth taking back for the warm pool, and
+/// finding out costs more than a small message's whole receive path.
+///
 /// With a memory budget (`conn`'s config) the read goes through
 /// [`poll_read_budgeted`].
 pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
+    large: &mut bool,
     conn: &mut Connection,
     pending_frame: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if conn.config().memory_budget.is_some() {
-        return poll_read_budgeted(stream, buf, conn, pending_frame, cx);
+    let read = if conn.config().memory_budget.is_some() {
+        poll_read_budgeted(stream, buf, large, conn, pending_frame, cx)
+    } else {
+        poll_read_plain(stream, buf, large, pending_frame, cx)
+    };
+    if let Poll::Ready(Ok(_)) = read {
+        // Storage enters `buf` only just before a read into it, so the
+        // room from its start is then the whole storage.
+        *large |= buf.capacity() >= LARGE_MIN;
     }
+    read
+}
+
+/// Gives `buf` up before a wait: empty, sharing nothing; large storage
+/// goes to the warm pool ([`keep_warm`]).
+fn give_up(buf: &mut BytesMut, large: &mut bool) {
+    if std::mem::take(large) {
+        keep_warm(buf);
+    }
+    *buf = BytesMut::new();
+}
+
+fn poll_read_plain<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    large: &mut bool,
+    pending_frame: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
     if buf.is_empty() {
         if buf.capacity() >= READ_MIN / 2 {
             // Data may be waiting already (a busy connection): read it into
@@ -263,8 +297,7 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
         // Nothing waiting: give the memory back and wait through the scratch.
         // Unconditionally: an empty buffer may still share (and keep alive)
         // the storage of the frames split off it. A large one is kept warm.
-        keep_warm(buf);
-        *buf = BytesMut::new();
+        give_up(buf, large);
         return SCRATCH_BUF.with(|s| {
             let mut s = s.borrow_mut();
             let mut rb = ReadBuf::new(&mut s[..]);
@@ -311,6 +344,7 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
 fn poll_read_budgeted<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
+    large: &mut bool,
     conn: &mut Connection,
     pending_frame: usize,
     cx: &mut Context<'_>,
@@ -322,8 +356,7 @@ fn poll_read_budgeted<R: AsyncRead + Unpin>(
                 return Poll::Ready(r);
             }
         }
-        keep_warm(buf);
-        *buf = BytesMut::new();
+        give_up(buf, large);
         conn.release_read(0);
         return SCRATCH_BUF.with(|s| {
             let mut s = s.borrow_mut();

@@ -66,6 +66,12 @@ pub struct WebSocket<S> {
     /// [`WsSender`]: crate::WsSender
     /// [`WsReceiver`]: crate::WsReceiver
     recv_wait: RecvWait,
+    /// `rbuf` may hold complete frames: the last parse stopped at a
+    /// message (`Connection::receive_message`) and handed it out.
+    more_input: bool,
+    /// `rbuf` may share storage large enough to keep warm (see
+    /// `readbuf::poll_read_into`).
+    rbuf_large: bool,
 }
 
 /// Where a pending `poll_recv` waits.
@@ -149,6 +155,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             transport_closed: false,
             reported_error: false,
             recv_wait: RecvWait::Other,
+            more_input: false,
+            rbuf_large: false,
         }
     }
 
@@ -406,6 +414,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     return Poll::Ready(Some(Ok(m)));
                 }
             }
+            if self.more_input {
+                // The rest of the last read, one message at a time: the
+                // replies to all of it queue up before the next flush.
+                if let Some(m) = self.parse() {
+                    return Poll::Ready(Some(Ok(m)));
+                }
+                continue;
+            }
             if self.conn.outbound_len() > 0 {
                 match self.poll_flush(cx) {
                     Poll::Ready(Ok(())) => {}
@@ -441,6 +457,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             let read = crate::readbuf::poll_read_into(
                 &mut self.stream,
                 &mut self.rbuf,
+                &mut self.rbuf_large,
                 &mut self.conn,
                 pending,
                 cx,
@@ -482,9 +499,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     }
                 }
                 Ok(_) => {
-                    // A protocol error queues the close frame; it is reported
-                    // after the close is written (next iterations).
-                    let _ = self.conn.receive(&mut self.rbuf);
+                    if let Some(m) = self.parse() {
+                        return Poll::Ready(Some(Ok(m)));
+                    }
                 }
                 // Refused by the memory budget: the connection has failed
                 // and queued its close frame, which the next iterations
@@ -503,6 +520,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 Err(e) => self.start_abort(Error::Io(e)),
             }
         }
+    }
+
+    /// The next message in `rbuf`, handed out without going through the
+    /// event queue; control frames on the way are handled and their events
+    /// queued. A protocol error queues the close frame; it is reported
+    /// after the close is written (the next iterations of `poll_recv`).
+    fn parse(&mut self) -> Option<Message> {
+        let m = self.conn.receive_message(&mut self.rbuf).ok().flatten();
+        self.more_input = m.is_some();
+        m
     }
 
     fn report(&mut self, e: Error) -> Option<Result<Message>> {
@@ -693,6 +720,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             transport_closed,
             reported_error,
             recv_wait,
+            more_input,
+            rbuf_large,
         } = self;
         WebSocket {
             stream: f(stream),
@@ -704,6 +733,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             transport_closed,
             reported_error,
             recv_wait,
+            more_input,
+            rbuf_large,
         }
     }
 }
@@ -746,6 +777,11 @@ fn poll_write_outbound<S: AsyncWrite + Unpin>(
     conn: &Connection,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
+    let first = conn.outbound();
+    if first.len() == conn.outbound_len() {
+        // One contiguous run (small frames): a plain write.
+        return Pin::new(stream).poll_write(cx, first);
+    }
     let mut slices = [IoSlice::new(&[]); MAX_IOV];
     let count = conn.outbound_slices(&mut slices);
     let stream = Pin::new(stream);

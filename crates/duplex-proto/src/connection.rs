@@ -407,6 +407,9 @@ impl Connection {
     }
 
     fn input_closed(&self) -> bool {
+        if self.cold.is_none() {
+            return self.state == State::Closed;
+        }
         self.cold().received_close.is_some()
             || self.cold().error.is_some()
             || self.cold().deferred_error.is_some()

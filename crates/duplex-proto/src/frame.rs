@@ -40,6 +40,7 @@ pub enum OpCode {
 
 impl OpCode {
     /// Decodes the 4-bit opcode; reserved values are an error (close 1002).
+    #[inline]
     pub fn from_u8(v: u8) -> Result<OpCode, Error> {
         Ok(match v {
             0x0 => OpCode::Continuation,
@@ -65,6 +66,7 @@ impl OpCode {
     }
 
     /// Close, ping and pong.
+    #[inline]
     pub fn is_control(self) -> bool {
         matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
     }
@@ -98,6 +100,7 @@ impl FrameHeader {
     /// Structural errors (reserved opcode, 64-bit length with the top bit set,
     /// control frame rules) are reported here; role- and state-dependent rules
     /// are the connection's.
+    #[inline]
     pub fn parse(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, Error> {
         if buf.len() < 2 {
             return Ok(None);

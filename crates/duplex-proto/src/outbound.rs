@@ -32,7 +32,9 @@ impl Outbound {
     /// The buffer to append small data to. Callers must call `added` after.
     pub(crate) fn tail(&mut self) -> &mut BytesMut {
         if self.tail.capacity() == 0 {
-            self.tail.reserve(TAIL_START);
+            // Allocated outright (`reserve` on an empty buffer takes a
+            // longer path to the same allocation).
+            self.tail = BytesMut::with_capacity(TAIL_START);
         }
         &mut self.tail
     }
@@ -154,6 +156,11 @@ impl Outbound {
                 Some(c) => {
                     c.advance(n);
                     return;
+                }
+                None if n == self.tail.len() => {
+                    // All written: the buffer is reused from its start.
+                    self.tail.clear();
+                    break;
                 }
                 None => {
                     self.tail.advance(n);

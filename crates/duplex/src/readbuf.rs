@@ -304,13 +304,11 @@ fn poll_read_plain<R: AsyncRead + Unpin>(
             match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let got = rb.filled();
-                    if let Some(w) = frame_len(got)
-                        .filter(|&f| f > got.len() as u64)
-                        .and_then(take_warm)
-                    {
-                        *buf = w;
+                    let frame = frame_len(got);
+                    match frame.filter(|&f| f > got.len() as u64).and_then(take_warm) {
+                        Some(w) => *buf = w,
+                        None => *buf = BytesMut::with_capacity(first_allocation(got.len(), frame)),
                     }
-                    buf.reserve(first_allocation(got));
                     buf.extend_from_slice(got);
                     Poll::Ready(Ok(got.len()))
                 }
@@ -364,12 +362,11 @@ fn poll_read_budgeted<R: AsyncRead + Unpin>(
             match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let got = rb.filled();
-                    let mut warm = frame_len(got)
-                        .filter(|&f| f > got.len() as u64)
-                        .and_then(take_warm);
+                    let frame = frame_len(got);
+                    let mut warm = frame.filter(|&f| f > got.len() as u64).and_then(take_warm);
                     let cap = warm
                         .as_ref()
-                        .map_or_else(|| first_allocation(got), BytesMut::capacity);
+                        .map_or_else(|| first_allocation(got.len(), frame), BytesMut::capacity);
                     // Free of charge for complete small frames; reserved
                     // before it is allocated otherwise.
                     if conn.reserve_read(cap, 0).is_err() {
@@ -420,25 +417,26 @@ fn poll_read_budgeted<R: AsyncRead + Unpin>(
     poll_read_buf(stream, buf, cx)
 }
 
-/// The buffer to allocate for `got`, the bytes a wait through the scratch
-/// brought: exactly `got` unless they start a frame that `got` does not
-/// hold whole, which gets room for the rest of that frame up to [`GROWTH`]
-/// times what arrived — so the rest of a large frame is read in place
-/// instead of costing a reallocation (a copy of everything so far), and the
-/// allocation still follows what arrived, not what the peer declared.
-fn first_allocation(got: &[u8]) -> usize {
-    match frame_len(got) {
-        Some(frame) if frame > got.len() as u64 => {
-            let bound = got.len().saturating_mul(GROWTH).max(READ_KEEP);
+/// The buffer to allocate for the `got` bytes a wait through the scratch
+/// brought, which start a frame of `frame` bytes (its header's
+/// [`frame_len`]): exactly `got` unless they do not hold that frame whole,
+/// which gets room for the rest of it up to [`GROWTH`] times what arrived
+/// — so the rest of a large frame is read in place instead of costing a
+/// reallocation (a copy of everything so far), and the allocation still
+/// follows what arrived, not what the peer declared.
+fn first_allocation(got: usize, frame: Option<u64>) -> usize {
+    match frame {
+        Some(frame) if frame > got as u64 => {
+            let bound = got.saturating_mul(GROWTH).max(READ_KEEP);
             if frame <= bound as u64 {
                 frame as usize + slack(frame as usize)
             } else {
                 bound
             }
         }
-        Some(_) => got.len(),
+        Some(_) => got,
         // A partial or bad header: the connection reads or rejects it.
-        None => got.len(),
+        None => got,
     }
 }
 
@@ -626,26 +624,32 @@ mod tests {
         // little more, so that the read that completes it is not full.
         let mut got = header(65_536);
         got.resize(60_000, 0);
-        assert_eq!(first_allocation(&got), 65_550 + READ_SLACK);
+        assert_eq!(
+            first_allocation(got.len(), frame_len(&got)),
+            65_550 + READ_SLACK
+        );
         // 1,000 bytes of it: the same, within the least first step.
         got.truncate(1_000);
-        assert_eq!(first_allocation(&got), 65_550 + READ_SLACK);
+        assert_eq!(
+            first_allocation(got.len(), frame_len(&got)),
+            65_550 + READ_SLACK
+        );
         // 1,000 bytes of a 1 MiB frame: the least first step.
         let mut big = header(1 << 20);
         big.resize(1_000, 0);
-        assert_eq!(first_allocation(&big), READ_KEEP);
+        assert_eq!(first_allocation(big.len(), frame_len(&big)), READ_KEEP);
         // 60,000 of it: at most 4x what arrived.
         big.resize(60_000, 0);
-        assert_eq!(first_allocation(&big), 240_000);
+        assert_eq!(first_allocation(big.len(), frame_len(&big)), 240_000);
         // A declared 2^62 bytes changes nothing beyond that bound.
         let mut huge = header(1 << 62);
         huge.resize(100, 0);
-        assert_eq!(first_allocation(&huge), READ_KEEP);
+        assert_eq!(first_allocation(huge.len(), frame_len(&huge)), READ_KEEP);
         // Whole small frames, partial and bad headers: what arrived.
         let two = [0x81, 0x80, 1, 2, 3, 4, 0x81, 0x80, 1, 2, 3, 4];
-        assert_eq!(first_allocation(&two), two.len());
-        assert_eq!(first_allocation(&[0x82]), 1);
-        assert_eq!(first_allocation(&[0x83, 0x80, 0, 0, 0, 0]), 6);
+        assert_eq!(first_allocation(two.len(), frame_len(&two)), two.len());
+        assert_eq!(first_allocation(1, frame_len(&[0x82])), 1);
+        assert_eq!(first_allocation(6, frame_len(&[0x83, 0x80, 0, 0, 0, 0])), 6);
         // Growing for the rest of a frame: the rest and the slack when that
         // is within the bound, else the bound.
         assert_eq!(growth(100_000, 20_000), 20_000 + READ_SLACK);

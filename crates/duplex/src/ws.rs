@@ -528,7 +528,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// after the close is written (the next iterations of `poll_recv`).
     fn parse(&mut self) -> Option<Message> {
         let m = self.conn.receive_message(&mut self.rbuf).ok().flatten();
-        self.more_input = m.is_some();
+        self.more_input = m.is_some() && !self.rbuf.is_empty();
         m
     }
 

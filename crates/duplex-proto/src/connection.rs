@@ -91,6 +91,10 @@ struct InFrame {
     header: FrameHeader,
     /// Payload bytes already unmasked (and, for streamed frames, consumed).
     done: usize,
+    /// One unfragmented, uncompressed data frame: the whole message, kept
+    /// in the read buffer and handed out without a copy (no
+    /// [`InMessage`] is made for it).
+    whole: bool,
 }
 
 /// The message being received.
@@ -98,9 +102,6 @@ struct InFrame {
 struct InMessage {
     text: bool,
     compressed: bool,
-    /// One unfragmented, uncompressed frame: kept in the read buffer and
-    /// handed out without a copy.
-    whole: bool,
     /// Assembled payload (fragmented or compressed messages).
     buf: Vec<u8>,
     /// Frames so far (saturating; `max_fragments` stops it long before).
@@ -509,9 +510,13 @@ impl Connection {
                     let Some((header, n)) = FrameHeader::parse(buf)? else {
                         return Ok(None);
                     };
-                    self.check_header(&header)?;
+                    let whole = self.check_header(&header)?;
                     buf.advance(n);
-                    InFrame { header, done: 0 }
+                    InFrame {
+                        header,
+                        done: 0,
+                        whole,
+                    }
                 }
             };
             let len = frame.header.payload_len as usize;
@@ -530,15 +535,15 @@ impl Connection {
                 continue;
             }
 
-            let whole = self.message.as_ref().is_some_and(|m| m.whole);
-            if whole {
+            if frame.whole {
+                let text = frame.header.opcode == OpCode::Text;
                 let end = buf.len().min(len);
                 if end > frame.done {
                     let new = &mut buf[frame.done..end];
                     if let Some(k) = key {
                         apply_mask(new, k, frame.done);
                     }
-                    if self.message.as_ref().is_some_and(|m| m.text) {
+                    if text {
                         self.utf8.feed(new)?;
                     }
                     frame.done = end;
@@ -554,7 +559,6 @@ impl Connection {
                 } else {
                     buf.split_to(len).freeze()
                 };
-                let text = self.message.take().is_some_and(|m| m.text);
                 let m = self.message_of(text, payload)?;
                 match how {
                     Deliver::Return => return Ok(Some(m)),
@@ -648,7 +652,11 @@ impl Connection {
     }
 
     /// Role, reserved-bit, sequencing and size rules for a new frame header.
-    fn check_header(&mut self, h: &FrameHeader) -> Result<(), Error> {
+    /// Checks a frame's header against the connection's state and limits,
+    /// and starts the message a data frame begins. `Ok(true)` for a data
+    /// frame that is a whole message (final, uncompressed), which needs no
+    /// [`InMessage`].
+    fn check_header(&mut self, h: &FrameHeader) -> Result<bool, Error> {
         match (self.role, h.mask.is_some()) {
             (Role::Server, false) => return Err(Error::UnmaskedFrame),
             (Role::Client, true) => return Err(Error::MaskedFrame),
@@ -661,7 +669,7 @@ impl Connection {
             if h.rsv1 {
                 return Err(Error::ReservedBitsSet);
             }
-            return Ok(());
+            return Ok(false);
         }
         let limit = self.config.max_frame_size;
         if h.payload_len > limit as u64 {
@@ -697,16 +705,18 @@ impl Connection {
                     return Err(Error::MessageTooLarge { limit: max_msg });
                 }
                 self.utf8 = Utf8Validator::new();
+                if h.fin && !h.rsv1 {
+                    return Ok(true);
+                }
                 self.message = Some(InMessage {
                     text: h.opcode == OpCode::Text,
                     compressed: h.rsv1,
-                    whole: h.fin && !h.rsv1,
                     buf: Vec::new(),
                     fragments: 1,
                 });
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     fn on_control(&mut self, op: OpCode, payload: Bytes) -> Result<(), Error> {

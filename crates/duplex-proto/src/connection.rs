@@ -91,10 +91,6 @@ struct InFrame {
     header: FrameHeader,
     /// Payload bytes already unmasked (and, for streamed frames, consumed).
     done: usize,
-    /// One unfragmented, uncompressed data frame: the whole message, kept
-    /// in the read buffer and handed out without a copy (no
-    /// [`InMessage`] is made for it).
-    whole: bool,
 }
 
 /// The message being received.
@@ -510,13 +506,9 @@ impl Connection {
                     let Some((header, n)) = FrameHeader::parse(buf)? else {
                         return Ok(None);
                     };
-                    let whole = self.check_header(&header)?;
+                    self.check_header(&header)?;
                     buf.advance(n);
-                    InFrame {
-                        header,
-                        done: 0,
-                        whole,
-                    }
+                    InFrame { header, done: 0 }
                 }
             };
             let len = frame.header.payload_len as usize;
@@ -535,7 +527,10 @@ impl Connection {
                 continue;
             }
 
-            if frame.whole {
+            // A data frame with no message in progress is a whole message
+            // (final and uncompressed): `check_header` starts a message
+            // for any other.
+            if self.message.is_none() {
                 let text = frame.header.opcode == OpCode::Text;
                 let end = buf.len().min(len);
                 if end > frame.done {
@@ -653,10 +648,9 @@ impl Connection {
 
     /// Role, reserved-bit, sequencing and size rules for a new frame header.
     /// Checks a frame's header against the connection's state and limits,
-    /// and starts the message a data frame begins. `Ok(true)` for a data
-    /// frame that is a whole message (final, uncompressed), which needs no
-    /// [`InMessage`].
-    fn check_header(&mut self, h: &FrameHeader) -> Result<bool, Error> {
+    /// and starts the message a data frame begins, unless the frame is the
+    /// whole message (final, uncompressed): that needs no [`InMessage`].
+    fn check_header(&mut self, h: &FrameHeader) -> Result<(), Error> {
         match (self.role, h.mask.is_some()) {
             (Role::Server, false) => return Err(Error::UnmaskedFrame),
             (Role::Client, true) => return Err(Error::MaskedFrame),
@@ -669,7 +663,7 @@ impl Connection {
             if h.rsv1 {
                 return Err(Error::ReservedBitsSet);
             }
-            return Ok(false);
+            return Ok(());
         }
         let limit = self.config.max_frame_size;
         if h.payload_len > limit as u64 {
@@ -706,7 +700,7 @@ impl Connection {
                 }
                 self.utf8 = Utf8Validator::new();
                 if h.fin && !h.rsv1 {
-                    return Ok(true);
+                    return Ok(());
                 }
                 self.message = Some(InMessage {
                     text: h.opcode == OpCode::Text,
@@ -716,7 +710,7 @@ impl Connection {
                 });
             }
         }
-        Ok(false)
+        Ok(())
     }
 
     fn on_control(&mut self, op: OpCode, payload: Bytes) -> Result<(), Error> {

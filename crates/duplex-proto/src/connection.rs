@@ -555,9 +555,8 @@ impl Connection {
                     buf.split_to(len).freeze()
                 };
                 let m = self.message_of(text, payload)?;
-                match how {
-                    Deliver::Return => return Ok(Some(m)),
-                    Deliver::Queue => self.queue_message(m),
+                if let Some(m) = self.hand_out(m, how) {
+                    return Ok(Some(m));
                 }
                 continue;
             }
@@ -619,9 +618,8 @@ impl Connection {
                     inflated?;
                 }
                 let m = self.message_of(msg.text, growth::into_bytes(msg.buf))?;
-                match how {
-                    Deliver::Return => return Ok(Some(m)),
-                    Deliver::Queue => self.queue_message(m),
+                if let Some(m) = self.hand_out(m, how) {
+                    return Ok(Some(m));
                 }
             }
         }
@@ -638,17 +636,21 @@ impl Connection {
         })
     }
 
-    fn queue_message(&mut self, m: Message) {
+    /// `m` back to the caller ([`Deliver::Return`]), or queued as an event.
+    fn hand_out(&mut self, m: Message, how: Deliver) -> Option<Message> {
+        if let Deliver::Return = how {
+            return Some(m);
+        }
         if self.events.capacity() == 0 {
             // After a release: room for a read's worth of messages at once.
             self.events.reserve(EVENTS_START);
         }
         self.events.push_back(Event::Message(m));
+        None
     }
 
-    /// Role, reserved-bit, sequencing and size rules for a new frame header.
-    /// Checks a frame's header against the connection's state and limits,
-    /// and starts the message a data frame begins, unless the frame is the
+    /// Role, reserved-bit, sequencing and size rules for a new frame header;
+    /// starts the message a data frame begins, unless the frame is the
     /// whole message (final, uncompressed): that needs no [`InMessage`].
     fn check_header(&mut self, h: &FrameHeader) -> Result<(), Error> {
         match (self.role, h.mask.is_some()) {

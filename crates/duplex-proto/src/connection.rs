@@ -1140,6 +1140,15 @@ impl Connection {
         Err(e)
     }
 
+    /// Like [`reserve_read`](Self::reserve_read) with nothing incoming,
+    /// for a buffer the driver may do without (one sized on a guess):
+    /// reserves room for `held` bytes and says whether it could. When the
+    /// budget is spent it returns `false` and the connection carries on.
+    pub fn try_reserve_read(&mut self, held: usize) -> bool {
+        let want = self.held_input(held);
+        charge(&self.config, &mut self.cold, Way::In, want, true)
+    }
+
     /// The driver's buffer holds `held` bytes of input not yet consumed:
     /// gives back whatever was reserved beyond them (a read that brought
     /// less than [`reserve_read`](Self::reserve_read) reserved, or nothing).

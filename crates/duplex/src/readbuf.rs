@@ -47,6 +47,16 @@ const READ_SLACK: usize = 4 << 10;
 const LARGE_MIN: usize = 1 << 20;
 /// The largest buffer kept warm; larger ones are freed.
 const LARGE_KEEP: usize = 32 << 20;
+/// Frames longer than this, up to [`HINT_MAX`], are remembered
+/// ([`ReadState`]'s hint): the next wake-up for input reads straight into
+/// a buffer of the same size, instead of copying out of the scratch.
+const HINT_MIN: usize = READ_MIN / 2;
+/// The longest frame remembered (a 64 KiB message is 65,550 bytes with its
+/// header): the hint is its length past [`HINT_MIN`] in 16 bits. Longer
+/// frames come in several reads, whose first copy out of the scratch is
+/// small beside them, and a buffer allocated on a hint stays small when
+/// the hint is wrong.
+const HINT_MAX: usize = HINT_MIN + u16::MAX as usize;
 /// What the process keeps warm in all: room for four connections receiving
 /// 16 MiB messages at once (each buffer a little over 16 MiB: the frame's
 /// header and the allocator's rounding) to reuse one buffer each.
@@ -228,8 +238,9 @@ pub(crate) async fn read_into<R: AsyncRead + Unpin>(
 ) -> io::Result<usize> {
     let config = duplex_proto::Config::default();
     let mut conn = Connection::new(duplex_proto::Role::Server, config, None);
-    let mut large = true;
-    std::future::poll_fn(|cx| poll_read_into(stream, buf, &mut large, &mut conn, pending_frame, cx))
+    let mut st = ReadState::default();
+    st.set(LARGE, true);
+    std::future::poll_fn(|cx| poll_read_into(stream, buf, &mut st, &mut conn, pending_frame, cx))
         .await
 }
 
@@ -239,41 +250,196 @@ pub(crate) fn refused() -> io::Error {
     io::Error::new(io::ErrorKind::OutOfMemory, "memory budget spent")
 }
 
+/// What a connection's reads keep between them, beside the buffer. Three
+/// bytes, packed: every idle connection's task holds one, and its size
+/// class has no room for more (`an_idle_connection_task_fits_its_memory_budget`).
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(C, packed)]
+pub(crate) struct ReadState {
+    /// The length past [`HINT_MIN`] of the frame the last read into an
+    /// empty buffer started, if it was longer than [`HINT_MIN`] and at
+    /// most [`HINT_MAX`]; else 0.
+    hint: u16,
+    /// [`LARGE`], [`WAITED`], [`MORE_INPUT`].
+    flags: u8,
+}
+
+/// The buffer may share storage of [`LARGE_MIN`] or more (set after a read
+/// into such storage, cleared when the buffer is given up): only such
+/// storage is worth taking back for the warm pool, and finding out costs
+/// more than a small message's whole receive path.
+const LARGE: u8 = 1;
+/// The last read found nothing: the next one follows a wake-up for input
+/// (or a timer), and data has most likely arrived.
+const WAITED: u8 = 2;
+/// The buffer may hold complete frames: the last parse stopped at a
+/// message and handed it out (kept for the `WebSocket`).
+const MORE_INPUT: u8 = 4;
+
 /// Reads once from `stream` into `buf` (see `read_into`): holds nothing between polls, so a
-/// waiting connection's state is its buffer (empty when idle) alone.
+/// waiting connection's state is its buffer (empty when idle) and `st`.
 ///
-/// `large` says whether `buf` may share storage of [`LARGE_MIN`] or more
-/// (set here after a read into such storage, cleared when `buf` is given
-/// up): only such storage is worth taking back for the warm pool, and
-/// finding out costs more than a small message's whole receive path.
+/// After a wait for input with an empty buffer, when the frames that last
+/// arrived were [`HINT_MIN`]..=[`HINT_MAX`] bytes, another such frame has
+/// most likely arrived: it is read straight into a buffer of that size
+/// (reserved from the memory budget first, and only if the budget has
+/// room), which saves copying it out of the scratch, and a frame of the
+/// same size then takes the whole buffer as its payload. A wrong guess
+/// costs an allocation, freed again if nothing had arrived.
 ///
 /// With a memory budget (`conn`'s config) the read goes through
 /// [`poll_read_budgeted`].
 pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
-    large: &mut bool,
+    st: &mut ReadState,
     conn: &mut Connection,
     pending_frame: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     let read = if conn.config().memory_budget.is_some() {
-        poll_read_budgeted(stream, buf, large, conn, pending_frame, cx)
+        poll_read_budgeted(stream, buf, st, conn, pending_frame, cx)
     } else {
-        poll_read_plain(stream, buf, large, pending_frame, cx)
+        poll_read_plain(stream, buf, st, conn, pending_frame, cx)
     };
     if let Poll::Ready(Ok(_)) = read {
         // Storage enters `buf` only just before a read into it, so the
         // room from its start is then the whole storage.
-        *large |= buf.capacity() >= LARGE_MIN;
+        st.set(LARGE, st.has(LARGE) || buf.capacity() >= LARGE_MIN);
     }
+    st.set(WAITED, read.is_pending());
     read
+}
+
+impl ReadState {
+    #[inline]
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    #[inline]
+    fn set(&mut self, flag: u8, on: bool) {
+        self.flags = if on {
+            self.flags | flag
+        } else {
+            self.flags & !flag
+        };
+    }
+
+    /// Whether the buffer may hold complete frames still to hand out.
+    #[inline]
+    pub(crate) fn more_input(&self) -> bool {
+        self.has(MORE_INPUT)
+    }
+
+    #[inline]
+    pub(crate) fn set_more_input(&mut self, on: bool) {
+        self.set(MORE_INPUT, on);
+    }
+
+    /// The frame length the hint stands for (0 for none).
+    #[inline]
+    fn hint(&self) -> usize {
+        match self.hint {
+            0 => 0,
+            h => HINT_MIN + h as usize,
+        }
+    }
+
+    /// Whether to read straight into a buffer of the hint's size: after a
+    /// wait, with an empty buffer, before a read that starts a frame.
+    #[inline]
+    fn expects(&self, pending_frame: usize) -> bool {
+        // The hint first: 0 on connections of small messages.
+        self.hint != 0 && self.has(WAITED) && pending_frame == 0
+    }
+
+    /// Remembers the frame (its header's [`frame_len`]) that a read into
+    /// an empty buffer started, if it is worth reading straight next time.
+    #[inline]
+    fn started(&mut self, frame: Option<u64>, pending_frame: usize) {
+        if pending_frame == 0 {
+            self.hint = match frame {
+                Some(f) if f > HINT_MIN as u64 && f <= HINT_MAX as u64 => {
+                    (f - HINT_MIN as u64) as u16
+                }
+                _ => 0,
+            };
+        }
+    }
+
+    /// Forgets whether the buffer shares large storage (it is given up):
+    /// says whether it might have.
+    #[inline]
+    fn take_large(&mut self) -> bool {
+        let large = self.has(LARGE);
+        self.set(LARGE, false);
+        large
+    }
+}
+
+/// One read straight into `buf`, empty, which still has room for at
+/// least [`READ_MIN`]` / 2` bytes (a busy connection's last read left it):
+/// `None` if nothing had arrived, so that the caller waits through the
+/// scratch instead.
+#[inline]
+fn poll_read_leftover<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    st: &mut ReadState,
+    pending_frame: usize,
+    cx: &mut Context<'_>,
+) -> Option<Poll<io::Result<usize>>> {
+    match poll_read_buf(stream, buf, cx) {
+        Poll::Ready(r) => {
+            st.started(frame_len(buf), pending_frame);
+            Some(Poll::Ready(r))
+        }
+        Poll::Pending => None,
+    }
+}
+
+/// The read after a wait that [`ReadState::expects`] a frame of the
+/// hint's size for: straight into a buffer of that size, reserved from the
+/// memory budget first if `conn` has one. `None` if the budget has no room
+/// (the caller reads as without a hint: a guess never fails the
+/// connection). If nothing had arrived, the buffer is given up and the
+/// wait starts here. Out of line: connections of small messages never get
+/// here, and their path stays as short as it was.
+#[inline(never)]
+fn poll_read_hinted<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    st: &mut ReadState,
+    conn: &mut Connection,
+    cx: &mut Context<'_>,
+) -> Option<Poll<io::Result<usize>>> {
+    let want = st.hint();
+    let budget = conn.config().memory_budget.is_some();
+    if budget && !conn.try_reserve_read(want) {
+        return None;
+    }
+    give_up(buf, st);
+    *buf = BytesMut::with_capacity(want);
+    match poll_read_buf(stream, buf, cx) {
+        Poll::Ready(r) => {
+            st.started(frame_len(buf), 0);
+            Some(Poll::Ready(r))
+        }
+        Poll::Pending => {
+            give_up(buf, st);
+            if budget {
+                conn.release_read(0);
+            }
+            Some(Poll::Pending)
+        }
+    }
 }
 
 /// Gives `buf` up before a wait: empty, sharing nothing; large storage
 /// goes to the warm pool ([`keep_warm`]).
-fn give_up(buf: &mut BytesMut, large: &mut bool) {
-    if std::mem::take(large) {
+fn give_up(buf: &mut BytesMut, st: &mut ReadState) {
+    if st.take_large() {
         keep_warm(buf);
     }
     *buf = BytesMut::new();
@@ -282,22 +448,28 @@ fn give_up(buf: &mut BytesMut, large: &mut bool) {
 fn poll_read_plain<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
-    large: &mut bool,
+    st: &mut ReadState,
+    conn: &mut Connection,
     pending_frame: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     if buf.is_empty() {
+        if st.expects(pending_frame) {
+            if let Some(read) = poll_read_hinted(stream, buf, st, conn, cx) {
+                return read;
+            }
+        }
         if buf.capacity() >= READ_MIN / 2 {
             // Data may be waiting already (a busy connection): read it into
             // the buffer in hand, which avoids the copy from the scratch.
-            if let Poll::Ready(r) = poll_read_buf(stream, buf, cx) {
-                return Poll::Ready(r);
+            if let Some(read) = poll_read_leftover(stream, buf, st, pending_frame, cx) {
+                return read;
             }
         }
         // Nothing waiting: give the memory back and wait through the scratch.
         // Unconditionally: an empty buffer may still share (and keep alive)
         // the storage of the frames split off it. A large one is kept warm.
-        give_up(buf, large);
+        give_up(buf, st);
         return SCRATCH_BUF.with(|s| {
             let mut s = s.borrow_mut();
             let mut rb = ReadBuf::new(&mut s[..]);
@@ -305,6 +477,7 @@ fn poll_read_plain<R: AsyncRead + Unpin>(
                 Poll::Ready(Ok(())) => {
                     let got = rb.filled();
                     let frame = frame_len(got);
+                    st.started(frame, pending_frame);
                     match frame.filter(|&f| f > got.len() as u64).and_then(take_warm) {
                         Some(w) => *buf = w,
                         None => *buf = BytesMut::with_capacity(first_allocation(got.len(), frame)),
@@ -342,19 +515,24 @@ fn poll_read_plain<R: AsyncRead + Unpin>(
 fn poll_read_budgeted<R: AsyncRead + Unpin>(
     stream: &mut R,
     buf: &mut BytesMut,
-    large: &mut bool,
+    st: &mut ReadState,
     conn: &mut Connection,
     pending_frame: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     const FREE: usize = MemoryBudget::UNCHARGED;
     if buf.is_empty() {
-        if (READ_MIN / 2..=FREE).contains(&buf.capacity()) {
-            if let Poll::Ready(r) = poll_read_buf(stream, buf, cx) {
-                return Poll::Ready(r);
+        if st.expects(pending_frame) {
+            if let Some(read) = poll_read_hinted(stream, buf, st, conn, cx) {
+                return read;
             }
         }
-        give_up(buf, large);
+        if (READ_MIN / 2..=FREE).contains(&buf.capacity()) {
+            if let Some(read) = poll_read_leftover(stream, buf, st, pending_frame, cx) {
+                return read;
+            }
+        }
+        give_up(buf, st);
         conn.release_read(0);
         return SCRATCH_BUF.with(|s| {
             let mut s = s.borrow_mut();
@@ -363,6 +541,7 @@ fn poll_read_budgeted<R: AsyncRead + Unpin>(
                 Poll::Ready(Ok(())) => {
                     let got = rb.filled();
                     let frame = frame_len(got);
+                    st.started(frame, pending_frame);
                     let mut warm = frame.filter(|&f| f > got.len() as u64).and_then(take_warm);
                     let cap = warm
                         .as_ref()
@@ -512,6 +691,7 @@ pub(crate) fn poll_drain<R: AsyncRead + Unpin>(stream: &mut R, cx: &mut Context<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
 
     #[test]
@@ -692,5 +872,131 @@ mod tests {
         drop(a);
         buf.clear();
         assert_eq!(read_into(&mut b, &mut buf, 0).await.unwrap(), 0);
+    }
+
+    /// A client frame of `payload` bytes (header and masking key included;
+    /// the payload is not masked: only the header matters here).
+    fn client_frame(payload: usize) -> Vec<u8> {
+        let mut f = vec![0x82];
+        match payload {
+            0..=125 => f.push(0x80 | payload as u8),
+            126..=0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(payload as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(payload as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        f.resize(f.len() + payload, 7);
+        f
+    }
+
+    fn poll_once(
+        stream: &mut tokio::io::DuplexStream,
+        buf: &mut BytesMut,
+        st: &mut ReadState,
+        conn: &mut Connection,
+    ) -> Poll<io::Result<usize>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        poll_read_into(stream, buf, st, conn, 0, &mut cx)
+    }
+
+    /// After a frame of 4 KiB..=128 KiB, the read that follows a wait goes
+    /// straight into a buffer of that frame's size (no copy out of the
+    /// scratch), which the next frame of that size fills exactly; a small
+    /// frame ends it. With a memory budget, the buffer is reserved first,
+    /// and a budget with no room means the scratch, never a failure.
+    #[tokio::test]
+    async fn a_read_after_a_wait_goes_straight_into_a_buffer_the_size_of_the_last_frame() {
+        let budget = Arc::new(MemoryBudget::new(1 << 30));
+        for config in [
+            duplex_proto::Config::default(),
+            duplex_proto::Config::default().with_memory_budget(budget.clone()),
+        ] {
+            let mut conn = Connection::new(duplex_proto::Role::Server, config, None);
+            let (mut a, mut b) = tokio::io::duplex(1 << 20);
+            let (mut buf, mut st) = (BytesMut::new(), ReadState::default());
+            let big = client_frame(65536);
+            // The first frame comes through the scratch, as many reads as it takes.
+            a.write_all(&big).await.unwrap();
+            while buf.len() < big.len() {
+                // What the frame still needs, as the connection says it:
+                // nothing before its first bytes arrived.
+                let pending = if buf.is_empty() {
+                    0
+                } else {
+                    big.len() - buf.len()
+                };
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match poll_read_into(&mut b, &mut buf, &mut st, &mut conn, pending, &mut cx) {
+                    Poll::Ready(r) => assert!(r.unwrap() > 0),
+                    Poll::Pending => panic!("the frame was written whole"),
+                }
+            }
+            assert_eq!(st.hint(), big.len());
+            for _ in 0..3 {
+                // The message takes the buffer; nothing waits: the wait.
+                buf = BytesMut::new();
+                conn.release_read(0);
+                assert!(poll_once(&mut b, &mut buf, &mut st, &mut conn).is_pending());
+                assert_eq!(buf.capacity(), 0, "a wait holds no buffer");
+                a.write_all(&big).await.unwrap();
+                let n = match poll_once(&mut b, &mut buf, &mut st, &mut conn) {
+                    Poll::Ready(r) => r.unwrap(),
+                    Poll::Pending => panic!("the frame is waiting"),
+                };
+                assert_eq!(
+                    (n, buf.len(), buf.capacity()),
+                    (big.len(), big.len(), big.len())
+                );
+            }
+            // A small frame after the wait: read into the hinted buffer, and
+            // the hint is gone.
+            buf = BytesMut::new();
+            conn.release_read(0);
+            assert!(poll_once(&mut b, &mut buf, &mut st, &mut conn).is_pending());
+            let small = client_frame(20);
+            a.write_all(&small).await.unwrap();
+            assert!(matches!(poll_once(&mut b, &mut buf, &mut st, &mut conn),
+                Poll::Ready(Ok(n)) if n == small.len()));
+            assert_eq!(st.hint(), 0);
+            buf = BytesMut::new();
+            conn.release_read(0);
+            assert!(poll_once(&mut b, &mut buf, &mut st, &mut conn).is_pending());
+            a.write_all(&small).await.unwrap();
+            assert!(poll_once(&mut b, &mut buf, &mut st, &mut conn).is_ready());
+            assert_eq!(
+                buf.capacity(),
+                small.len(),
+                "exactly what arrived, from the scratch"
+            );
+            assert!(conn.error().is_none());
+        }
+        assert_eq!(
+            budget.used(),
+            0,
+            "the hinted buffers' reservations are all given back"
+        );
+
+        // A spent budget: the hinted buffer is not allocated, the small frame
+        // comes through the scratch, and the connection carries on.
+        let budget = Arc::new(MemoryBudget::new(1 << 20));
+        let config = duplex_proto::Config::default().with_memory_budget(budget.clone());
+        let mut conn = Connection::new(duplex_proto::Role::Server, config, None);
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let mut buf = BytesMut::new();
+        let mut st = ReadState::default();
+        st.started(Some(65550), 0);
+        st.set(WAITED, true);
+        assert_eq!(st.hint(), 65550);
+        assert!(budget.try_reserve(1 << 20));
+        a.write_all(&client_frame(20)).await.unwrap();
+        let r = poll_once(&mut b, &mut buf, &mut st, &mut conn);
+        assert!(matches!(r, Poll::Ready(Ok(26))), "{r:?}");
+        assert_eq!(buf.capacity(), 26);
+        assert!(conn.error().is_none());
     }
 }

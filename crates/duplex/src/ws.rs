@@ -66,12 +66,11 @@ pub struct WebSocket<S> {
     /// [`WsSender`]: crate::WsSender
     /// [`WsReceiver`]: crate::WsReceiver
     recv_wait: RecvWait,
-    /// `rbuf` may hold complete frames: the last parse stopped at a
-    /// message (`Connection::receive_message`) and handed it out.
-    more_input: bool,
-    /// `rbuf` may share storage large enough to keep warm (see
-    /// `readbuf::poll_read_into`).
-    rbuf_large: bool,
+    /// What the reads into `rbuf` keep between them, and whether it may
+    /// hold complete frames still to hand out: the last parse stopped at a
+    /// message (`Connection::receive_message`) and handed it out (see
+    /// `readbuf::ReadState`).
+    rstate: crate::readbuf::ReadState,
 }
 
 /// Where a pending `poll_recv` waits.
@@ -155,8 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             transport_closed: false,
             reported_error: false,
             recv_wait: RecvWait::Other,
-            more_input: false,
-            rbuf_large: false,
+            rstate: crate::readbuf::ReadState::default(),
         }
     }
 
@@ -414,7 +412,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     return Poll::Ready(Some(Ok(m)));
                 }
             }
-            if self.more_input {
+            if self.rstate.more_input() {
                 // The rest of the last read, one message at a time: the
                 // replies to all of it queue up before the next flush.
                 if let Some(m) = self.parse() {
@@ -457,7 +455,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             let read = crate::readbuf::poll_read_into(
                 &mut self.stream,
                 &mut self.rbuf,
-                &mut self.rbuf_large,
+                &mut self.rstate,
                 &mut self.conn,
                 pending,
                 cx,
@@ -526,9 +524,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// event queue; control frames on the way are handled and their events
     /// queued. A protocol error queues the close frame; it is reported
     /// after the close is written (the next iterations of `poll_recv`).
+    #[inline(always)]
     fn parse(&mut self) -> Option<Message> {
         let m = self.conn.receive_message(&mut self.rbuf).ok().flatten();
-        self.more_input = m.is_some() && !self.rbuf.is_empty();
+        self.rstate
+            .set_more_input(m.is_some() && !self.rbuf.is_empty());
         m
     }
 
@@ -720,8 +720,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             transport_closed,
             reported_error,
             recv_wait,
-            more_input,
-            rbuf_large,
+            rstate,
         } = self;
         WebSocket {
             stream: f(stream),
@@ -733,8 +732,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             transport_closed,
             reported_error,
             recv_wait,
-            more_input,
-            rbuf_large,
+            rstate,
         }
     }
 }

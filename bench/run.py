@@ -288,9 +288,12 @@ def tool_versions():
     for name, cmd in [("rustc", ["rustc", "--version"]), ("node", ["node", "--version"]),
                       ("python websockets", ["python3", "-c", "import websockets; print(websockets.__version__)"])]:
         try:
-            v[name] = subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+            out = subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
         except OSError:
-            pass
+            continue
+        if out:
+            # Not installed: left out rather than reported with no version.
+            v[name] = out
     return v
 
 
@@ -582,7 +585,7 @@ def write_report(results, scen, meta, path, merge=False):
              + " (`fws-load`, built on the fastwebsockets client, runs the echo and handshake scenarios; "
              "`bench/README.md` says how the two differ). "
              f"{meta['rounds']} round(s), servers interleaved within each round.  ")
-    L.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "  ")
+    L.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v) + "  ")
     L.append("- Duplex runs as `duplex serve --no-deflate` (release build); peers have no compression. "
              "Every echo is checked byte for byte by the generator.")
     L.append("")
@@ -635,7 +638,7 @@ def write_report(results, scen, meta, path, merge=False):
             L.append(f"_Measured {meta['date']} with `python3 bench/run.py --only {key} --merge"
                      f"{' --quick' if meta['quick'] else ''}`: {meta['rounds']} round(s), load average "
                      f"{meta['load_before']} before, {meta['load_after']} after; "
-                     + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "._")
+                     + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v) + "._")
             L.append("")
         gens = [g for g in meta.get("generators", ["duplex bench"]) if gen_runs(g, key, mode)]
         for g in gens:

@@ -6,10 +6,13 @@
 //! during the synchronous `poll_read`, never across an `.await`), then
 //! copies exactly what arrived into a buffer of its own, so the frames in it
 //! can be handed out as zero-copy slices. A busy connection whose next
-//! bytes are already waiting keeps reading straight into its buffer. An idle connection therefore costs
-//! no read buffer, however large its last burst was. While a frame is
-//! incomplete, reads go straight into the connection's buffer, which grows
-//! with the bytes that have arrived (never with a length the peer declared).
+//! bytes are already waiting keeps reading straight into its buffer, and
+//! one whose last frame was a few KiB to 68 KiB, woken for input, reads
+//! straight into a buffer of that frame's length ([`ReadState`]). An idle
+//! connection therefore costs no read buffer, however large its last burst
+//! was. While a frame is incomplete, reads go straight into the
+//! connection's buffer, which grows with the bytes that have arrived (never
+//! with a length the peer declared).
 
 use bytes::{Bytes, BytesMut};
 use duplex_proto::{Connection, MemoryBudget};

@@ -880,21 +880,19 @@ mod tests {
     /// A client frame of `payload` bytes (header and masking key included;
     /// the payload is not masked: only the header matters here).
     fn client_frame(payload: usize) -> Vec<u8> {
-        let mut f = vec![0x82];
-        match payload {
-            0..=125 => f.push(0x80 | payload as u8),
-            126..=0xffff => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(payload as u16).to_be_bytes());
-            }
-            _ => {
-                f.push(0x80 | 127);
-                f.extend_from_slice(&(payload as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&[1, 2, 3, 4]);
+        let header = duplex_proto::frame::FrameHeader {
+            fin: true,
+            rsv1: false,
+            rsv2: false,
+            rsv3: false,
+            opcode: duplex_proto::frame::OpCode::Binary,
+            mask: Some([1, 2, 3, 4]),
+            payload_len: payload as u64,
+        };
+        let mut f = BytesMut::new();
+        header.encode(&mut f);
         f.resize(f.len() + payload, 7);
-        f
+        f.to_vec()
     }
 
     fn poll_once(

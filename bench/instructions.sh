@@ -7,16 +7,17 @@
 # The kernel's work (system calls, TCP) is not counted: compare servers by
 # it only where they make the same calls (bench/notes.md).
 #
-# usage: bench/instructions.sh [--depth N] [--size B] [--binary] -- SERVER-COMMAND...
+# usage: bench/instructions.sh [--connections N] [--depth N] [--size B] [--binary] -- SERVER-COMMAND...
 #   the server must listen on 127.0.0.1:9001 and serve /echo.
 # e.g.:  bench/instructions.sh -- target/release/duplex serve --listen 127.0.0.1:9001 --no-deflate
 #        bench/instructions.sh -- bench/target/release/fastwebsockets-echo 127.0.0.1:9001
 # needs: valgrind (Debian package), a release build of duplex (the generator).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEPTH=1 SIZE=20 KIND=--text SHORT=2 LONG=6
+CONNS=100 DEPTH=1 SIZE=20 KIND=--text SHORT=2 LONG=6
 while [ $# -gt 0 ]; do
     case "$1" in
+        --connections) CONNS=$2; shift 2 ;;
         --depth) DEPTH=$2; shift 2 ;;
         --size) SIZE=$2; shift 2 ;;
         --binary) KIND=; shift ;;
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-[ $# -gt 0 ] || { echo "usage: $0 [--depth N] [--size B] [--binary] -- SERVER-COMMAND..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 [--connections N] [--depth N] [--size B] [--binary] -- SERVER-COMMAND..." >&2; exit 2; }
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
 GEN=target/release/duplex
 OUT=$(mktemp -d)
@@ -39,7 +40,7 @@ run() {
         (echo >/dev/tcp/127.0.0.1/9001) 2>/dev/null && break
         sleep 0.2
     done
-    "$GEN" bench echo ws://127.0.0.1:9001/echo -c 100 --depth "$DEPTH" --size "$SIZE" $KIND \
+    "$GEN" bench echo ws://127.0.0.1:9001/echo -c "$CONNS" --depth "$DEPTH" --size "$SIZE" $KIND \
         --warmup 0 --duration "$DURATION" 2>/dev/null | tail -1 >"$OUT/bench.json"
     # valgrind writes its totals on exit, also on a fatal signal.
     kill -TERM "$pid"

@@ -308,7 +308,9 @@ pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
     if let Poll::Ready(Ok(_)) = read {
         // Storage enters `buf` only just before a read into it, so the
         // room from its start is then the whole storage.
-        st.set(LARGE, st.has(LARGE) || buf.capacity() >= LARGE_MIN);
+        if buf.capacity() >= LARGE_MIN {
+            st.set(LARGE, true);
+        }
     }
     st.set(WAITED, read.is_pending());
     read

@@ -8,7 +8,8 @@
 //! can be handed out as zero-copy slices. A busy connection whose next
 //! bytes are already waiting keeps reading straight into its buffer, and
 //! one whose last frame was a few KiB to 68 KiB, woken for input, reads
-//! straight into a buffer of that frame's length ([`ReadState`]). An idle
+//! straight into a buffer of that frame's length and a little room
+//! ([`ReadState`]). An idle
 //! connection therefore costs no read buffer, however large its last burst
 //! was. While a frame is incomplete, reads go straight into the
 //! connection's buffer, which grows with the bytes that have arrived (never
@@ -285,10 +286,11 @@ const MORE_INPUT: u8 = 4;
 /// After a wait for input with an empty buffer, when the frames that last
 /// arrived were [`HINT_MIN`]..=[`HINT_MAX`] bytes, another such frame has
 /// most likely arrived: it is read straight into a buffer of that size
-/// (reserved from the memory budget first, and only if the budget has
-/// room), which saves copying it out of the scratch, and a frame of the
-/// same size then takes the whole buffer as its payload. A wrong guess
-/// costs an allocation, freed again if nothing had arrived.
+/// and [`READ_SLACK`] (reserved from the memory budget first, and only if
+/// the budget has room), which saves copying it out of the scratch, and
+/// takes a frame of the same size whole in one read that tells the runtime
+/// the socket is drained. A wrong guess costs an allocation, freed again
+/// if nothing had arrived.
 ///
 /// With a memory budget (`conn`'s config) the read goes through
 /// [`poll_read_budgeted`].
@@ -405,8 +407,13 @@ fn poll_read_leftover<R: AsyncRead + Unpin>(
 }
 
 /// The read after a wait that [`ReadState::expects`] a frame of the
-/// hint's size for: straight into a buffer of that size, reserved from the
-/// memory budget first if `conn` has one. `None` if the budget has no room
+/// hint's size for: straight into a buffer of that size and
+/// [`READ_SLACK`], reserved from the memory budget first if `conn` has
+/// one. The slack makes the read that brings the frame whole take less
+/// than it asked for, which tells the runtime the socket is drained: the
+/// next read waits for readiness instead of being made at once and finding
+/// nothing (a system call per message, when every frame takes its buffer
+/// exactly). `None` if the budget has no room
 /// (the caller reads as without a hint: a guess never fails the
 /// connection). If nothing had arrived, the buffer is given up and the
 /// wait starts here. Out of line: connections of small messages never get
@@ -419,7 +426,7 @@ fn poll_read_hinted<R: AsyncRead + Unpin>(
     conn: &mut Connection,
     cx: &mut Context<'_>,
 ) -> Option<Poll<io::Result<usize>>> {
-    let want = st.hint();
+    let want = st.hint() + READ_SLACK;
     let budget = conn.config().memory_budget.is_some();
     if budget && !conn.try_reserve_read(want) {
         return None;
@@ -495,7 +502,7 @@ fn poll_read_plain<R: AsyncRead + Unpin>(
             }
         });
     }
-    if buf.capacity() - buf.len() < READ_MIN / 2 {
+    if needs_room(buf, pending_frame) {
         let need = (buf.len() as u64).saturating_add(pending_frame as u64);
         if let Some(mut w) = take_warm(need) {
             w.extend_from_slice(buf);
@@ -568,7 +575,7 @@ fn poll_read_budgeted<R: AsyncRead + Unpin>(
             }
         });
     }
-    if buf.capacity() - buf.len() < READ_MIN / 2 {
+    if needs_room(buf, pending_frame) {
         let len = buf.len();
         let need = (len as u64).saturating_add(pending_frame as u64);
         let want = growth(len, pending_frame);
@@ -671,6 +678,17 @@ fn poll_read_buf<R: AsyncRead + Unpin>(
     let read = stream.read_buf(buf);
     tokio::pin!(read);
     read.poll(cx)
+}
+
+/// Whether `buf` needs more room before the next read: it has less than
+/// [`READ_MIN`]` / 2` left, unless what is left holds the rest of the
+/// frame being read (`pending_frame` bytes) — a buffer sized to its frame
+/// on a hint, whose first read brought part of it, takes the rest in place
+/// instead of being copied into a larger one.
+#[inline]
+fn needs_room(buf: &BytesMut, pending_frame: usize) -> bool {
+    let room = buf.capacity() - buf.len();
+    room < READ_MIN / 2 && (pending_frame == 0 || room < pending_frame)
 }
 
 /// Reads and discards until EOF or an error (the linger after our FIN),
@@ -907,9 +925,56 @@ mod tests {
         poll_read_into(stream, buf, st, conn, 0, &mut cx)
     }
 
-    /// After a frame of 4 KiB..=128 KiB, the read that follows a wait goes
+    /// A buffer of exactly its frame's size (a warm one, or one a busy
+    /// connection's last read left) whose first read brought all of the
+    /// frame but a few bytes takes the rest in place: no larger buffer, no
+    /// copy of what arrived. With and without a memory budget.
+    #[tokio::test]
+    async fn a_buffer_the_size_of_its_frame_takes_the_rest_of_it_in_place() {
+        let budget = Arc::new(MemoryBudget::new(1 << 30));
+        for config in [
+            duplex_proto::Config::default(),
+            duplex_proto::Config::default().with_memory_budget(budget.clone()),
+        ] {
+            let mut conn = Connection::new(duplex_proto::Role::Server, config, None);
+            let (mut a, mut b) = tokio::io::duplex(1 << 20);
+            let mut st = ReadState::default();
+            let big = client_frame(65536);
+            // The frame's first bytes are in, then all but its last 100:
+            // less room left than a read otherwise gets, but exactly what
+            // the frame still needs.
+            let mut buf = BytesMut::with_capacity(big.len());
+            buf.extend_from_slice(&big[..1000]);
+            let cut = big.len() - 100;
+            a.write_all(&big[1000..cut]).await.unwrap();
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let r = poll_read_into(
+                &mut b,
+                &mut buf,
+                &mut st,
+                &mut conn,
+                big.len() - 1000,
+                &mut cx,
+            );
+            assert!(matches!(r, Poll::Ready(Ok(n)) if n == cut - 1000), "{r:?}");
+            let start = buf.as_ptr();
+            a.write_all(&big[cut..]).await.unwrap();
+            let r = poll_read_into(&mut b, &mut buf, &mut st, &mut conn, 100, &mut cx);
+            assert!(matches!(r, Poll::Ready(Ok(100))), "{r:?}");
+            assert_eq!((buf.len(), buf.capacity()), (big.len(), big.len()));
+            assert_eq!(buf.as_ptr(), start, "the rest was read in place");
+            assert_eq!(&buf[..], &big[..]);
+            assert!(conn.error().is_none());
+            drop(buf);
+            conn.release_read(0);
+        }
+        assert_eq!(budget.used(), 0, "every reservation is given back");
+    }
+
+    /// After a frame of 4 KiB..=68 KiB, the read that follows a wait goes
     /// straight into a buffer of that frame's size (no copy out of the
-    /// scratch), which the next frame of that size fills exactly; a small
+    /// scratch) and some room, which takes the next frame of that size
+    /// whole in one read and leaves room to spare; a small
     /// frame ends it. With a memory budget, the buffer is reserved first,
     /// and a budget with no room means the scratch, never a failure.
     #[tokio::test]
@@ -951,9 +1016,10 @@ mod tests {
                     Poll::Ready(r) => r.unwrap(),
                     Poll::Pending => panic!("the frame is waiting"),
                 };
+                // Room to spare: the runtime learns the socket is drained.
                 assert_eq!(
                     (n, buf.len(), buf.capacity()),
-                    (big.len(), big.len(), big.len())
+                    (big.len(), big.len(), big.len() + READ_SLACK)
                 );
             }
             // A small frame after the wait: read into the hinted buffer, and

@@ -925,6 +925,15 @@ mod tests {
         poll_read_into(stream, buf, st, conn, 0, &mut cx)
     }
 
+    /// The configurations a read-path test runs under: no memory budget,
+    /// then `budget`.
+    fn without_and_with(budget: &Arc<MemoryBudget>) -> [duplex_proto::Config; 2] {
+        [
+            duplex_proto::Config::default(),
+            duplex_proto::Config::default().with_memory_budget(budget.clone()),
+        ]
+    }
+
     /// A buffer of exactly its frame's size (a warm one, or one a busy
     /// connection's last read left) whose first read brought all of the
     /// frame but a few bytes takes the rest in place: no larger buffer, no
@@ -932,10 +941,7 @@ mod tests {
     #[tokio::test]
     async fn a_buffer_the_size_of_its_frame_takes_the_rest_of_it_in_place() {
         let budget = Arc::new(MemoryBudget::new(1 << 30));
-        for config in [
-            duplex_proto::Config::default(),
-            duplex_proto::Config::default().with_memory_budget(budget.clone()),
-        ] {
+        for config in without_and_with(&budget) {
             let mut conn = Connection::new(duplex_proto::Role::Server, config, None);
             let (mut a, mut b) = tokio::io::duplex(1 << 20);
             let mut st = ReadState::default();
@@ -980,10 +986,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_after_a_wait_goes_straight_into_a_buffer_the_size_of_the_last_frame() {
         let budget = Arc::new(MemoryBudget::new(1 << 30));
-        for config in [
-            duplex_proto::Config::default(),
-            duplex_proto::Config::default().with_memory_budget(budget.clone()),
-        ] {
+        for config in without_and_with(&budget) {
             let mut conn = Connection::new(duplex_proto::Role::Server, config, None);
             let (mut a, mut b) = tokio::io::duplex(1 << 20);
             let (mut buf, mut st) = (BytesMut::new(), ReadState::default());

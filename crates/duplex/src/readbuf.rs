@@ -682,9 +682,10 @@ fn poll_read_buf<R: AsyncRead + Unpin>(
 
 /// Whether `buf` needs more room before the next read: it has less than
 /// [`READ_MIN`]` / 2` left, unless what is left holds the rest of the
-/// frame being read (`pending_frame` bytes) — a buffer sized to its frame
-/// on a hint, whose first read brought part of it, takes the rest in place
-/// instead of being copied into a larger one.
+/// frame being read (`pending_frame` bytes): a buffer of exactly its
+/// frame's size (a warm one for a large frame, whose last read leaves a
+/// few bytes to come) takes the rest in place instead of being copied into
+/// a larger one.
 #[inline]
 fn needs_room(buf: &BytesMut, pending_frame: usize) -> bool {
     let room = buf.capacity() - buf.len();

@@ -9,7 +9,10 @@
 //! bytes are already waiting keeps reading straight into its buffer, and
 //! one whose last frame was a few KiB to 68 KiB, woken for input, reads
 //! straight into a buffer of that frame's length and a little room
-//! ([`ReadState`]). An idle
+//! ([`ReadState`]): the thread's last such buffer again once the message
+//! read into it is dropped (an echo written out), so that a thread
+//! receiving such messages on many connections reads them all into the
+//! same memory. An idle
 //! connection therefore costs no read buffer, however large its last burst
 //! was. While a frame is incomplete, reads go straight into the
 //! connection's buffer, which grows with the bytes that have arrived (never
@@ -17,7 +20,7 @@
 
 use bytes::{Bytes, BytesMut};
 use duplex_proto::{Connection, MemoryBudget};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -68,6 +71,56 @@ const WARM_TOTAL: usize = 80 << 20;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+    /// A hinted read's buffer, given back whole once nothing shares it
+    /// ([`keep_hot`]), for the next hinted read on this thread.
+    static HOT: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
+
+/// Page size assumed by [`DATA_OFFSET`].
+const PAGE: usize = 4 << 10;
+/// Where in a page a hinted read's data starts. The kernel copies a
+/// payload written from the buffer into the socket's page fragments, and
+/// on AMD Zen its `rep movsb` runs about 16 times slower when the
+/// destination is 1 to 15 bytes past the source modulo 4 KiB (and about
+/// 1.5 times slower up to 63). The fragments' offsets are mostly small
+/// (a page is filled from 0, a message's header goes first), as was a
+/// payload 14 bytes into a buffer that starts on a page: a reused buffer
+/// there would hit that case message after message. Half a page away, it
+/// takes a fragment offset near 2 KiB.
+const DATA_OFFSET: usize = PAGE / 2;
+
+/// Gives `buf`'s storage to this thread's hot slot if nothing else shares
+/// it and it is the size of a hinted read: the next hinted read on this
+/// thread, on any connection, takes the same memory, likely still in the
+/// cache, instead of allocating. `buf` is left empty.
+fn keep_hot(buf: &mut BytesMut) {
+    if let Some(whole) = reclaim_whole(std::mem::take(buf)) {
+        if whole.capacity() <= HOT_MAX {
+            HOT.with(|h| h.set(Some(whole)));
+        }
+    }
+}
+
+/// The largest storage [`keep_hot`] keeps: a hinted read's for the longest
+/// frame remembered.
+const HOT_MAX: usize = 2 * (HINT_MAX + READ_SLACK) + PAGE;
+
+/// A buffer with room for at least `want` bytes whose data starts at
+/// [`DATA_OFFSET`] in a page: this thread's hot one if its storage holds
+/// `want` bytes and a page and at most twice `want` and a page, else a new
+/// one. The bytes before the start (under a page) stay unused.
+fn take_hot(want: usize) -> BytesMut {
+    let mut b = HOT.with(|h| match h.take() {
+        Some(b) if (want + PAGE..=2 * want + PAGE).contains(&b.capacity()) => b,
+        other => {
+            h.set(other);
+            BytesMut::with_capacity(want + PAGE)
+        }
+    });
+    let pad = DATA_OFFSET.wrapping_sub(b.as_ptr() as usize) & (PAGE - 1);
+    // The bytes before the start are split off and dropped: nothing is
+    // written to them, and the storage is still taken back whole.
+    b.split_off(pad)
 }
 
 /// The buffers of recent large frames (each [`LARGE_MIN`]..=[`LARGE_KEEP`],
@@ -279,6 +332,9 @@ const WAITED: u8 = 2;
 /// The buffer may hold complete frames: the last parse stopped at a
 /// message and handed it out (kept for the `WebSocket`).
 const MORE_INPUT: u8 = 4;
+/// The buffer's storage came from a hinted read: worth giving back to the
+/// thread's hot slot when the buffer is given up ([`keep_hot`]).
+const HINTED: u8 = 8;
 
 /// Reads once from `stream` into `buf` (see `read_into`): holds nothing between polls, so a
 /// waiting connection's state is its buffer (empty when idle) and `st`.
@@ -413,10 +469,14 @@ fn poll_read_leftover<R: AsyncRead + Unpin>(
 /// than it asked for, which tells the runtime the socket is drained: the
 /// next read waits for readiness instead of being made at once and finding
 /// nothing (a system call per message, when every frame takes its buffer
-/// exactly). `None` if the budget has no room
+/// exactly). The buffer is the thread's hot one when nothing shares it
+/// any more ([`take_hot`]): on a thread echoing messages of this size, one
+/// buffer, still in the cache, serves every connection in turn, as a
+/// per-thread receive buffer would, with no allocation per message.
+/// `None` if the budget has no room
 /// (the caller reads as without a hint: a guess never fails the
-/// connection). If nothing had arrived, the buffer is given up and the
-/// wait starts here. Out of line: connections of small messages never get
+/// connection). If nothing had arrived, the buffer is given up (back to
+/// the hot slot) and the wait starts here. Out of line: connections of small messages never get
 /// here, and their path stays as short as it was.
 #[inline(never)]
 fn poll_read_hinted<R: AsyncRead + Unpin>(
@@ -428,11 +488,15 @@ fn poll_read_hinted<R: AsyncRead + Unpin>(
 ) -> Option<Poll<io::Result<usize>>> {
     let want = st.hint() + READ_SLACK;
     let budget = conn.config().memory_budget.is_some();
-    if budget && !conn.try_reserve_read(want) {
+    give_up(buf, st);
+    let fresh = take_hot(want);
+    if budget && !conn.try_reserve_read(fresh.capacity()) {
+        let mut fresh = fresh;
+        keep_hot(&mut fresh);
         return None;
     }
-    give_up(buf, st);
-    *buf = BytesMut::with_capacity(want);
+    *buf = fresh;
+    st.set(HINTED, true);
     match poll_read_buf(stream, buf, cx) {
         Poll::Ready(r) => {
             st.started(frame_len(buf), 0);
@@ -449,12 +513,28 @@ fn poll_read_hinted<R: AsyncRead + Unpin>(
 }
 
 /// Gives `buf` up before a wait: empty, sharing nothing; large storage
-/// goes to the warm pool ([`keep_warm`]).
+/// goes to the warm pool ([`keep_warm`]), a hinted read's to the
+/// thread's hot slot ([`keep_hot`]).
+#[inline]
 fn give_up(buf: &mut BytesMut, st: &mut ReadState) {
-    if st.take_large() {
-        keep_warm(buf);
+    // One test on the path of small messages, whose buffers are neither.
+    if st.has(LARGE | HINTED) {
+        give_back(buf, st);
     }
     *buf = BytesMut::new();
+}
+
+/// [`give_up`] for storage that may be worth keeping: a large frame's
+/// goes to the warm pool, a hinted read's to the thread's hot slot.
+#[inline(never)]
+fn give_back(buf: &mut BytesMut, st: &mut ReadState) {
+    let hinted = st.has(HINTED);
+    st.set(HINTED, false);
+    if st.take_large() {
+        keep_warm(buf);
+    } else if hinted {
+        keep_hot(buf);
+    }
 }
 
 fn poll_read_plain<R: AsyncRead + Unpin>(
@@ -978,6 +1058,113 @@ mod tests {
         assert_eq!(budget.used(), 0, "every reservation is given back");
     }
 
+    /// Hinted reads on one thread take the same memory in turn, whichever
+    /// connection reads: once the message read into it is dropped, the
+    /// buffer goes back to the thread's hot slot and the next hinted read
+    /// takes it. Never while a message still shares it: that message's
+    /// bytes stay as they were, and the next read gets other memory. With
+    /// and without a memory budget.
+    #[tokio::test]
+    async fn hinted_reads_on_a_thread_share_one_buffer_once_its_message_is_dropped() {
+        struct Peer {
+            conn: Connection,
+            a: tokio::io::DuplexStream,
+            b: tokio::io::DuplexStream,
+            buf: BytesMut,
+            st: ReadState,
+        }
+        impl Peer {
+            /// Waits for input: nothing has arrived.
+            fn wait(&mut self) {
+                assert!(
+                    poll_once(&mut self.b, &mut self.buf, &mut self.st, &mut self.conn)
+                        .is_pending()
+                );
+                assert_eq!(self.buf.capacity(), 0, "a wait holds no buffer");
+            }
+            /// `frame` arrives while the connection waits, and is read
+            /// whole in one read.
+            async fn read(&mut self, frame: &[u8]) {
+                self.a.write_all(frame).await.unwrap();
+                let r = poll_once(&mut self.b, &mut self.buf, &mut self.st, &mut self.conn);
+                assert!(matches!(r, Poll::Ready(Ok(n)) if n == frame.len()), "{r:?}");
+                assert_eq!(self.buf.as_ptr() as usize % PAGE, DATA_OFFSET);
+            }
+            /// The connection hands the frame out as a message.
+            fn message(&mut self) -> Bytes {
+                let m = self.buf.split().freeze();
+                self.conn.release_read(0);
+                m
+            }
+        }
+        /// Whether the thread's hot slot holds the storage `data` is in.
+        fn hot_holds(data: *const u8) -> bool {
+            HOT.with(|h| {
+                let b = h.take();
+                let held = b.as_ref().is_some_and(|b| {
+                    let start = b.as_ptr() as usize;
+                    (start..start + b.capacity()).contains(&(data as usize))
+                });
+                h.set(b);
+                held
+            })
+        }
+        let big = client_frame(65536);
+        let budget = Arc::new(MemoryBudget::new(1 << 30));
+        for config in without_and_with(&budget) {
+            let mut peers: Vec<Peer> = (0..2)
+                .map(|_| {
+                    let (a, b) = tokio::io::duplex(1 << 20);
+                    let mut st = ReadState::default();
+                    st.started(Some(big.len() as u64), 0);
+                    Peer {
+                        conn: Connection::new(duplex_proto::Role::Server, config.clone(), None),
+                        a,
+                        b,
+                        buf: BytesMut::new(),
+                        st,
+                    }
+                })
+                .collect();
+            peers.iter_mut().for_each(Peer::wait);
+            // Echoed at once: each message is dropped, and its connection
+            // waits again, before the next read.
+            peers[0].read(&big).await;
+            let first = peers[0].buf.as_ptr();
+            drop(peers[0].message());
+            peers[0].wait();
+            assert!(hot_holds(first), "given back to the thread");
+            for i in [1, 0, 1] {
+                peers[i].read(&big).await;
+                assert_eq!(peers[i].buf.as_ptr(), first, "the same memory");
+                assert_eq!(&peers[i].buf[..], &big[..]);
+                drop(peers[i].message());
+                peers[i].wait();
+            }
+            // A message kept (a history, a slow write): the next read on
+            // this thread goes elsewhere, and the kept bytes do not change.
+            peers[0].read(&big).await;
+            let kept = peers[0].message();
+            assert_eq!(kept.as_ptr(), first);
+            peers[0].wait();
+            assert!(!hot_holds(first), "not while a message shares it");
+            let mut other = big.clone();
+            other[20..].fill(9);
+            peers[1].read(&other).await;
+            assert_ne!(peers[1].buf.as_ptr(), first, "other memory");
+            assert_eq!(&peers[1].buf[..], &other[..]);
+            drop(peers[1].message());
+            peers[1].wait();
+            assert_eq!(&kept[..], &big[..], "the kept message is intact");
+            drop(kept);
+            for p in &mut peers {
+                assert!(p.conn.error().is_none());
+                p.conn.release_read(0);
+            }
+        }
+        assert_eq!(budget.used(), 0, "every reservation is given back");
+    }
+
     /// After a frame of 4 KiB..=68 KiB, the read that follows a wait goes
     /// straight into a buffer of that frame's size (no copy out of the
     /// scratch) and some room, which takes the next frame of that size
@@ -1021,10 +1208,10 @@ mod tests {
                     Poll::Pending => panic!("the frame is waiting"),
                 };
                 // Room to spare: the runtime learns the socket is drained.
-                assert_eq!(
-                    (n, buf.len(), buf.capacity()),
-                    (big.len(), big.len(), big.len() + READ_SLACK)
-                );
+                assert_eq!((n, buf.len()), (big.len(), big.len()));
+                assert!(buf.capacity() >= big.len() + READ_SLACK);
+                assert!(buf.capacity() < big.len() + READ_SLACK + PAGE);
+                assert_eq!(buf.as_ptr() as usize % PAGE, DATA_OFFSET);
             }
             // A small frame after the wait: read into the hinted buffer, and
             // the hint is gone.

@@ -372,6 +372,11 @@ fn check_event(ev: &Event, cfg: &Config) {
 /// small pieces but as "repeated call with bad state" when its fast path
 /// sees them whole (corpus seed `connection/inflate-error-text-depends-on-chunking.bin`).
 ///
+/// Output past `max_message_size` is reported even when the inflate call
+/// that produced it then found the stream corrupt, as smaller pieces would
+/// have shown the output first (corpus seed
+/// `connection/deflate-output-past-limit-then-corrupt-in-one-call.bin`).
+///
 /// Invalid UTF-8 in inflated text is reported before a size or inflate
 /// error found in the same input, so the outcome does not depend on the
 /// chunking (corpus seeds `connection/deflate-bad-utf8-1007-or-1009-by-chunking.bin`

@@ -231,13 +231,15 @@ impl Inflater {
         let mut scratch = [0u8; 16];
         loop {
             let (bi, bo) = (d.total_in(), d.total_out());
-            let status = d
-                .decompress(input, &mut scratch, FlushDecompress::None)
-                .map_err(|e| Error::InflateFailed(e.to_string()))?;
-            let used = (d.total_in() - bi) as usize;
+            let result = d.decompress(input, &mut scratch, FlushDecompress::None);
+            // Output past the limit came first, even when the same call then
+            // found the input corrupt: fed in smaller pieces, the output would
+            // have been seen before the corruption was reached.
             if d.total_out() > bo {
                 return Err(Error::MessageTooLarge { limit });
             }
+            let status = result.map_err(|e| Error::InflateFailed(e.to_string()))?;
+            let used = (d.total_in() - bi) as usize;
             input = &input[used..];
             if status == Status::StreamEnd {
                 *stream_ended = true;

@@ -476,8 +476,8 @@ fn poll_read_leftover<R: AsyncRead + Unpin>(
 /// `None` if the budget has no room
 /// (the caller reads as without a hint: a guess never fails the
 /// connection). If nothing had arrived, the buffer is given up (back to
-/// the hot slot) and the wait starts here. Out of line: connections of small messages never get
-/// here, and their path stays as short as it was.
+/// the hot slot) and the wait starts here. Out of line: connections of
+/// small messages never get here, and their path stays as short as it was.
 #[inline(never)]
 fn poll_read_hinted<R: AsyncRead + Unpin>(
     stream: &mut R,
@@ -489,9 +489,8 @@ fn poll_read_hinted<R: AsyncRead + Unpin>(
     let want = st.hint() + READ_SLACK;
     let budget = conn.config().memory_budget.is_some();
     give_up(buf, st);
-    let fresh = take_hot(want);
+    let mut fresh = take_hot(want);
     if budget && !conn.try_reserve_read(fresh.capacity()) {
-        let mut fresh = fresh;
         keep_hot(&mut fresh);
         return None;
     }

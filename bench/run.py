@@ -573,8 +573,8 @@ def broadcast_table(L, by, key, servers, args):
         L.append(f"| {t} | {m} | {ok if isinstance(ok, str) else ('yes' if ok else '**no**')} |")
     L.append("")
     L.append("| server | deliveries/s | server CPU µs/delivery | × TCP fan-out | p50 µs | p99 µs | p99.9 µs "
-             "| RSS per subscribed connection, B | publications/s | server core | generator core | lost | errors |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+             "| RSS per subscribed connection, B | of it anonymous | publications/s | server core | generator core | lost | errors |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in servers:
         cpu = vals(by, key, s, "server_cpu_us_per_delivery")
         n_err, first = errors_of(by, key, s)
@@ -587,6 +587,7 @@ def broadcast_table(L, by, key, servers, args):
             fmt_ms(vals(by, key, s, "p99_us")),
             fmt_ms(vals(by, key, s, "p999_us")),
             fmt_ms(vals(by, key, s, "rss_bytes_per_conn")),
+            fmt_ms(vals(by, key, s, "anon_bytes_per_conn")),
             fmt_ms(vals(by, key, s, "publications_per_s")),
             pct(med(vals(by, key, s, "server_cpu_util"))),
             pct(med(vals(by, key, s, "generator_cpu_util"))),
@@ -839,12 +840,13 @@ def section_table(L, by, key, title, mode, servers, args, g, several):
                 pct(med(vals(by, key, s, "generator_cpu_util"))),
                 str(n) + (f" ({esc(first)})" if first else "")]) + " |")
     elif mode == "idle":
-        L.append("| server | RSS growth per connection, bytes | opened | deflate agreed | open time, s | server CPU µs per connection opened | errors |")
-        L.append("|---|---|---|---|---|---|---|")
+        L.append("| server | RSS growth per connection, bytes | of it anonymous | opened | deflate agreed | open time, s | server CPU µs per connection opened | errors |")
+        L.append("|---|---|---|---|---|---|---|---|")
         for s in servers:
             n, first = errors_of(by, key, s)
             L.append("| " + " | ".join([
                 s, fmt_ms(vals(by, key, s, "rss_bytes_per_conn")),
+                fmt_ms(vals(by, key, s, "anon_bytes_per_conn")),
                 fmt(med(vals(by, key, s, "opened"))),
                 fmt(med(vals(by, key, s, "deflate_negotiated"))),
                 fmt_ms(vals(by, key, s, "open_s"), 2),

@@ -41,7 +41,7 @@
 use super::frame::{put_frame, unmasked_header, OP_CLOSE, OP_TEXT};
 use super::json::Json;
 use super::open::{open, resolve, upgrade_request, Opened, Target};
-use super::sample::{sample, window, Sample};
+use super::sample::{growth_per, sample, window, Sample};
 use super::shared::{progress, secs, Phase, Shared};
 use super::{parse_size, Common, Report};
 use clap::{Args, ValueEnum};
@@ -962,11 +962,8 @@ pub(super) async fn run(a: BroadcastArgs) -> Result<Report, String> {
         0 => None,
         n => w.server_cpu.map(|c| c * 1e6 / n as f64),
     };
-    let rss_per = s0
-        .server_rss
-        .zip(s_sub.server_rss)
-        .filter(|_| subscribed > 0)
-        .map(|(a, b)| (b as f64 - a as f64) / subscribed as f64);
+    let rss_per = growth_per(s0.server_rss, s_sub.server_rss, subscribed as u64);
+    let anon_per = growth_per(s0.server_anon, s_sub.server_anon, subscribed as u64);
     let mut human = format!(
         "broadcast {subscribed} of {} subscribers x {} B ({mode}, {}): {rate:.0} deliveries/s \
          ({pub_rate:.0} publications/s), p50 {p50:.0} us, p99 {p99:.0} us, p99.9 {p999:.0} us, \
@@ -986,6 +983,9 @@ pub(super) async fn run(a: BroadcastArgs) -> Result<Report, String> {
     }
     if let Some(r) = rss_per {
         let _ = write!(human, ", server RSS +{r:.0} B per subscribed connection");
+    }
+    if let Some(r) = anon_per {
+        let _ = write!(human, " (anonymous +{r:.0} B)");
     }
     if let Some(c) = w.own_cpu {
         let _ = write!(human, ", generator {:.0}% of a core", 100.0 * c / w.secs);
@@ -1036,6 +1036,7 @@ pub(super) async fn run(a: BroadcastArgs) -> Result<Report, String> {
         .opt("server_rss_subscribed_bytes", rss(&s_sub))
         .opt("server_rss_after_bytes", rss(&s3))
         .opt("rss_bytes_per_conn", rss_per)
+        .opt("anon_bytes_per_conn", anon_per)
         .finish();
     Ok(Report {
         human,

@@ -5,7 +5,7 @@
 use super::frame::{put_frame, unmasked_header, OP_TEXT, RSV1};
 use super::json::Json;
 use super::open::{open, resolve, upgrade_request, Opened};
-use super::sample::{sample, window};
+use super::sample::{growth_per, sample, window};
 use super::shared::{secs, Phase, Shared};
 use super::{Common, Report};
 use clap::Args;
@@ -129,11 +129,8 @@ pub(super) async fn idle(a: IdleArgs) -> Result<Report, String> {
     // to give back whatever the handshakes used.
     sh.phase.set(Phase::Done);
     let open_w = window(&s0, &s_open);
-    let growth = s0
-        .server_rss
-        .zip(s1.server_rss)
-        .map(|(a, b)| b as f64 - a as f64);
-    let per_conn = growth.filter(|_| opened > 0).map(|g| g / opened as f64);
+    let per_conn = growth_per(s0.server_rss, s1.server_rss, opened);
+    let anon_per_conn = growth_per(s0.server_anon, s1.server_anon, opened);
     let cpu_per_conn = open_w
         .server_cpu
         .filter(|_| opened > 0)
@@ -152,6 +149,9 @@ pub(super) async fn idle(a: IdleArgs) -> Result<Report, String> {
     );
     if let Some(p) = per_conn {
         let _ = write!(human, ", server RSS +{p:.0} B per connection");
+    }
+    if let Some(p) = anon_per_conn {
+        let _ = write!(human, " (anonymous +{p:.0} B)");
     }
     if let Some(c) = cpu_per_conn {
         let _ = write!(human, ", {c:.1} us server CPU per handshake");
@@ -175,6 +175,9 @@ pub(super) async fn idle(a: IdleArgs) -> Result<Report, String> {
         .opt("server_rss_before_bytes", s0.server_rss.map(|r| r as f64))
         .opt("server_rss_after_bytes", s1.server_rss.map(|r| r as f64))
         .opt("rss_bytes_per_conn", per_conn)
+        .opt("server_anon_before_bytes", s0.server_anon.map(|r| r as f64))
+        .opt("server_anon_after_bytes", s1.server_anon.map(|r| r as f64))
+        .opt("anon_bytes_per_conn", anon_per_conn)
         .opt("server_cpu_us_per_conn", cpu_per_conn)
         .finish();
     drop(held);

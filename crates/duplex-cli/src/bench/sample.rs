@@ -18,12 +18,29 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) / TICKS)
 }
 
-/// Resident set size of process `pid`, in bytes.
-fn rss_bytes(pid: &str) -> Option<u64> {
+/// Resident memory of process `pid`, in bytes: all of it (`VmRSS`), and
+/// its anonymous part (`RssAnon`: heap, stacks and other private memory,
+/// without the pages of the binary and the libraries it maps).
+fn memory(pid: &str) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let kb = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((kb("VmRSS:")? * 1024, kb("RssAnon:")? * 1024))
+}
+
+/// Growth per item between two readings of a memory figure.
+///
+/// The anonymous figure is the one to compare servers by when the items
+/// are connections: the first connections also page in code that was not
+/// run before (the same few hundred KiB whatever their number), which
+/// `VmRSS` counts and `RssAnon` does not.
+pub(super) fn growth_per(before: Option<u64>, after: Option<u64>, items: u64) -> Option<f64> {
+    before
+        .zip(after)
+        .filter(|_| items > 0)
+        .map(|(a, b)| (b as f64 - a as f64) / items as f64)
 }
 
 /// CPU and memory of the server and of this process at one instant.
@@ -32,15 +49,19 @@ pub(super) struct Sample {
     pub(super) at: Instant,
     pub(super) server_cpu: Option<f64>,
     pub(super) server_rss: Option<u64>,
+    /// The anonymous part of `server_rss`.
+    pub(super) server_anon: Option<u64>,
     pub(super) own_cpu: Option<f64>,
 }
 
 pub(super) fn sample(server_pid: Option<u32>) -> Sample {
     let pid = server_pid.map(|p| p.to_string());
+    let mem = pid.as_deref().and_then(memory);
     Sample {
         at: Instant::now(),
         server_cpu: pid.as_deref().and_then(cpu_seconds),
-        server_rss: pid.as_deref().and_then(rss_bytes),
+        server_rss: mem.map(|m| m.0),
+        server_anon: mem.map(|m| m.1),
         own_cpu: cpu_seconds("self"),
     }
 }
@@ -68,6 +89,12 @@ mod tests {
     #[test]
     fn proc_self_is_readable() {
         assert!(cpu_seconds("self").is_some());
-        assert!(rss_bytes("self").unwrap() > 0);
+        let (rss, anon) = memory("self").unwrap();
+        assert!(anon > 0 && anon <= rss, "{anon} of {rss}");
+        // A megabyte written is a megabyte more of anonymous memory.
+        let v = vec![1u8; 1 << 20];
+        let (_, grown) = memory("self").unwrap();
+        assert!(grown >= anon + (1 << 20) - 64 * 1024, "{anon} -> {grown}");
+        assert_eq!(v.iter().map(|&b| b as usize).sum::<usize>(), 1 << 20);
     }
 }

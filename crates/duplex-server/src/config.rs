@@ -24,6 +24,14 @@ pub struct ServerConfig {
     pub ws: duplex::Config,
     /// Most simultaneous connections; further ones get 503. Default: 10 000.
     pub max_connections: usize,
+    /// On Linux, how long the kernel may hold a new connection before
+    /// handing it to the server without its first bytes
+    /// (`TCP_DEFER_ACCEPT`): a client that connects and sends its request
+    /// is accepted once, with the request already readable, instead of
+    /// waking the server for the connection and again for the request.
+    /// `None` (or zero) accepts connections as soon as they are
+    /// established. Default: 1 s. Other systems ignore it.
+    pub defer_accept: Option<Duration>,
     /// How long connections get to finish their closing handshake when the
     /// server shuts down. Default: 5 s.
     pub shutdown_grace: Duration,
@@ -144,6 +152,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             ws: default_ws_config(),
             max_connections: 10_000,
+            defer_accept: Some(Duration::from_secs(1)),
             shutdown_grace: Duration::from_secs(5),
             policy: Policy::default(),
             tls: None,

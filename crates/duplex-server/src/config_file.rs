@@ -49,6 +49,7 @@ struct File {
     allow_origin: Option<Vec<String>>,
     node_name: Option<String>,
     shutdown_grace: Option<Dur>,
+    defer_accept: Option<Dur>,
     http2: Option<bool>,
     #[serde(default)]
     auth: Auth,
@@ -211,6 +212,10 @@ pub fn apply(config: &mut ServerConfig, text: &str) -> Result<Extras, Error> {
     }
     if let Some(b) = f.http2 {
         config.http2 = b;
+    }
+    if let Some(d) = f.defer_accept {
+        let d = d.get("defer_accept")?;
+        config.defer_accept = (!d.is_zero()).then_some(d);
     }
     if let Some(d) = f.shutdown_grace {
         config.shutdown_grace = d.get("shutdown_grace")?;
@@ -429,6 +434,17 @@ mod tests {
         assert_eq!(chat.history_ttl, Duration::from_secs(300));
         assert_eq!(chat.publish, PublishRule::Nobody);
         assert!(chat.recovery);
+    }
+
+    #[test]
+    fn defer_accept_takes_a_duration_and_zero_turns_it_off() {
+        let mut c = ServerConfig::default();
+        assert_eq!(c.defer_accept, Some(Duration::from_secs(1)));
+        apply(&mut c, r#"defer_accept = "3s""#).unwrap();
+        assert_eq!(c.defer_accept, Some(Duration::from_secs(3)));
+        apply(&mut c, "defer_accept = 0").unwrap();
+        assert_eq!(c.defer_accept, None);
+        assert!(apply(&mut c, r#"defer_accept = "soon""#).is_err());
     }
 
     #[test]

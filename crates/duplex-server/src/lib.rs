@@ -6,7 +6,7 @@
 //! Prometheus metrics at `/metrics`, the echo tester page at `/`; an Origin
 //! policy, TLS on the same port, a connection limit and graceful shutdown.
 //! It uses the `duplex` library like any other application.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod alarms;

@@ -93,6 +93,13 @@ impl Server {
     /// (a key that does not parse) as well as on a socket error.
     pub async fn bind(config: ServerConfig) -> std::io::Result<Server> {
         let (listener, nodelay_inherited) = bind_nodelay(config.listen).await?;
+        #[cfg(target_os = "linux")]
+        if let Some(d) = config.defer_accept {
+            // An optimisation only: a listener without it still works.
+            if let Err(e) = listen_opts::set_defer_accept(&listener, d) {
+                tracing::debug!(error = %e, "TCP_DEFER_ACCEPT not set");
+            }
+        }
         let mut config = config;
         if let (Some(tls), true) = (&config.tls, config.http2) {
             // HTTP/2 first: a browser then keeps one connection per origin
@@ -632,6 +639,42 @@ async fn bind_nodelay(addr: SocketAddr) -> std::io::Result<(TcpListener, bool)> 
     Ok((listener, inherited))
 }
 
+/// Listening-socket options that neither tokio nor socket2 offers.
+#[cfg(target_os = "linux")]
+pub(crate) mod listen_opts {
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    /// Sets `TCP_DEFER_ACCEPT` (tcp(7)): the kernel completes a connection
+    /// only once its first data arrive, or after `wait` (rounded by the
+    /// kernel to its SYN-ACK retransmissions), so the server wakes once per
+    /// connection, finds its request already readable, and a client that
+    /// never sends costs no socket of the server's until then.
+    #[allow(unsafe_code)]
+    pub(crate) fn set_defer_accept(listener: &TcpListener, wait: Duration) -> std::io::Result<()> {
+        let secs = libc::c_int::try_from(wait.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the descriptor belongs to `listener`, which is borrowed
+        // and so stays open for the call; the value points to a `c_int` on
+        // this stack frame, alive for the call, and its size is the one
+        // passed. setsockopt(2) reads that many bytes and keeps no pointer.
+        let r = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&secs as *const libc::c_int).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
 /// Reads and answers the request; returns the session's future if a plain
 /// socket was opened. TLS connections are served to the end in here
 /// (their state is several KiB anyway).
@@ -945,6 +988,45 @@ mod tests {
         let (accepted, _client) = tokio::join!(listener.accept(), client);
         let (tcp, _) = accepted.unwrap();
         assert_eq!(tcp.nodelay().unwrap(), inherited);
+    }
+
+    /// With `TCP_DEFER_ACCEPT` the kernel hands over the connection that
+    /// has sent something before one that connected earlier and has not:
+    /// without it, `accept` would return the silent one first.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn deferred_accept_hands_over_connections_once_they_speak() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listen_opts::set_defer_accept(&listener, std::time::Duration::from_secs(30)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        async fn accept(l: &TcpListener) -> (TcpStream, SocketAddr) {
+            let accepted = l.accept();
+            tokio::time::timeout(std::time::Duration::from_secs(10), accepted)
+                .await
+                .expect("accept within 10 s")
+                .unwrap()
+        }
+        // connect() returns once the client's side is established.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut speaking = TcpStream::connect(addr).await.unwrap();
+        speaking.write_all(b"GET").await.unwrap();
+        let (mut first, peer) = accept(&listener).await;
+        assert_eq!(
+            peer,
+            speaking.local_addr().unwrap(),
+            "the connection with data first"
+        );
+        let mut got = [0u8; 3];
+        first.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET");
+        silent.write_all(b"late").await.unwrap();
+        let (_, peer) = accept(&listener).await;
+        assert_eq!(
+            peer,
+            silent.local_addr().unwrap(),
+            "then the other, once it speaks"
+        );
     }
 
     /// tokio allocates a task as its future plus ~100 bytes of header and

@@ -91,9 +91,9 @@ async fn connections_over_the_limit_get_503() {
 }
 
 /// Refusals are answered at most 64 at a time: while 64 connections over
-/// the limit hold theirs (they never send a request head), the next one is
-/// closed unanswered; once one of them goes away, a refusal is answered
-/// 503 again.
+/// the limit hold theirs (they send one byte and never the rest of a
+/// request head), the next one is closed unanswered; once one of them goes
+/// away, a refusal is answered 503 again.
 #[tokio::test]
 async fn at_most_64_refusals_are_answered_at_once() {
     let srv = start(ServerConfig {
@@ -105,7 +105,13 @@ async fn at_most_64_refusals_are_answered_at_once() {
     let mut a = duplex::connect(&url).await.unwrap();
     let mut silent = Vec::new();
     for _ in 0..64 {
-        silent.push(tokio::net::TcpStream::connect(srv.addr).await.unwrap());
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+        // A byte, so that the listener's deferred accept hands it over
+        // (a connection that sends nothing waits in the kernel until the
+        // `defer_accept` period ends, holding nothing of the server's).
+        s.write_all(b"G").await.unwrap();
+        silent.push(s);
     }
     // Accepted after the 64 (the listen queue is first in, first out).
     let answer = |mut s: tokio::net::TcpStream| async move {

@@ -539,6 +539,33 @@ async fn one_address_cannot_open_connections_faster_than_its_rate() {
     );
 }
 
+/// A connection that never sends a byte waits in the kernel while the
+/// listener defers accepting it (1 s by default, Linux), then is handed
+/// over and meets the handshake timeout like any slow head: it is answered
+/// 408 and closed, not kept.
+#[tokio::test]
+async fn a_connection_that_never_speaks_is_closed_after_the_deferral_and_the_handshake_timeout() {
+    let cfg = duplex::Config::default().with_handshake_timeout(Duration::from_millis(300));
+    let srv = start(cfg).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out))
+        .await
+        .expect("the server closed the connection")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let least = if cfg!(target_os = "linux") {
+        // The deferral: the kernel's first SYN-ACK retransmission, 1 s.
+        Duration::from_millis(1250)
+    } else {
+        Duration::from_millis(250)
+    };
+    assert!(started.elapsed() >= least, "{:?}", started.elapsed());
+    still_serving(srv.addr).await;
+}
+
 #[tokio::test]
 async fn a_handshake_head_that_never_ends_gets_408_within_the_handshake_timeout() {
     let cfg = duplex::Config::default().with_handshake_timeout(Duration::from_millis(300));

@@ -246,7 +246,12 @@ async fn connect_cli(args: &[&str], input: &str) -> std::process::Output {
 
 #[tokio::test]
 async fn serve_over_tls_and_connect_with_ca_insecure_or_neither() {
-    let dir = std::env::temp_dir().join(format!("duplex-cli-tls-{}", std::process::id()));
+    // `--tls-dir` creates the directory; the guard removes it after.
+    let guard = tempfile::Builder::new()
+        .prefix("duplex-cli-tls-")
+        .tempdir()
+        .unwrap();
+    let dir = guard.path().join("tls");
     let dir_s = dir.to_str().unwrap();
     let (mut child, addr) = serve_with(&["--tls-self-signed", "--tls-dir", dir_s], "https");
     let port = addr.rsplit(':').next().unwrap();
@@ -453,8 +458,11 @@ async fn serve_shuts_down_on_sigterm() {
 /// at start with the key named.
 #[tokio::test]
 async fn token_and_config_file() {
-    let dir = std::env::temp_dir().join(format!("duplex-cli-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let guard = tempfile::Builder::new()
+        .prefix("duplex-cli-config-")
+        .tempdir()
+        .unwrap();
+    let dir = guard.path();
     let file = dir.join("duplex.toml");
     std::fs::write(
         &file,
@@ -519,5 +527,4 @@ async fn token_and_config_file() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ping_intervl"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

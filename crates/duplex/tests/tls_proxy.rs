@@ -10,18 +10,25 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+/// A fresh temporary directory, removed when the returned guard drops.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("duplex-tls-{tag}-"))
+        .tempdir()
+        .unwrap()
+}
+
 /// A self-signed certificate for localhost and 127.0.0.1, written to a
-/// fresh directory: (cert path, key path).
-fn test_cert(tag: &str) -> (PathBuf, PathBuf) {
+/// fresh directory: (the directory's guard, cert path, key path).
+fn test_cert(tag: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let ck =
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("duplex-tls-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
+    let dir = temp_dir(tag);
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    (cert, key)
+    (dir, cert, key)
 }
 
 /// An echo server over TLS for `conns` connections; returns its port.
@@ -69,7 +76,7 @@ async fn echo_roundtrip(url: &str, opts: ClientOptions) {
 
 #[tokio::test]
 async fn wss_with_a_private_ca_by_name_and_by_ip() {
-    let (cert, key) = test_cert("ca");
+    let (_dir, cert, key) = test_cert("ca");
     let port = tls_echo_server(&cert, &key, 2).await;
     let opts = ClientOptions {
         verify: Verify::WithCa(vec![cert.clone()]),
@@ -84,7 +91,7 @@ async fn wss_with_a_private_ca_by_name_and_by_ip() {
 
 #[tokio::test]
 async fn wss_refuses_an_untrusted_certificate_unless_insecure() {
-    let (cert, key) = test_cert("untrusted");
+    let (_dir, cert, key) = test_cert("untrusted");
     let port = tls_echo_server(&cert, &key, 2).await;
     let url = format!("wss://localhost:{port}/");
     let err = duplex::connect_with(
@@ -126,8 +133,8 @@ async fn wss_refuses_an_untrusted_certificate_unless_insecure() {
 
 #[tokio::test]
 async fn tls_config_errors_are_clear() {
-    let dir = std::env::temp_dir().join(format!("duplex-tls-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let guard = temp_dir("bad");
+    let dir = guard.path();
     let junk = dir.join("junk.pem");
     std::fs::write(&junk, "not a pem file\n").unwrap();
     let missing = dir.join("missing.pem");
@@ -147,7 +154,7 @@ async fn tls_config_errors_are_clear() {
         other => panic!("expected a read error, got {other:?}"),
     }
     // A certificate without a usable key.
-    let (cert, _) = test_cert("nokey");
+    let (_nokey, cert, _) = test_cert("nokey");
     match duplex::tls::server_config(&cert, &junk) {
         Err(Error::Tls(TlsError::Pem {
             item: duplex::PemItem::Key,
@@ -215,7 +222,7 @@ async fn connect_proxy(require_auth: Option<&'static str>) -> (u16, Arc<Mutex<Ve
 
 #[tokio::test]
 async fn ws_and_wss_through_a_connect_proxy() {
-    let (cert, key) = test_cert("proxy");
+    let (_dir, cert, key) = test_cert("proxy");
     let tls_port = tls_echo_server(&cert, &key, 1).await;
     let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let plain_port = plain.local_addr().unwrap().port();
@@ -400,8 +407,8 @@ async fn a_self_signed_ca_certificate_given_as_ca_is_pinned() {
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
-    let dir = std::env::temp_dir().join(format!("duplex-tls-pin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let guard = temp_dir("pin");
+    let dir = guard.path();
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
@@ -416,7 +423,7 @@ async fn a_self_signed_ca_certificate_given_as_ca_is_pinned() {
     )
     .await;
     // Pinning some other certificate does not trust this one.
-    let (other, _) = test_cert("pin-other");
+    let (_other, other, _) = test_cert("pin-other");
     let err = duplex::connect_with(
         &format!("wss://localhost:{port}/"),
         ClientOptions {

@@ -81,7 +81,7 @@ impl App {
         };
         let hub = Hub::new(config.hub.clone(), broker.clone(), clock, metrics.clone());
         hub.start_writer();
-        let node_uid = crate::hub::new_client_id().to_string();
+        let node_uid = crate::hub::ClientId::random().to_string();
         hub.set_node(&node_uid, &config.node_name);
         let auth = Arc::new(Auth::new(config.auth.clone())?);
         let registry = metrics.registry();

@@ -14,7 +14,7 @@
 //!   this prefix itself, with the offset it assigned;
 //! - `j<info>` / `l<info>` — a join / a leave.
 
-use crate::hub::{ClientInfo, Publication};
+use crate::hub::{ClientId, ClientInfo, Publication};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::Arc;
 
@@ -55,14 +55,14 @@ fn put_field(out: &mut BytesMut, field: Option<&[u8]>) {
 }
 
 fn put_info(out: &mut BytesMut, info: &ClientInfo) {
-    put_field(out, Some(info.client.as_bytes()));
+    put_field(out, Some(info.client.text().as_bytes()));
     put_field(out, Some(info.user.as_bytes()));
     put_field(out, info.conn_info.as_deref());
     put_field(out, info.chan_info.as_deref());
 }
 
 fn info_len(info: &ClientInfo) -> usize {
-    16 + info.client.len()
+    16 + ClientId::TEXT_LEN
         + info.user.len()
         + info.conn_info.as_ref().map_or(0, |b| b.len())
         + info.chan_info.as_ref().map_or(0, |b| b.len())
@@ -133,8 +133,12 @@ impl Reader {
     }
 
     fn info(&mut self) -> Result<ClientInfo, DecodeError> {
+        let client = self.field()?.ok_or(DecodeError("missing client id"))?;
         Ok(ClientInfo {
-            client: self.text()?,
+            client: std::str::from_utf8(&client)
+                .ok()
+                .and_then(ClientId::parse)
+                .ok_or(DecodeError("client id is not a UUID"))?,
             user: self.text()?,
             conn_info: self.field()?,
             chan_info: self.field()?,
@@ -225,7 +229,7 @@ mod tests {
 
     fn info() -> ClientInfo {
         ClientInfo {
-            client: "c-1".into(),
+            client: ClientId::random(),
             user: "ann".into(),
             conn_info: Some(Bytes::from_static(b"{\"a\":1}")),
             chan_info: None,

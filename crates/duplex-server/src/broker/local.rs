@@ -7,7 +7,7 @@ use super::{
 };
 use crate::hub::history::{HistoryLimits, Stream};
 use crate::hub::presence::Presence;
-use crate::hub::{new_epoch, ClientInfo, Clock, Publication, StreamPosition};
+use crate::hub::{new_epoch, ClientId, ClientInfo, Clock, Publication, StreamPosition};
 use duplex_proto::MemoryBudget;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -254,7 +254,7 @@ impl Broker for LocalBroker {
     fn remove_presence<'a>(
         &'a self,
         channel: &'a str,
-        client: &'a str,
+        client: ClientId,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let mut m = lock(&self.presence[self.shard(channel)]);

@@ -7,7 +7,7 @@ pub mod codec;
 pub mod local;
 pub mod redis;
 
-use crate::hub::{ClientInfo, HistoryLimits, Publication, StreamPosition};
+use crate::hub::{ClientId, ClientInfo, HistoryLimits, Publication, StreamPosition};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -187,7 +187,7 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     fn remove_presence<'a>(
         &'a self,
         channel: &'a str,
-        client: &'a str,
+        client: ClientId,
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Presence members (at most `limit`).

@@ -33,7 +33,7 @@ use super::{
     HistoryResult, NodeStats,
 };
 use crate::hub::StreamPosition;
-use crate::hub::{new_client_id, new_epoch, ClientInfo, Clock, HistoryLimits, Publication};
+use crate::hub::{new_epoch, ClientId, ClientInfo, Clock, HistoryLimits, Publication};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
@@ -362,7 +362,7 @@ impl RedisBroker {
             options,
             client,
             conn,
-            node: new_client_id(),
+            node: ClientId::random().to_string().into(),
             handler: OnceLock::new(),
             clock,
             channels: Mutex::default(),
@@ -1363,7 +1363,7 @@ impl Broker for RedisBroker {
                         .arg(2)
                         .arg(inner.key(channel, "p"))
                         .arg(inner.key(channel, "z"))
-                        .arg(&*info.client)
+                        .arg(&*info.client.text())
                         .arg(&codec::encode_info(info)[..])
                         .arg(expires)
                         .arg(ttl_ms)
@@ -1394,9 +1394,11 @@ impl Broker for RedisBroker {
     fn remove_presence<'a>(
         &'a self,
         channel: &'a str,
-        client: &'a str,
+        client: ClientId,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
+            let client = client.text();
+            let client = &*client;
             let inner = &self.inner;
             let (h, z) = (inner.key(channel, "p"), inner.key(channel, "z"));
             inner
@@ -1504,7 +1506,7 @@ impl RedisBroker {
                 Err(e) => tracing::warn!(channel, error = %e, "dropped a presence entry"),
             }
         }
-        out.sort_by(|a, b| a.client.cmp(&b.client));
+        out.sort_by_key(|i| i.client);
         Ok(out)
     }
 }

@@ -301,7 +301,7 @@ impl Front {
             return refuse(StatusCode::SERVICE_UNAVAILABLE, 106, "too many streams");
         }
         let info = Arc::new(ClientInfo {
-            client: crate::hub::new_client_id(),
+            client: crate::hub::ClientId::random(),
             user: user.into(),
             conn_info,
             chan_info: None,

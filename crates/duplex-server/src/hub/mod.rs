@@ -84,7 +84,7 @@ pub struct StreamPosition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
     /// The connection's unique id.
-    pub client: Arc<str>,
+    pub client: ClientId,
     /// The user id ("" for anonymous clients).
     pub user: Arc<str>,
     /// Connection info from the token (raw JSON).
@@ -306,21 +306,111 @@ pub fn user_id(user: String) -> Arc<str> {
     }
 }
 
-/// A fresh client id (UUID v4 form).
-pub fn new_client_id() -> Arc<str> {
-    let mut b: [u8; 16] = rand::rng().random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h(0..4),
-        h(4..6),
-        h(6..8),
-        h(8..10),
-        h(10..16)
-    )
-    .into()
+/// A connection's id: a random (version 4) UUID, kept as its 16 bytes and
+/// written in the UUID's text form, 8-4-4-4-12 lowercase hex digits (what
+/// clients see, and what nodes exchange through a broker). Inline and
+/// `Copy`: the id in a client's info, in the hub's maps and in every
+/// subscriber's entry costs no allocation of its own.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId([u8; 16]);
+
+/// Where the text form of a [`ClientId`] has its dashes.
+const DASHES: [usize; 4] = [8, 13, 18, 23];
+
+impl ClientId {
+    /// Length of the text form.
+    pub const TEXT_LEN: usize = 36;
+
+    /// A fresh random id.
+    pub fn random() -> Self {
+        let mut b: [u8; 16] = rand::rng().random();
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        ClientId(b)
+    }
+
+    /// Reads the text form (hex digits in either case); `None` for
+    /// anything else, which then names no client.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.as_bytes();
+        if text.len() != Self::TEXT_LEN {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        let mut digits = 0;
+        for (i, &c) in text.iter().enumerate() {
+            if DASHES.contains(&i) {
+                if c != b'-' {
+                    return None;
+                }
+                continue;
+            }
+            let v = (c as char).to_digit(16)? as u8;
+            out[digits / 2] |= if digits % 2 == 0 { v << 4 } else { v };
+            digits += 1;
+        }
+        Some(ClientId(out))
+    }
+
+    /// The text form, on the stack.
+    pub fn text(&self) -> ClientIdText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'-'; Self::TEXT_LEN];
+        let mut at = 0;
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                at += 1;
+            }
+            out[at] = HEX[usize::from(b >> 4)];
+            out[at + 1] = HEX[usize::from(b & 0x0f)];
+            at += 2;
+        }
+        ClientIdText(out)
+    }
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text())
+    }
+}
+
+impl std::fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientId({})", &*self.text())
+    }
+}
+
+/// Tests name their clients: the name's bytes (at most 16), zero-padded.
+#[cfg(test)]
+impl From<&str> for ClientId {
+    fn from(name: &str) -> Self {
+        let mut b = [0u8; 16];
+        b[..name.len()].copy_from_slice(name.as_bytes());
+        ClientId(b)
+    }
+}
+
+#[cfg(test)]
+impl ClientId {
+    /// The name a test gave (`From<&str>`).
+    pub(crate) fn test_name(&self) -> String {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.0[..end]).into_owned()
+    }
+}
+
+/// A [`ClientId`]'s text form, as a `str`.
+#[derive(Clone, Copy)]
+pub struct ClientIdText([u8; ClientId::TEXT_LEN]);
+
+impl std::ops::Deref for ClientIdText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Hex digits and dashes only, written by `ClientId::text`.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// The hub's settings.
@@ -453,13 +543,13 @@ impl Eq for Subscriber {}
 
 impl std::hash::Hash for Subscriber {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // As `str` hashes, for lookups by `&str` (`Borrow` below).
-        self.info.client[..].hash(state);
+        // As the id hashes, for lookups by id (`Borrow` below).
+        self.info.client.hash(state);
     }
 }
 
-impl std::borrow::Borrow<str> for Subscriber {
-    fn borrow(&self) -> &str {
+impl std::borrow::Borrow<ClientId> for Subscriber {
+    fn borrow(&self) -> &ClientId {
         &self.info.client
     }
 }
@@ -533,8 +623,8 @@ pub struct Hub {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     channels: Vec<Shard>,
-    clients: Mutex<HashMap<Arc<str>, Registered>>,
-    users: Mutex<HashMap<Arc<str>, HashSet<Arc<str>>>>,
+    clients: Mutex<HashMap<ClientId, Registered>>,
+    users: Mutex<HashMap<Arc<str>, HashSet<ClientId>>>,
     hasher: RandomState,
     /// This node's id and name, and when it started (the API's `info`).
     node: OnceLock<(String, String, std::time::Instant)>,
@@ -681,8 +771,8 @@ impl Hub {
         lock(&self.users)
             .entry(info.user.clone())
             .or_default()
-            .insert(info.client.clone());
-        lock(&self.clients).insert(info.client.clone(), Registered { info, mailbox });
+            .insert(info.client);
+        lock(&self.clients).insert(info.client, Registered { info, mailbox });
     }
 
     /// Forgets a client (its subscriptions must be gone already).
@@ -799,7 +889,7 @@ impl Hub {
         )
     }
 
-    fn remove_subscriber(&self, channel: &str, client: &str) -> (bool, bool) {
+    fn remove_subscriber(&self, channel: &str, client: &ClientId) -> (bool, bool) {
         let mut shard = lock(self.shard(channel));
         let Some(ch) = shard.get_mut(channel) else {
             return (false, false);
@@ -853,7 +943,7 @@ impl Hub {
         };
         let (presence, join_leave) = (opts.presence, opts.join_leave);
         if presence {
-            if let Err(e) = self.broker.remove_presence(channel, &info.client).await {
+            if let Err(e) = self.broker.remove_presence(channel, info.client).await {
                 tracing::warn!(channel, error = %e, "presence removal failed");
             }
         }
@@ -1081,12 +1171,20 @@ impl Hub {
         keep: &[&str],
         event: impl FnOnce() -> Event,
     ) -> usize {
-        let ids: Vec<Arc<str>> = match lock(&self.users).get(user) {
+        // Ids in their text form, as the API and the broker's controls
+        // carry them: one that does not parse names no client.
+        let want = match client.map(ClientId::parse) {
+            Some(None) => return 0,
+            Some(Some(id)) => Some(id),
+            None => None,
+        };
+        let keep: Vec<ClientId> = keep.iter().filter_map(|k| ClientId::parse(k)).collect();
+        let ids: Vec<ClientId> = match lock(&self.users).get(user) {
             Some(set) => set
                 .iter()
-                .filter(|c| client.map_or(true, |want| want == &***c))
-                .filter(|c| !keep.contains(&&***c))
-                .cloned()
+                .filter(|c| want.map_or(true, |w| w == **c))
+                .filter(|c| !keep.contains(c))
+                .copied()
                 .collect(),
             None => return 0,
         };

@@ -1,14 +1,14 @@
 //! One channel's presence: who is subscribed, each entry expiring unless
 //! refreshed. Pure: time is passed in (milliseconds).
 
-use super::ClientInfo;
+use super::{ClientId, ClientInfo};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// The members of one channel.
 #[derive(Debug, Default)]
 pub struct Presence {
-    members: HashMap<Arc<str>, (Arc<ClientInfo>, u64)>,
+    members: HashMap<ClientId, (Arc<ClientInfo>, u64)>,
 }
 
 impl Presence {
@@ -16,13 +16,13 @@ impl Presence {
     /// is new.
     pub fn add(&mut self, info: Arc<ClientInfo>, now_ms: u64, ttl_ms: u64) -> bool {
         self.members
-            .insert(info.client.clone(), (info, now_ms.saturating_add(ttl_ms)))
+            .insert(info.client, (info, now_ms.saturating_add(ttl_ms)))
             .is_none()
     }
 
     /// Removes a client; returns its entry if it was there.
-    pub fn remove(&mut self, client: &str) -> Option<Arc<ClientInfo>> {
-        self.members.remove(client).map(|(i, _)| i)
+    pub fn remove(&mut self, client: ClientId) -> Option<Arc<ClientInfo>> {
+        self.members.remove(&client).map(|(i, _)| i)
     }
 
     /// Drops expired entries; returns them (their leave is not announced:
@@ -97,7 +97,7 @@ mod tests {
         let gone = p.expire(1_000);
         assert_eq!(gone.len(), 2);
         assert_eq!(p.stats(1_899), (1, 1));
-        assert!(p.remove("c1").is_some());
+        assert!(p.remove("c1".into()).is_some());
         assert!(p.is_empty());
     }
 

@@ -83,8 +83,8 @@ fn drain(m: &Mailbox) -> Vec<(String, u64, String)> {
                     publication.offset,
                     String::from_utf8_lossy(&publication.data).into(),
                 ),
-                Event::Join { info, .. } => ("join".into(), 0, info.client.to_string()),
-                Event::Leave { info, .. } => ("leave".into(), 0, info.client.to_string()),
+                Event::Join { info, .. } => ("join".into(), 0, info.client.test_name()),
+                Event::Leave { info, .. } => ("leave".into(), 0, info.client.test_name()),
                 Event::Unsubscribe { channel, .. } => ("unsub".into(), 0, channel.to_string()),
                 Event::Disconnect { reason, .. } => ("disconnect".into(), 0, reason.to_string()),
             });
@@ -346,7 +346,7 @@ async fn presence_join_and_leave() {
         .await
         .unwrap()
         .iter()
-        .map(|i| i.client.to_string())
+        .map(|i| i.client.test_name())
         .collect();
     left.sort();
     assert_eq!(left, ["a", "b2"]);
@@ -554,11 +554,39 @@ fn globs() {
 }
 
 #[test]
-fn client_ids_look_like_uuids() {
-    let id = new_client_id();
-    assert_eq!(id.len(), 36);
-    assert_eq!(id.as_bytes()[14], b'4');
-    assert_ne!(new_client_id(), id);
+fn client_ids_look_like_uuids_and_read_back() {
+    let id = ClientId::random();
+    let text = id.to_string();
+    assert_eq!(text.len(), 36);
+    assert_eq!(text.as_bytes()[14], b'4', "version 4");
+    assert!(
+        matches!(text.as_bytes()[19], b'8' | b'9' | b'a' | b'b'),
+        "{text}"
+    );
+    for (i, c) in text.bytes().enumerate() {
+        match i {
+            8 | 13 | 18 | 23 => assert_eq!(c, b'-', "{text}"),
+            _ => assert!(c.is_ascii_hexdigit() && !c.is_ascii_uppercase(), "{text}"),
+        }
+    }
+    assert_eq!(ClientId::parse(&text), Some(id));
+    assert_eq!(ClientId::parse(&text.to_uppercase()), Some(id));
+    assert_ne!(ClientId::random(), id);
+    let fixed = "0123abcd-4567-89ef-0123-456789abcdef";
+    assert_eq!(ClientId::parse(fixed).unwrap().to_string(), fixed);
+    for bad in [
+        "",
+        "c1",
+        &text[..35],
+        &format!("{text}0"),
+        "0123abcd-4567-89ef-0123+456789abcdef",
+        "0123abcd-4567-89ef-0123-456789abcdeg",
+        "0123abcd04567-89ef-0123-456789abcdef",
+        "0123abc-d4567-89ef-0123-456789abcdef",
+        "0123abcd-4567-89ef-0123-456789abcdé",
+    ] {
+        assert_eq!(ClientId::parse(bad), None, "{bad}");
+    }
 }
 
 /// Drains `m` until `n` events came out, waiting for the writer's pushes
@@ -647,10 +675,11 @@ fn a_channels_subscribers_are_found_by_id_and_kept_in_subscribe_order() {
         mailbox,
         info: again
     }));
-    assert!(subs.contains("c") && !subs.contains("e"));
-    assert_eq!(subs.get("b").map(|s| &*s.info.user), Some(""));
-    assert!(subs.swap_remove("b"));
-    assert!(!subs.swap_remove("b"));
-    let order: Vec<&str> = subs.iter().map(|s| &*s.info.client).collect();
-    assert_eq!(order, ["a", "d", "c"]);
+    let id = |name: &str| ClientId::from(name);
+    assert!(subs.contains(&id("c")) && !subs.contains(&id("e")));
+    assert_eq!(subs.get(&id("b")).map(|s| &*s.info.user), Some(""));
+    assert!(subs.swap_remove(&id("b")));
+    assert!(!subs.swap_remove(&id("b")));
+    let order: Vec<ClientId> = subs.iter().map(|s| s.info.client).collect();
+    assert_eq!(order, [id("a"), id("d"), id("c")]);
 }

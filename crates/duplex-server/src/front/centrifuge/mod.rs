@@ -411,7 +411,7 @@ impl Client<'_> {
                 Wake::Closed => return None,
                 Wake::Overflow => {
                     tracing::info!(
-                        client = self.client_id(),
+                        client = ?self.client_id(),
                         "mailbox overflow: slow client disconnected"
                     );
                     return Some(wire::SLOW);
@@ -467,8 +467,8 @@ impl Client<'_> {
         }
     }
 
-    fn client_id(&self) -> &str {
-        self.info.as_ref().map_or("", |i| &i.client)
+    fn client_id(&self) -> Option<crate::hub::ClientId> {
+        self.info.as_ref().map(|i| i.client)
     }
 
     /// How long past a token's `exp` the connection (or subscription) may
@@ -762,7 +762,7 @@ impl Client<'_> {
             }
         };
         let info = Arc::new(ClientInfo {
-            client: crate::hub::new_client_id(),
+            client: crate::hub::ClientId::random(),
             user: crate::hub::user_id(user),
             conn_info,
             chan_info: None,
@@ -798,7 +798,7 @@ impl Client<'_> {
             }
         }
         let r = ConnectResult {
-            client: info.client.clone(),
+            client: info.client,
             expires_in: exp.map(ttl),
             ping: Some(self.front.config.ping_interval.as_secs().max(1)),
             subs,
@@ -972,7 +972,7 @@ impl Client<'_> {
             Ok(c) if *c.sub == *info.user => {
                 self.expires_at = c.exp;
                 let r = ConnectResult {
-                    client: info.client.clone(),
+                    client: info.client,
                     expires_in: c.exp.map(ttl),
                     ..Default::default()
                 };

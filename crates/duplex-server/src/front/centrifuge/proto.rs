@@ -806,8 +806,9 @@ mod tests {
 
     #[test]
     fn replies_encode_what_the_json_says() {
+        let c1 = crate::hub::ClientId::random();
         let info = Arc::new(ClientInfo {
-            client: "c1".into(),
+            client: c1,
             user: "u1".into(),
             conn_info: Some(Bytes::from_static(b"{\"n\":1}")),
             chan_info: None,
@@ -854,9 +855,10 @@ mod tests {
         let pinfo = s.publications[0].info.as_ref().unwrap();
         assert_eq!(
             (pinfo.client.as_str(), &pinfo.conn_info[..]),
-            ("c1", &b"{\"n\":1}"[..])
+            (&*c1.text(), &b"{\"n\":1}"[..])
         );
-        assert_eq!(r[1].presence.as_ref().unwrap().presence["c1"].user, "u1");
+        let presence = &r[1].presence.as_ref().unwrap().presence;
+        assert_eq!(presence[&c1.to_string()].user, "u1");
         let e = r[2].error.as_ref().unwrap();
         assert_eq!((e.code, e.temporary), (111, true));
         assert!(r[3].publish.is_some());

@@ -58,7 +58,7 @@ pub struct SubscribeResult {
 #[derive(Debug, Default)]
 pub struct ConnectResult {
     /// The client id.
-    pub client: Arc<str>,
+    pub client: crate::hub::ClientId,
     /// Seconds until the connection token expires.
     pub expires_in: Option<u64>,
     /// The server's ping interval in seconds (connect only; the client is

@@ -174,7 +174,7 @@ pub fn data_field(out: &mut String, data: &[u8]) {
 /// `{"client":..,"user":..,"conn_info":..,"chan_info":..}`
 pub fn client_info(out: &mut String, i: &ClientInfo) {
     out.push_str("{\"client\":");
-    string(out, &i.client);
+    string(out, &i.client.text());
     out.push_str(",\"user\":");
     string(out, &i.user);
     if let Some(c) = &i.conn_info {
@@ -259,7 +259,7 @@ pub fn subscribe_result(out: &mut String, r: &SubscribeResult) {
 /// `{"client":..,"version":..[,"expires":true,"ttl":N][,"ping":N,"pong":true][,"subs":{..}]}`
 fn connect_result(out: &mut String, r: &ConnectResult) {
     out.push_str("{\"client\":");
-    string(out, &r.client);
+    string(out, &r.client.text());
     out.push_str(",\"version\":");
     string(out, env!("CARGO_PKG_VERSION"));
     if let Some(ttl) = r.expires_in {
@@ -296,7 +296,7 @@ pub fn body(out: &mut String, r: &Reply) {
                 if i > 0 {
                     out.push(',');
                 }
-                string(out, &m.client);
+                string(out, &m.client.text());
                 out.push(':');
                 client_info(out, m);
             }

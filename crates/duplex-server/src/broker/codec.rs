@@ -140,8 +140,8 @@ impl Reader {
                 .and_then(ClientId::parse)
                 .ok_or(DecodeError("client id is not a UUID"))?,
             user: self.text()?,
-            conn_info: self.field()?,
-            chan_info: self.field()?,
+            conn_info: self.field()?.map(|b| Arc::from(&b[..])),
+            chan_info: self.field()?.map(|b| Arc::from(&b[..])),
         })
     }
 }
@@ -231,7 +231,7 @@ mod tests {
         ClientInfo {
             client: ClientId::random(),
             user: "ann".into(),
-            conn_info: Some(Bytes::from_static(b"{\"a\":1}")),
+            conn_info: Some(Arc::from(&b"{\"a\":1}"[..])),
             chan_info: None,
         }
     }

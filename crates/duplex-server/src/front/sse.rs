@@ -257,7 +257,7 @@ impl Front {
             Some(t) => match self.auth.verify_connect(t) {
                 Ok(c) => (
                     c.sub,
-                    c.info.map(|i| Bytes::copy_from_slice(i.get().as_bytes())),
+                    c.info.map(|i| Arc::from(i.get().as_bytes())),
                     c.channels,
                     c.exp,
                 ),

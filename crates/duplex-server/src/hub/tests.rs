@@ -683,3 +683,16 @@ fn a_channels_subscribers_are_found_by_id_and_kept_in_subscribe_order() {
     let order: Vec<ClientId> = subs.iter().map(|s| s.info.client).collect();
     assert_eq!(order, [id("a"), id("d"), id("c")]);
 }
+
+/// Every connection holds its info in one `Arc`: 16 bytes of counts and
+/// these at most 64, an 80-byte allocation. A field that grows it costs
+/// every connection 16 bytes or more (see bench/notes.md).
+#[test]
+fn client_info_fits_its_allocation() {
+    assert_eq!(std::mem::size_of::<ClientId>(), 16);
+    assert!(
+        std::mem::size_of::<ClientInfo>() <= 64,
+        "{}",
+        std::mem::size_of::<ClientInfo>()
+    );
+}

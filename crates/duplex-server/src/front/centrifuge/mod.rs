@@ -30,7 +30,6 @@ use crate::hub::{
 use crate::metrics::{FrontLabel, MethodLabel};
 use crate::shared_tcp::SharedTcp;
 use crate::shutdown::{Shutdown, Stage};
-use bytes::Bytes;
 use calls::hub_error;
 use duplex::{CloseCode, Message, WebSocket};
 use duplex_proto::handshake::server::UpgradeRequest;
@@ -745,7 +744,7 @@ impl Client<'_> {
             match auth.verify_connect(&req.token) {
                 Ok(c) => (
                     c.sub,
-                    c.info.map(|i| Bytes::copy_from_slice(i.get().as_bytes())),
+                    c.info.map(|i| Arc::from(i.get().as_bytes())),
                     c.channels,
                     c.exp,
                 ),
@@ -861,10 +860,7 @@ impl Client<'_> {
                 .auth
                 .verify_subscription(&req.token, &req.channel, &base.user)
             {
-                Ok(c) => (
-                    c.info.map(|i| Bytes::copy_from_slice(i.get().as_bytes())),
-                    c.exp,
-                ),
+                Ok(c) => (c.info.map(|i| Arc::from(i.get().as_bytes())), c.exp),
                 Err(TokenError::Expired) => {
                     hub.metrics().auth_failure("subscription token expired");
                     return Err(wire::TOKEN_EXPIRED);

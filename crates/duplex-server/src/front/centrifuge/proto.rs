@@ -199,8 +199,14 @@ fn client_info(i: &ClientInfo) -> pb::ClientInfo {
     pb::ClientInfo {
         user: i.user.to_string(),
         client: i.client.to_string(),
-        conn_info: i.conn_info.clone().unwrap_or_default(),
-        chan_info: i.chan_info.clone().unwrap_or_default(),
+        conn_info: i
+            .conn_info
+            .as_deref()
+            .map_or_else(Bytes::new, Bytes::copy_from_slice),
+        chan_info: i
+            .chan_info
+            .as_deref()
+            .map_or_else(Bytes::new, Bytes::copy_from_slice),
     }
 }
 
@@ -810,7 +816,7 @@ mod tests {
         let info = Arc::new(ClientInfo {
             client: c1,
             user: "u1".into(),
-            conn_info: Some(Bytes::from_static(b"{\"n\":1}")),
+            conn_info: Some(Arc::from(&b"{\"n\":1}"[..])),
             chan_info: None,
         });
         let p = Arc::new(Publication {

@@ -531,7 +531,7 @@ mod tests {
             info: Some(Arc::new(ClientInfo {
                 client: "c1".into(),
                 user: "u\"1".into(),
-                conn_info: Some(Bytes::from_static(b"{\"n\":1}")),
+                conn_info: Some(Arc::from(&b"{\"n\":1}"[..])),
                 chan_info: None,
             })),
             time_ms: 0,

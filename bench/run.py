@@ -713,7 +713,10 @@ def write_report(results, scen, meta, path, merge=False):
     scenarios in `results` into the report already at `path` (and refreshes
     its notes), leaving everything else there as it is."""
     by = summarise(results, meta["quick"])
-    if not merge:
+    # A run of every scenario also renews the header and the chart when it
+    # is spliced in (`--merge` keeps the sections other scripts add).
+    full = {s[0] for s in scen} == {s[0] for s in scenarios(meta["quick"])}
+    if not merge or full:
         chart = os.path.join(BENCH, "chart.svg")
         svg_chart(by, scen, chart)
     L = []
@@ -805,7 +808,10 @@ def write_report(results, scen, meta, path, merge=False):
     notes = os.path.join(BENCH, "notes.md")
     notes_text = open(notes).read().rstrip() if os.path.exists(notes) else ""
     if merge:
-        L = splice(open(path).read().split("\n"), sections, notes_text)
+        old = open(path).read().split("\n")
+        if full:
+            old = splice_header(old, L)
+        L = splice(old, sections, notes_text)
     elif notes_text:
         # Hand-written analysis (profiles, what each change bought), kept
         # in bench/notes.md and carried into every regenerated report.
@@ -869,6 +875,19 @@ def section_table(L, by, key, title, mode, servers, args, g, several):
                 str(n) + (f" ({esc(first)})" if first else "")]) + " |")
 
     L.append("")
+
+
+def splice_header(old, new):
+    """`old` with its header (from the date to the line on how Duplex
+    runs) replaced by the one in `new`."""
+    def span(lines):
+        i = next((n for n, line in enumerate(lines) if line.startswith("- Date: ")), None)
+        j = next((n for n, line in enumerate(lines) if line.startswith("- Duplex runs as ")), None)
+        return (i, j + 1) if i is not None and j is not None and i < j else None
+    o, n = span(old), span(new)
+    if o and n:
+        old[o[0]:o[1]] = new[n[0]:n[1]]
+    return old
 
 
 def splice(old, sections, notes_text):

@@ -539,6 +539,17 @@ async fn one_address_cannot_open_connections_faster_than_its_rate() {
     );
 }
 
+/// What the server writes before it closes `s`, as text; fails if it has
+/// not closed within `within`.
+async fn answer_then_close(s: &mut TcpStream, within: Duration) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut out))
+        .await
+        .expect("the server closed the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A connection that never sends a byte waits in the kernel while the
 /// listener defers accepting it (1 s by default, Linux), then is handed
 /// over and meets the handshake timeout like any slow head: it is answered
@@ -549,12 +560,7 @@ async fn a_connection_that_never_speaks_is_closed_after_the_deferral_and_the_han
     let srv = start(cfg).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let started = std::time::Instant::now();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out))
-        .await
-        .expect("the server closed the connection")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out);
+    let text = answer_then_close(&mut s, Duration::from_secs(15)).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     let least = if cfg!(target_os = "linux") {
         // The deferral: the kernel's first SYN-ACK retransmission, 1 s.
@@ -576,12 +582,7 @@ async fn a_handshake_head_that_never_ends_gets_408_within_the_handshake_timeout(
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("the server closed the connection")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out);
+    let text = answer_then_close(&mut s, Duration::from_secs(10)).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(
         started.elapsed() >= Duration::from_millis(250),

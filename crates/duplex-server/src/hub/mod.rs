@@ -357,15 +357,12 @@ impl ClientId {
     /// The text form, on the stack.
     pub fn text(&self) -> ClientIdText {
         const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = self.0.iter().flat_map(|b| [b >> 4, b & 0x0f]);
         let mut out = [b'-'; Self::TEXT_LEN];
-        let mut at = 0;
-        for (i, b) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                at += 1;
+        for (i, slot) in out.iter_mut().enumerate() {
+            if !DASHES.contains(&i) {
+                *slot = HEX[usize::from(digits.next().unwrap_or(0))];
             }
-            out[at] = HEX[usize::from(b >> 4)];
-            out[at + 1] = HEX[usize::from(b & 0x0f)];
-            at += 2;
         }
         ClientIdText(out)
     }
@@ -826,7 +823,7 @@ impl Hub {
         if first {
             self.metrics.channels.inc();
             if let Err(e) = self.broker.subscribe(channel).await {
-                self.remove_subscriber(channel, &info.client);
+                self.remove_subscriber(channel, info.client);
                 return Err(e.into());
             }
         }
@@ -891,12 +888,12 @@ impl Hub {
         )
     }
 
-    fn remove_subscriber(&self, channel: &str, client: &ClientId) -> (bool, bool) {
+    fn remove_subscriber(&self, channel: &str, client: ClientId) -> (bool, bool) {
         let mut shard = lock(self.shard(channel));
         let Some(ch) = shard.get_mut(channel) else {
             return (false, false);
         };
-        let removed = ch.subs.swap_remove(client);
+        let removed = ch.subs.swap_remove(&client);
         let last = ch.subs.is_empty();
         if last {
             shard.remove(channel);
@@ -920,7 +917,7 @@ impl Hub {
         info: &'a Arc<ClientInfo>,
         channel: &'a str,
     ) -> impl std::future::Future<Output = ()> + 'a {
-        let (removed, last) = self.remove_subscriber(channel, &info.client);
+        let (removed, last) = self.remove_subscriber(channel, info.client);
         async move {
             if removed {
                 self.after_unsubscribe(info, channel, last).await;
@@ -932,7 +929,7 @@ impl Hub {
     /// the client stops receiving the channel's events now, and the rest
     /// (presence, leave, the broker) runs in a task of its own.
     pub fn unsubscribe_detached(self: &Arc<Self>, info: Arc<ClientInfo>, channel: Arc<str>) {
-        let (removed, last) = self.remove_subscriber(&channel, &info.client);
+        let (removed, last) = self.remove_subscriber(&channel, info.client);
         if removed {
             let hub = self.clone();
             tokio::spawn(async move { hub.after_unsubscribe(&info, &channel, last).await });

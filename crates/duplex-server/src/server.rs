@@ -376,8 +376,32 @@ impl Service {
 /// idle ([`SharedTcp`]).
 struct Session<S> {
     ws: WebSocket<S>,
-    peer: SocketAddr,
+    peer: Peer,
     slot: Slot,
+}
+
+/// A peer's address and port in 20 bytes, where a `SocketAddr` takes 32
+/// (an IPv6 flow label and scope, which nothing here reads): every idle
+/// connection's task carries one.
+#[derive(Clone, Copy)]
+struct Peer {
+    ip: std::net::IpAddr,
+    port: u16,
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(a: SocketAddr) -> Self {
+        Peer {
+            ip: a.ip(),
+            port: a.port(),
+        }
+    }
+}
+
+impl Peer {
+    fn addr(self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
 }
 
 /// The session an opening phase ends in (the two are different futures,
@@ -411,7 +435,7 @@ impl<S> Session<S> {
     fn release(&self) {
         if self.slot.state == SlotState::AdmittedCounted {
             let shared = &self.slot.shared;
-            shared.per_ip.release(crate::per_ip::key(self.peer.ip()));
+            shared.per_ip.release(crate::per_ip::key(self.peer.ip));
         }
     }
 }
@@ -423,6 +447,8 @@ impl Session<TcpStream> {
     /// would be the whole session.
     fn run(self) -> impl Future<Output = ()> {
         let mut this = self;
+        // The close reply and the FIN in one packet.
+        this.ws.coalesce_fin();
         async move {
             // Counted open until the slot is dropped (a flag in the slot,
             // where a gauge handle held here would grow every idle task).
@@ -433,7 +459,7 @@ impl Session<TcpStream> {
             let started = this.slot.started_ms;
             log_close(
                 &this.ws,
-                this.peer,
+                this.peer.addr(),
                 shared,
                 started,
                 Service::Echo,
@@ -449,13 +475,14 @@ impl Session<SharedTcp> {
     /// Serves the Centrifugo front, then logs (as [`Session::run`]).
     fn run(self) -> impl Future<Output = ()> {
         let mut this = self;
+        this.ws.coalesce_fin();
         async move {
             // Boxed: an idle echo connection must not carry the centrifuge
             // loop's state (nor this one the echo's).
             let slot = &this.slot;
             Box::pin(serve_centrifuge(
                 &mut this.ws,
-                this.peer,
+                this.peer.addr(),
                 &slot.shared,
                 slot.started_ms,
                 HTTP1,
@@ -700,14 +727,21 @@ async fn open(
     let (ws, service) = route(tcp, peer, &slot).await?;
     count.armed = false;
     Some(match service {
-        Service::Echo => Opened::Echo(Session { ws, peer, slot }.run()),
+        Service::Echo => Opened::Echo(
+            Session {
+                ws,
+                peer: peer.into(),
+                slot,
+            }
+            .run(),
+        ),
         Service::Centrifuge => Opened::Hub(
             Session {
                 ws: {
                     let framing = ws.connection().shared_framing();
                     ws.map_stream(|tcp| SharedTcp::new(tcp, framing))
                 },
-                peer,
+                peer: peer.into(),
                 slot,
             }
             .run(),

@@ -92,6 +92,12 @@ impl AsyncRead for SharedTcp {
     }
 }
 
+impl duplex::CoalesceFin for SharedTcp {
+    fn try_write_then_fin(&self, buf: &[u8]) -> io::Result<usize> {
+        duplex::CoalesceFin::try_write_then_fin(&self.0.tcp, buf)
+    }
+}
+
 impl AsyncWrite for SharedTcp {
     fn poll_write(
         self: Pin<&mut Self>,

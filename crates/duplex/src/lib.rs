@@ -40,4 +40,4 @@ pub use proxy::Proxy;
 pub use server::{accept, accept_with, Decision, Handshake, Policy};
 pub use split::{ReuniteError, WsReceiver, WsSender};
 pub use tls::{MaybeTlsStream, Verify};
-pub use ws::{ReadyState, WebSocket};
+pub use ws::{CoalesceFin, ReadyState, WebSocket};

@@ -42,6 +42,9 @@ struct Extra {
     timer: Option<Pin<Box<Sleep>>>,
     /// The transport error being reported once the shutdown is done.
     aborted: Option<Error>,
+    /// The end of the connection was reported as an error: later calls
+    /// report nothing.
+    reported_error: bool,
 }
 
 /// A WebSocket over the stream `S` (a `TcpStream`, a TLS stream, …), after
@@ -57,7 +60,6 @@ pub struct WebSocket<S> {
     timer_use: Timer,
     phase: Phase,
     transport_closed: bool,
-    reported_error: bool,
     /// Where the last `poll_recv` waits (if it returned `Pending` and none
     /// ran since). Waiting for input, a flush that empties the queue
     /// meanwhile (from a [`WsSender`] while the [`WsReceiver`] waits)
@@ -71,6 +73,46 @@ pub struct WebSocket<S> {
     /// message (`Connection::receive_message`) and handed it out (see
     /// `readbuf::ReadState`).
     rstate: crate::readbuf::ReadState,
+    /// How a server sends its reply to the peer's close frame so that the
+    /// FIN after it joins it ([`coalesce_fin`](Self::coalesce_fin)).
+    last_write: Option<LastWrite<S>>,
+}
+
+/// [`CoalesceFin::try_write_then_fin`] for one stream type.
+type LastWrite<S> = fn(&S, &[u8]) -> std::io::Result<usize>;
+
+/// A stream that can carry its last bytes in the packet that ends it: on
+/// TCP, bytes sent with `MSG_MORE` wait in the kernel for the FIN that
+/// `shutdown` sends, and leave with it in one segment.
+///
+/// A server that answers the peer's close frame and then closes the
+/// connection (RFC 6455 §7.1.1) sends one packet instead of two; the peer
+/// receives one instead of two and acknowledges them once. See
+/// [`WebSocket::coalesce_fin`].
+pub trait CoalesceFin {
+    /// Writes from `buf` without sending a partial packet, because the end
+    /// of the stream follows at once: `WouldBlock` if nothing can be
+    /// written now (the caller then writes the usual way).
+    ///
+    /// An implementation must not hold the bytes longer than the caller's
+    /// next write or shutdown.
+    fn try_write_then_fin(&self, buf: &[u8]) -> std::io::Result<usize>;
+}
+
+impl CoalesceFin for tokio::net::TcpStream {
+    fn try_write_then_fin(&self, buf: &[u8]) -> std::io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            self.try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(self)
+                    .send_with_flags(buf, libc::MSG_NOSIGNAL | libc::MSG_MORE)
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            self.try_write(buf)
+        }
+    }
 }
 
 /// Where a pending `poll_recv` waits.
@@ -152,10 +194,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             timer_use: Timer::None,
             phase: Phase::Open,
             transport_closed: false,
-            reported_error: false,
             recv_wait: RecvWait::Other,
             rstate: crate::readbuf::ReadState::default(),
+            last_write: None,
         }
+    }
+
+    /// Sends the reply to the peer's close frame and the FIN after it in
+    /// one packet, when this side is the server and the closing handshake
+    /// ends cleanly: one packet fewer per connection for both ends (the
+    /// server's CPU per connection opened and closed fell by 7–8 %,
+    /// bench/notes.md). Otherwise the reply is written as any frame.
+    pub fn coalesce_fin(&mut self)
+    where
+        S: CoalesceFin,
+    {
+        self.last_write = Some(S::try_write_then_fin);
     }
 
     /// The state a split half compares before and after a call.
@@ -421,6 +475,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 continue;
             }
             if self.conn.outbound_len() > 0 {
+                if self.conn.state() == State::CloseReceived {
+                    // The reply to the peer's close frame: once written,
+                    // the loop goes on to the FIN in this same call.
+                    self.write_before_fin();
+                }
                 match self.poll_flush(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => self.start_abort(e),
@@ -533,10 +592,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     fn report(&mut self, e: Error) -> Option<Result<Message>> {
-        if self.reported_error {
+        if self.extra.as_ref().is_some_and(|x| x.reported_error) {
             None
         } else {
-            self.reported_error = true;
+            self.extra_mut().reported_error = true;
             Some(Err(e))
         }
     }
@@ -585,6 +644,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             };
             let next = match step {
                 Finish::Flush => {
+                    if self.conn.was_clean() {
+                        self.write_before_fin();
+                    }
                     // An error here only means the peer is gone already.
                     let _ = ready!(self.poll_flush(cx));
                     Finish::Shutdown
@@ -610,6 +672,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 }
             };
             self.phase = Phase::Finishing(next);
+        }
+    }
+
+    /// On a server, writes what is queued (the reply to the peer's close
+    /// frame) so that the FIN, which the caller sends next, joins it
+    /// ([`coalesce_fin`](Self::coalesce_fin)); whatever it cannot write
+    /// now is left to the flush. Only where the shutdown follows in the
+    /// same call: held bytes leave with the next write or the FIN.
+    fn write_before_fin(&mut self) {
+        let Some(write) = self.last_write else {
+            return;
+        };
+        if self.conn.role() != Role::Server {
+            return;
+        }
+        while self.conn.outbound_len() > 0 {
+            match write(&self.stream, self.conn.outbound()) {
+                Ok(n) if n > 0 => {
+                    crate::readbuf::consume_written(&mut self.conn, n);
+                    self.disarm(Timer::Write);
+                }
+                _ => return,
+            }
         }
     }
 
@@ -689,7 +774,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         match tokio::time::timeout(timeout * 3, poll_fn(|cx| self.poll_close(cx))).await {
             Ok(done) => done,
             Err(_) => {
-                self.reported_error = true;
+                self.extra_mut().reported_error = true;
                 Err(Error::CloseTimeout)
             }
         }
@@ -718,9 +803,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             timer_use,
             phase,
             transport_closed,
-            reported_error,
             recv_wait,
             rstate,
+            last_write: _,
         } = self;
         WebSocket {
             stream: f(stream),
@@ -730,9 +815,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             timer_use,
             phase,
             transport_closed,
-            reported_error,
             recv_wait,
             rstate,
+            // Set again for the new stream type if it can.
+            last_write: None,
         }
     }
 }

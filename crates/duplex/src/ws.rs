@@ -42,9 +42,6 @@ struct Extra {
     timer: Option<Pin<Box<Sleep>>>,
     /// The transport error being reported once the shutdown is done.
     aborted: Option<Error>,
-    /// The end of the connection was reported as an error: later calls
-    /// report nothing.
-    reported_error: bool,
 }
 
 /// A WebSocket over the stream `S` (a `TcpStream`, a TLS stream, …), after
@@ -60,6 +57,7 @@ pub struct WebSocket<S> {
     timer_use: Timer,
     phase: Phase,
     transport_closed: bool,
+    reported_error: bool,
     /// Where the last `poll_recv` waits (if it returned `Pending` and none
     /// ran since). Waiting for input, a flush that empties the queue
     /// meanwhile (from a [`WsSender`] while the [`WsReceiver`] waits)
@@ -194,6 +192,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             timer_use: Timer::None,
             phase: Phase::Open,
             transport_closed: false,
+            reported_error: false,
             recv_wait: RecvWait::Other,
             rstate: crate::readbuf::ReadState::default(),
             last_write: None,
@@ -592,10 +591,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     fn report(&mut self, e: Error) -> Option<Result<Message>> {
-        if self.extra.as_ref().is_some_and(|x| x.reported_error) {
+        if self.reported_error {
             None
         } else {
-            self.extra_mut().reported_error = true;
+            self.reported_error = true;
             Some(Err(e))
         }
     }
@@ -774,7 +773,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         match tokio::time::timeout(timeout * 3, poll_fn(|cx| self.poll_close(cx))).await {
             Ok(done) => done,
             Err(_) => {
-                self.extra_mut().reported_error = true;
+                self.reported_error = true;
                 Err(Error::CloseTimeout)
             }
         }
@@ -803,6 +802,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             timer_use,
             phase,
             transport_closed,
+            reported_error,
             recv_wait,
             rstate,
             last_write: _,
@@ -815,6 +815,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             timer_use,
             phase,
             transport_closed,
+            reported_error,
             recv_wait,
             rstate,
             // Set again for the new stream type if it can.

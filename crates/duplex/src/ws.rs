@@ -643,9 +643,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             };
             let next = match step {
                 Finish::Flush => {
-                    if self.conn.was_clean() {
-                        self.write_before_fin();
-                    }
                     // An error here only means the peer is gone already.
                     let _ = ready!(self.poll_flush(cx));
                     Finish::Shutdown
